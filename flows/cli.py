@@ -1,0 +1,331 @@
+"""`asof`: the command line (SPEC section 3).
+
+Arguments are parsed and validated before anything heavy is imported or written, so a typo costs
+milliseconds and leaves the data root untouched. Heavy modules (Prefect, GE, dbt, Feast) are
+imported inside the commands that need them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from flows.dates import DateError, parse_date, parse_range
+
+app = typer.Typer(
+    name="asof",
+    help=(
+        "asof: point-in-time-correct batch features.\n\n"
+        "landing -> bronze (Delta) -> validate (GE) -> silver + quarantine -> dbt -> gold -> Feast.\n"
+        "Data lives under $ASOF_HOME (default ./data). Dates are ISO YYYY-MM-DD."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class Refused(Exception):
+    """Bad input: reported as one line on stderr with exit status 2, before anything runs."""
+
+
+def fail(message: str, code: int = 1) -> None:
+    typer.echo(f"asof: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _date(value: str, what: str) -> dt.date:
+    try:
+        return parse_date(value, what)
+    except DateError as exc:
+        raise Refused(str(exc)) from None
+
+
+def _range(start: str, end: str) -> tuple[dt.date, dt.date]:
+    try:
+        return parse_range(start, end)
+    except DateError as exc:
+        raise Refused(str(exc)) from None
+
+
+def _prefect_env() -> None:
+    """Keep Prefect's state under ASOF_HOME unless the user points at a server."""
+    from flows.config import settings
+
+    home = settings().home
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+# ---------------------------------------------------------------- generate
+
+
+@app.command()
+def generate(
+    start: Annotated[str, typer.Option(help="First date to generate (YYYY-MM-DD).")],
+    end: Annotated[str, typer.Option(help="Last date to generate, inclusive.")],
+    scale: Annotated[
+        str,
+        typer.Option(help="demo (2000x5000), small (20000x50000), bench (100000x100000) or CUSTOMERSxTXNS."),
+    ] = "demo",
+    seed: Annotated[int, typer.Option(help="Random seed: same seed + date -> identical files.")] = 42,
+    inject: Annotated[
+        list[str] | None,
+        typer.Option(help="Add a fault: FAULT@YYYY-MM-DD[:source] (repeatable). See SPEC section 4."),
+    ] = None,
+) -> None:
+    """Play the upstream systems: write daily landing files for every source."""
+    from flows import simulate
+    from flows.config import settings
+
+    d1, d2 = _range(start, end)
+    try:
+        sc = simulate.parse_scale(scale)
+        faults = [simulate.parse_fault(f) for f in inject or []]
+    except ValueError as exc:
+        raise Refused(str(exc)) from None
+    landing = settings().landing
+    days = (d2 - d1).days + 1
+    with _progress_bar(days, "generating") as advance:
+        try:
+            summary = simulate.generate(
+                landing, d1, d2, sc, seed=seed, faults=faults, progress=lambda d: advance(d, "generated")
+            )
+        except ValueError as exc:
+            raise Refused(str(exc)) from None
+    rows = sum(
+        (v.get("rows", 0) or 0)
+        for per_day in (summary.get("dates") or {}).values()
+        for v in per_day.values()
+        if isinstance(v, dict)
+    )
+    typer.echo(f"generated {days} day(s) {d1}..{d2} at scale {sc.name} into {landing} ({rows} rows)")
+
+
+# ---------------------------------------------------------------- run / backfill / status
+
+
+def _progress_bar(total: int, label: str):
+    """A context manager yielding advance(day, what); quiet when stdout is not a terminal."""
+    import contextlib
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    @contextlib.contextmanager
+    def cm():
+        progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[last]}"),
+            disable=not sys.stderr.isatty(),
+            console=None,
+            transient=False,
+        )
+        with progress:
+            task = progress.add_task(label, total=total, last="")
+
+            def advance(day: dt.date, what: str) -> None:
+                if what in ("materialized", "failed", "skipped", "generated"):
+                    progress.advance(task)
+                progress.update(task, last=f"{day} {what}")
+
+            yield advance
+
+    return cm()
+
+
+def _print_results(results: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows.runs import STAGES
+
+    table = Table(title="asof: per-date status")
+    table.add_column("date")
+    table.add_column("status")
+    for s in STAGES:
+        table.add_column(s)
+    table.add_column("message", overflow="fold", max_width=80)
+    colours = {"succeeded": "green", "skipped": "cyan"}
+    for r in results:
+        colour = colours.get(r["status"], "red")
+        table.add_row(
+            r["day"],
+            f"[{colour}]{r['status']}[/]",
+            *[r["stages"].get(s, "-") for s in STAGES],
+            r["message"][:400],
+        )
+    Console(width=200).print(table)
+    counts: dict[str, int] = {}
+    for r in results:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    typer.echo("summary: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
+
+
+def _run_flow(kind: str, days: int, **params) -> list[dict]:
+    _prefect_env()
+    from flows import pipeline
+
+    with _progress_bar(days, kind) as advance:
+        pipeline.PROGRESS_HOOK = advance
+        try:
+            flow_fn = pipeline.backfill if kind == "backfill" else pipeline.daily_pipeline
+            return flow_fn(**params)
+        finally:
+            pipeline.PROGRESS_HOOK = None
+
+
+@app.command()
+def run(date: Annotated[str, typer.Option("--date", help="Execution date (YYYY-MM-DD).")]) -> None:
+    """Run the daily flow for one date, every stage (always reruns: the way to redo a date)."""
+    day = _date(date, "date")
+    results = _run_flow("run", 1, execution_date=day.isoformat())
+    _print_results(results)
+    bad = [r for r in results if r["status"] != "succeeded"]
+    if bad:
+        fail(f"{bad[0]['day']} {bad[0]['status']}: {bad[0]['message']}")
+
+
+@app.command()
+def backfill(
+    start: Annotated[str, typer.Option(help="First execution date.")],
+    end: Annotated[str, typer.Option(help="Last execution date, inclusive.")],
+    force: Annotated[bool, typer.Option("--force", help="Rerun dates that already succeeded.")] = False,
+    continue_on_failure: Annotated[
+        bool, typer.Option("--continue-on-failure", help="Keep going after a failed date.")
+    ] = False,
+    chunk_days: Annotated[int, typer.Option(help="Dates per dbt invocation / chunk.", min=1, max=366)] = 31,
+) -> None:
+    """Run a date range in order, in chunks (one dbt invocation per chunk).
+
+    Skips dates that already succeeded unless --force; stops at the first failed date unless
+    --continue-on-failure; shows progress and ends with a per-date status table.
+    """
+    d1, d2 = _range(start, end)
+    results = _run_flow(
+        "backfill",
+        (d2 - d1).days + 1,
+        start=d1.isoformat(),
+        end=d2.isoformat(),
+        force=force,
+        continue_on_failure=continue_on_failure,
+        chunk_days=chunk_days,
+    )
+    _print_results(results)
+    bad = [r for r in results if r["status"] not in ("succeeded", "skipped")]
+    if bad:
+        first = bad[0]
+        fail(
+            f"{len(bad)} date(s) did not succeed; first: {first['day']} {first['status']}: {first['message']}"
+        )
+
+
+@app.command()
+def status(
+    start: Annotated[str | None, typer.Option(help="First date to show.")] = None,
+    end: Annotated[str | None, typer.Option(help="Last date to show (default: start).")] = None,
+) -> None:
+    """Per date, per source, per stage: succeeded / failed / rejected / not_delivered / not run."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from flows import runs
+    from flows.sources import SOURCE_NAMES
+
+    if end and not start:
+        raise Refused("--end needs --start")
+    d1, d2 = _range(start, end or start) if start else (None, None)
+    records = runs.latest(d1, d2)
+    if not records:
+        typer.echo("no runs recorded" + (f" for {d1}..{d2}" if d1 else ""))
+        return
+    per_date = runs.date_status(records)
+    cell: dict[tuple, str] = {}
+    for r in records:
+        cell[(r["execution_date"], r["stage"], r["source"])] = r["status"]
+    table = Table(title="asof status")
+    for col in ("date", "date status", "source", "ingest", "validate", "transform", "materialize"):
+        table.add_column(col)
+    for day in sorted(per_date):
+        for i, source in enumerate(SOURCE_NAMES):
+
+            def get(stage: str, src: str = source, day: dt.date = day) -> str:
+                return cell.get((day, stage, src)) or cell.get((day, stage, runs.ALL_SOURCES)) or "not run"
+
+            table.add_row(
+                day.isoformat() if i == 0 else "",
+                per_date[day] if i == 0 else "",
+                source,
+                get("ingest"),
+                get("validate"),
+                get("transform") if i == 0 else "",
+                get("materialize") if i == 0 else "",
+            )
+        if (day, "run", runs.ALL_SOURCES) in cell:
+            table.add_row("", "", "(run)", cell[(day, "run", runs.ALL_SOURCES)], "", "", "")
+    Console(width=160).print(table)
+    problems = [r for r in records if r["status"] not in ("succeeded",)]
+    for r in problems:
+        typer.echo(f"{r['execution_date']} {r['stage']} {r['source']}: {r['status']}: {r['message']}")
+
+
+def _register_optional() -> None:
+    """Commands owned by later stages register themselves if their modules are present."""
+    try:
+        from flows.cli_validation import docs_command, quarantine_app
+
+        app.add_typer(quarantine_app, name="quarantine", help="Inspect and replay quarantined rows.")
+
+        @app.command()
+        def docs(
+            serve: Annotated[bool, typer.Option("--serve", help="Serve the site on 127.0.0.1.")] = False,
+            port: Annotated[int, typer.Option(help="Port for --serve (0 = any free port).")] = 0,
+        ) -> None:
+            """Build the validation Data Docs (offline-ready); --serve serves them on 127.0.0.1."""
+            typer.echo(docs_command(serve=serve, port=port))
+    except ImportError:
+        pass
+    try:
+        from flows import cli_features
+
+        cli_features.register(app)
+    except ImportError:
+        pass
+
+
+_register_optional()
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except Refused as exc:
+        typer.echo(f"asof: error: {exc}", err=True)
+        sys.exit(2)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("asof: aborted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # click usage errors and anything unexpected: one line, non-zero
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        typer.echo(f"asof: error: {type(exc).__name__}: {exc}", err=True)
+        if os.environ.get("ASOF_DEBUG"):
+            raise
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,380 @@
+"""Landing files -> bronze Delta tables, losing nothing.
+
+Bronze keeps every row that arrived, values exactly as delivered (strings), so validation can judge
+them and a quarantined value can be shown to a human as it was. Anything that cannot be read as
+rows is still kept (the whole line in `_raw`, the reason in `_parse_error`), and file-level damage
+(missing, empty, undecodable, headerless) becomes an explicit outcome in `ops/ingest_files` instead of
+silently counting as zero rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import gzip
+import hashlib
+import json
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+
+from flows import lake
+from flows.config import settings
+from flows.sources import Source, bronze_schema, get_source
+
+csv.field_size_limit(64 * 1024 * 1024)
+
+INGEST_FILES_SCHEMA = pa.schema(
+    [
+        pa.field("_batch_date", pa.date32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("file", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("header", pa.string()),
+        pa.field("rows", pa.int64(), nullable=False),
+        pa.field("bytes", pa.int64(), nullable=False),
+        pa.field("sha256", pa.string()),
+        pa.field("encoding", pa.string()),
+        pa.field("message", pa.string()),
+        pa.field("ingested_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class FileRecord:
+    file: str
+    status: str  # ok | malformed | not_delivered
+    rows: int = 0
+    bytes: int = 0
+    header: list[str] | None = None
+    sha256: str | None = None
+    encoding: str | None = None
+    message: str = ""
+
+
+@dataclass
+class IngestOutcome:
+    source: str
+    day: dt.date
+    status: str  # succeeded | malformed | not_delivered
+    rows: int
+    files: list[FileRecord] = field(default_factory=list)
+    message: str = ""
+    bronze_version: int | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["day"] = self.day.isoformat()
+        return d
+
+
+class _Rows:
+    """Column-wise accumulator for one file's rows (faster than a list of dicts)."""
+
+    def __init__(self, source: Source) -> None:
+        self.names = source.column_names
+        self.cols: dict[str, list[str | None]] = {c: [] for c in self.names}
+        self.extra: list[str | None] = []
+        self.raw: list[str | None] = []
+        self.err: list[str | None] = []
+
+    def __len__(self) -> int:
+        return len(self.err)
+
+    def add(self, values: dict[str, str | None], extra: dict | None) -> None:
+        for c in self.names:
+            self.cols[c].append(values.get(c))
+        self.extra.append(json.dumps(extra, ensure_ascii=False, sort_keys=True) if extra else None)
+        self.raw.append(None)
+        self.err.append(None)
+
+    def add_broken(self, raw: str, error: str) -> None:
+        for c in self.names:
+            self.cols[c].append(None)
+        self.extra.append(None)
+        self.raw.append(raw)
+        self.err.append(error)
+
+
+def landing_dir(source: str, day: dt.date) -> Path:
+    return settings().landing / get_source(source).name / day.isoformat()
+
+
+def _relative(path: Path) -> str:
+    try:
+        return str(path.relative_to(settings().home))
+    except ValueError:
+        return str(path)
+
+
+def _decode(data: bytes) -> tuple[str, str, str]:
+    """Decode bytes; returns (text, encoding, note). Never raises: Latin-1 decodes any byte."""
+    try:
+        text = data.decode("utf-8-sig")
+        note = "UTF-8 byte-order mark stripped" if data.startswith(b"\xef\xbb\xbf") else ""
+        return text, "utf-8", note
+    except UnicodeDecodeError as exc:
+        text = data.decode("latin-1")
+        return text, "latin-1", f"not valid UTF-8 (byte {exc.start}); decoded as Latin-1"
+
+
+def _clean(value: str) -> str | None:
+    return value if value.strip() != "" else None
+
+
+def _parse_csv(text: str, source: Source, rows: _Rows, rec: FileRecord) -> None:
+    lines = text.splitlines(keepends=True)
+    consumed: list[str] = []
+
+    def feed():
+        for line in lines:
+            consumed.append(line)
+            yield line
+
+    reader = csv.reader(feed(), strict=False)
+    header: list[str] | None = None
+    while True:
+        consumed.clear()
+        try:
+            record = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raw = "".join(consumed)
+            if header is None:
+                rec.status, rec.message = "malformed", f"header line is unreadable: {exc}"
+                header = []
+            rows.add_broken(raw.rstrip("\r\n"), f"unreadable CSV line {reader.line_num}: {exc}")
+            continue
+        raw = "".join(consumed).rstrip("\r\n")
+        if not record or (len(record) == 1 and record[0].strip() == ""):
+            continue  # blank line: not a row
+        if header is None:
+            header = [h.strip() for h in record]
+            rec.header = header
+            known = set(source.column_names)
+            dupes = sorted({h for h in header if header.count(h) > 1})
+            if not known.intersection(header):
+                rec.status = "malformed"
+                rec.message = (
+                    f"no header: first line has none of the expected columns {source.column_names}; "
+                    "every line kept raw"
+                )
+                header = []
+                rows.add_broken(raw, "file has no header")
+            elif dupes:
+                rec.status = "malformed"
+                rec.message = f"duplicate column names in header: {dupes}; every line kept raw"
+                header = []
+            continue
+        if not header:  # file-level damage: keep every line raw
+            rows.add_broken(raw, rec.message or "file is malformed")
+            continue
+        if len(record) != len(header):
+            rows.add_broken(
+                raw,
+                f"line {reader.line_num}: expected {len(header)} fields, got {len(record)}",
+            )
+            continue
+        values: dict[str, str | None] = {}
+        extra: dict[str, str | None] = {}
+        for name, value in zip(header, record, strict=True):
+            if name in rows.cols:
+                values[name] = _clean(value)
+            else:
+                extra[name] = _clean(value)
+        rows.add(values, extra or None)
+    if header is None:
+        rec.status = "malformed"
+        rec.message = rec.message or "file has no header line (empty or blank)"
+
+
+def _parse_jsonl(text: str, source: Source, rows: _Rows, rec: FileRecord) -> None:
+    seen_keys: dict[str, None] = {}
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError as exc:
+            rows.add_broken(line, f"line {lineno}: not valid JSON ({exc.msg} at column {exc.colno})")
+            continue
+        if not isinstance(obj, dict):
+            rows.add_broken(line, f"line {lineno}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        values: dict[str, str | None] = {}
+        extra: dict = {}
+        for key, value in obj.items():
+            seen_keys.setdefault(key, None)
+            if value is None:
+                text_value = None
+            elif isinstance(value, str):
+                text_value = _clean(value)
+            elif isinstance(value, (bool, dict, list)):
+                text_value = json.dumps(value)
+            else:
+                text_value = str(value)
+            if key in rows.cols:
+                values[key] = text_value
+            else:
+                extra[key] = value
+        rows.add(values, extra or None)
+    rec.header = list(seen_keys) if seen_keys else None
+
+
+def read_file(path: Path, source: Source, rows: _Rows) -> FileRecord:
+    """Parse one landed file into `rows`; file-level problems go into the returned record."""
+    rec = FileRecord(file=_relative(path), status="ok")
+    if path.is_dir():
+        rec.status, rec.message = "malformed", f"{rec.file} is a directory, not a file"
+        return rec
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        rec.status, rec.message = "malformed", f"cannot read {rec.file}: {exc.strerror}"
+        return rec
+    rec.bytes = len(data)
+    rec.sha256 = hashlib.sha256(data).hexdigest()
+    notes: list[str] = []
+    if data.startswith(GZIP_MAGIC):
+        try:
+            data = gzip.decompress(data)
+            notes.append("gzip-compressed content decompressed")
+        except (OSError, EOFError, zlib.error) as exc:
+            rec.status, rec.message = "malformed", f"{rec.file} looks gzip-compressed but is corrupt: {exc}"
+            return rec
+    if not data:
+        if source.fmt == "jsonl":
+            rec.message = "empty file: no changes"
+            return rec
+        rec.status = "malformed"
+        rec.message = f"{rec.file} is empty (0 bytes): no header, cannot tell an empty batch from a lost one"
+        return rec
+    text, rec.encoding, note = _decode(data)
+    if note:
+        notes.append(note)
+    before = len(rows)
+    if source.fmt == "csv":
+        _parse_csv(text, source, rows, rec)
+    else:
+        _parse_jsonl(text, source, rows, rec)
+    rec.rows = len(rows) - before
+    rec.message = "; ".join([m for m in [rec.message, *notes] if m])
+    return rec
+
+
+def _to_table(rows: _Rows, files: list[str], source: Source, day: dt.date, now: dt.datetime) -> pa.Table:
+    schema = bronze_schema(source)
+    n = len(rows)
+    row_numbers: list[int] = []
+    for count in (files_count for _, files_count in files):
+        row_numbers.extend(range(1, count + 1))
+    file_col = [name for name, count in files for _ in range(count)]
+    arrays = {c: pa.array(rows.cols[c], pa.string()) for c in source.column_names}
+    arrays["_extra"] = pa.array(rows.extra, pa.string())
+    arrays["_raw"] = pa.array(rows.raw, pa.string())
+    arrays["_parse_error"] = pa.array(rows.err, pa.string())
+    arrays["_batch_date"] = pa.array([day] * n, pa.date32())
+    arrays["_ingested_at"] = pa.array([now] * n, pa.timestamp("us", tz="UTC"))
+    arrays["_source_file"] = pa.array(file_col, pa.string())
+    arrays["_row_number"] = pa.array(row_numbers, pa.int64())
+    return pa.table(arrays, schema=schema)
+
+
+def _files_predicate(source: Source, day: dt.date) -> str:
+    return f"{lake.date_predicate('_batch_date', day)} AND source = '{source.name}'"
+
+
+def ingest(source_name: str, day: dt.date) -> IngestOutcome:
+    """Ingest batch `day` of one source: replaces exactly that `_batch_date` partition in bronze."""
+    source = get_source(source_name)
+    now = dt.datetime.now(dt.UTC)
+    folder = landing_dir(source.name, day)
+    entries = (
+        sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_"))) if folder.is_dir() else []
+    )
+    outcome = IngestOutcome(source=source.name, day=day, status="succeeded", rows=0)
+    rows = _Rows(source)
+    counts: list[tuple[str, int]] = []
+    if not entries:
+        outcome.status = "not_delivered"
+        outcome.message = f"not delivered: no file in {_relative(folder)}/"
+        outcome.files.append(
+            FileRecord(file=_relative(folder), status="not_delivered", message=outcome.message)
+        )
+    for path in entries:
+        rec = read_file(path, source, rows)
+        outcome.files.append(rec)
+        counts.append((rec.file, rec.rows))
+    outcome.rows = len(rows)
+    bad = [r for r in outcome.files if r.status == "malformed"]
+    if bad:
+        outcome.status = "malformed"
+        outcome.message = "; ".join(r.message for r in bad)
+    elif outcome.status == "succeeded":
+        outcome.message = f"{outcome.rows} rows from {len(entries)} file(s)"
+        notes = [f"{r.file}: {r.message}" for r in outcome.files if r.message]
+        if notes:
+            outcome.message += " (" + "; ".join(notes) + ")"
+
+    data = _to_table(rows, counts, source, day, now)
+    outcome.bronze_version = lake.replace(
+        "bronze",
+        source.name,
+        data,
+        predicate=lake.date_predicate("_batch_date", day),
+        partition_by=["_batch_date"],
+        schema=bronze_schema(source),
+    )
+    _record_files(source, day, outcome.files, now)
+    landed = lake.read(
+        "bronze", source.name, filter=lake.date_filter("_batch_date", [day]), columns=["_row_number"]
+    ).num_rows
+    if landed != outcome.rows:
+        raise RuntimeError(
+            f"conservation violated for {source.name} {day}: "
+            f"parsed {outcome.rows} rows, bronze holds {landed}"
+        )
+    return outcome
+
+
+def _record_files(source: Source, day: dt.date, files: list[FileRecord], now: dt.datetime) -> None:
+    records = {
+        "_batch_date": [day] * len(files),
+        "source": [source.name] * len(files),
+        "file": [f.file for f in files],
+        "status": [f.status for f in files],
+        "header": [json.dumps(f.header) if f.header is not None else None for f in files],
+        "rows": [f.rows for f in files],
+        "bytes": [f.bytes for f in files],
+        "sha256": [f.sha256 for f in files],
+        "encoding": [f.encoding for f in files],
+        "message": [f.message for f in files],
+        "ingested_at": [now] * len(files),
+    }
+    lake.replace(
+        "ops",
+        "ingest_files",
+        pa.table(records, schema=INGEST_FILES_SCHEMA),
+        predicate=_files_predicate(source, day),
+        partition_by=["_batch_date"],
+        schema=INGEST_FILES_SCHEMA,
+    )
+
+
+def read_file_records(day: dt.date, source: str | None = None) -> list[dict]:
+    """The ingest outcome per landed file, as recorded (validation reads headers from here)."""
+    if not lake.exists("ops", "ingest_files"):
+        return []
+    tbl = lake.read("ops", "ingest_files", filter=lake.date_filter("_batch_date", [day]))
+    out = tbl.to_pylist()
+    if source:
+        out = [r for r in out if r["source"] == get_source(source).name]
+    for r in out:
+        r["header"] = json.loads(r["header"]) if r["header"] else None
+    return out
