@@ -1,0 +1,51 @@
+# asof: the two commands are `make demo` and `make test`; everything else is here for them.
+SHELL := /bin/bash
+VENV  := .venv
+BIN   := $(VENV)/bin
+UV    := $(shell command -v uv 2>/dev/null || echo $(BIN)/uv)
+DEMO_HOME ?= $(CURDIR)/data
+DEMO_START ?= 2024-01-01
+DEMO_END   ?= 2024-01-30
+export UV_PROJECT_ENVIRONMENT := $(CURDIR)/$(VENV)
+
+.PHONY: setup demo test test-fast lint format bench serve redis clean
+
+setup: $(VENV)/.installed
+
+# Works on a machine with only python3 + pip: uv is installed into the venv when missing.
+$(VENV)/.installed: pyproject.toml uv.lock
+	@test -x $(BIN)/python || python3 -m venv $(VENV)
+	@command -v uv >/dev/null 2>&1 || test -x $(BIN)/uv || $(BIN)/pip install -q uv
+	$(UV) sync --frozen --python $(BIN)/python
+	@touch $@
+
+demo: setup
+	@mkdir -p $(DEMO_HOME)
+	ASOF_HOME=$(DEMO_HOME) $(BIN)/asof generate --start $(DEMO_START) --end $(DEMO_END) --scale demo --seed 42
+	ASOF_HOME=$(DEMO_HOME) $(BIN)/asof backfill --start $(DEMO_START) --end $(DEMO_END)
+	@ASOF_HOME=$(DEMO_HOME) $(BIN)/python -m flows.summary --start $(DEMO_START) --end $(DEMO_END)
+
+test: setup
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: setup
+	$(BIN)/python -m bench.run
+
+# Redis for the online store, bound to 127.0.0.1 (see docs/feature-store.md).
+redis:
+	redis-server --bind 127.0.0.1 --port $${ASOF_REDIS_PORT:-6379} --save "" --appendonly no
+
+clean:
+	rm -rf $(DEMO_HOME) .pytest_cache .ruff_cache .hypothesis dbt_project/target dbt_project/logs
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,44 @@
+"""Shared fixtures: an isolated ASOF_HOME per test and one Prefect backend per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def require_binary(name: str) -> str:
+    """Path of a system binary; in CI (ASOF_REQUIRE_SERVICES=1) a missing one fails, never skips."""
+    path = shutil.which(name)
+    if path:
+        return path
+    if os.environ.get("ASOF_REQUIRE_SERVICES") == "1":
+        pytest.fail(f"{name} is required in CI but not installed (.ci/run installs it)")
+    pytest.skip(f"{name} not installed")
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A fresh data root; every module reads ASOF_HOME at call time."""
+    root = tmp_path / "asof_home"
+    root.mkdir()
+    monkeypatch.setenv("ASOF_HOME", str(root))
+    monkeypatch.delenv("ASOF_LAKE_URI", raising=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def prefect_backend(tmp_path_factory: pytest.TempPathFactory):
+    """One temporary Prefect server for the whole session (starting one costs 10-20 s)."""
+    prefect_home = tmp_path_factory.mktemp("prefect_home")
+    os.environ["PREFECT_HOME"] = str(prefect_home)
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
