@@ -49,3 +49,7 @@ redis:
 clean:
 	rm -rf $(DEMO_HOME) .pytest_cache .ruff_cache .hypothesis dbt_project/target dbt_project/logs
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+# Prefect server (127.0.0.1) + work pool + deployments + worker, in the foreground; Ctrl-C stops all.
+serve: setup
+	ASOF_HOME=$${ASOF_HOME:-$(DEMO_HOME)} $(BIN)/python -m flows.serve

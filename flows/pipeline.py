@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows import runs
+from flows import lake, runs
 from flows.dates import date_range, parse_date, parse_range
 from flows.ingest import IngestOutcome, ingest
 from flows.runs import ALL_SOURCES, StageRecord
@@ -353,6 +353,26 @@ def _publish(title: str, results: list[DateResult]) -> None:
         get_run_logger().warning("could not publish artifacts: %s", exc)
 
 
+def catch_up_dates(day: dt.date, max_days: int | None = None) -> list[dt.date]:
+    """Dates a scheduled run should process: `day`, preceded by the dates missed since the newest
+    succeeded one (the server or worker was down), oldest first, at most `max_days` in all."""
+    max_days = max_days or int(os.environ.get("ASOF_CATCHUP_MAX_DAYS", "7"))
+    window_start = day - dt.timedelta(days=max_days - 1)
+    done = runs.succeeded_dates(window_start, day)
+    newest = runs.newest_succeeded(day)
+    if newest is None:
+        return [day]
+    start = max(window_start, newest + dt.timedelta(days=1))
+    missed = [d for d in date_range(start, day) if d not in done and d != day]
+    return [*missed, day]
+
+
+def pipeline_lock():
+    """One pipeline run writes the lake at a time: a scheduled run and a manual backfill of the same
+    dates queue instead of interleaving (validation of date D reads what D-1 wrote)."""
+    return lake.lock("ops", "pipeline")
+
+
 def resolve_execution_date(execution_date: str | dt.date | None, lag_days: int = 1) -> dt.date:
     """Explicit date wins; otherwise the day before the flow run's *scheduled* start (UTC).
 
@@ -372,8 +392,10 @@ def resolve_execution_date(execution_date: str | dt.date | None, lag_days: int =
 @flow(name="daily-pipeline", log_prints=True)
 def daily_pipeline(execution_date: str | None = None) -> list[dict]:
     """Every stage for one execution date (always runs: a daily run is also how a date is redone)."""
-    day = resolve_execution_date(execution_date)
-    results = process_dates([day], continue_on_failure=False, chunk_days=1)
+    day = resolve_execution_date(execution_date, int(os.environ.get("ASOF_EXECUTION_LAG_DAYS", "1")))
+    with pipeline_lock():
+        days = [day] if execution_date else catch_up_dates(day)
+        results = process_dates(days, continue_on_failure=False, chunk_days=DEFAULT_CHUNK_DAYS)
     _publish(f"daily run {day.isoformat()}", results)
     return [r.to_dict() for r in results]
 
@@ -390,14 +412,16 @@ def backfill(
     the first failing date stops the backfill unless `continue_on_failure`."""
     d1, d2 = parse_range(start, end)
     days = list(date_range(d1, d2))
-    done = set() if force else runs.succeeded_dates(d1, d2)
-    todo = [d for d in days if d not in done]
-    results = {d: DateResult(d, status="skipped", message="already succeeded") for d in days if d in done}
-    for d in done:
-        _progress(d, "skipped")
-    if todo:
-        for r in process_dates(todo, continue_on_failure, max(1, chunk_days)):
-            results[r.day] = r
+    with pipeline_lock():
+        # Decided under the lock: a backfill that waited for another run skips what that run did.
+        done = set() if force else runs.succeeded_dates(d1, d2)
+        todo = [d for d in days if d not in done]
+        results = {d: DateResult(d, status="skipped", message="already succeeded") for d in days if d in done}
+        for d in sorted(done):
+            _progress(d, "skipped")
+        if todo:
+            for r in process_dates(todo, continue_on_failure, max(1, chunk_days)):
+                results[r.day] = r
     ordered = [results[d] for d in days]
     _publish(f"backfill {d1.isoformat()}..{d2.isoformat()}", ordered)
     return [r.to_dict() for r in ordered]

@@ -176,3 +176,22 @@ def date_status(records: list[dict]) -> dict[dt.date, str]:
 
 def succeeded_dates(start: dt.date, end: dt.date) -> set[dt.date]:
     return {d for d, s in date_status(latest(start, end)).items() if s == "succeeded"}
+
+
+def newest_succeeded(on_or_before: dt.date) -> dt.date | None:
+    """The newest date (<= the given one) whose newest records all succeeded."""
+    if not lake.exists("ops", "runs"):
+        return None
+    days = pc.unique(
+        lake.read(
+            "ops",
+            "runs",
+            columns=["execution_date"],
+            filter=pc.field("execution_date") <= pa.scalar(on_or_before, pa.date32()),
+        )["execution_date"]
+    ).to_pylist()
+    if not days:
+        return None
+    status = date_status(latest(min(days), on_or_before))
+    ok = [d for d, s in status.items() if s == "succeeded"]
+    return max(ok) if ok else None

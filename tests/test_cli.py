@@ -1,0 +1,84 @@
+"""CLI argument validation: refused before anything runs, one clear line, nothing written."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from flows.dates import DateError, parse_date, parse_range
+
+ASOF = [sys.executable, "-m", "flows.cli"]
+
+
+def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ASOF_HOME": str(home)}
+    return subprocess.run([*ASOF, *args], capture_output=True, text=True, env=env, timeout=120)
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["run", "--date", "2024-02-30"], "not a real calendar date"),
+        (["run", "--date", "2024/01/01"], "not an ISO date"),
+        (["run", "--date", "../etc"], "not an ISO date"),
+        (["backfill", "--start", "2024-01-05", "--end", "2024-01-01"], "before start"),
+        (["generate", "--start", "2024-01-01", "--end", "2024-01-02", "--scale", "huge"], "scale"),
+        (["generate", "--start", "2024-01-01", "--end", "2024-01-02", "--inject", "boom@2024-01-01"], "boom"),
+        (
+            ["generate", "--start", "2024-01-01", "--end", "2024-01-02", "--inject", "nulls@2024-13-01"],
+            "2024-13-01",
+        ),
+        (["status", "--start", "2024-01-01", "--end", "2023-12-31"], "before start"),
+    ],
+)
+def test_bad_arguments_refused_and_nothing_written(tmp_path: Path, args: list[str], needle: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    res = run_cli(home, *args)
+    assert res.returncode == 2, (res.stdout, res.stderr)
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("asof: error:"), res.stderr
+    assert needle in lines[0]
+    assert list(home.iterdir()) == []
+
+
+def test_help_explains_every_command(tmp_path: Path) -> None:
+    res = run_cli(tmp_path, "--help")
+    assert res.returncode == 0
+    for cmd in ("generate", "run", "backfill", "status"):
+        assert cmd in res.stdout
+        sub = run_cli(tmp_path, cmd, "--help")
+        assert sub.returncode == 0 and "Usage" in sub.stdout
+
+
+def test_status_with_no_runs(tmp_path: Path) -> None:
+    res = run_cli(tmp_path, "status")
+    assert res.returncode == 0 and "no runs recorded" in res.stdout
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20))
+def test_parse_date_accepts_only_real_iso_dates(text: str) -> None:
+    try:
+        day = parse_date(text)
+    except DateError as exc:
+        assert str(exc)  # a clear message, never another exception type
+        return
+    assert day.isoformat() == text.strip()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dates(), st.dates())
+def test_parse_range_orders(d1: dt.date, d2: dt.date) -> None:
+    if d2 < d1:
+        with pytest.raises(DateError):
+            parse_range(d1.isoformat(), d2.isoformat())
+    else:
+        assert parse_range(d1.isoformat(), d2.isoformat()) == (d1, d2)
