@@ -291,6 +291,10 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
                 _progress(day, "failed")
                 if not continue_on_failure:
                     stop = True
+                    for later in chunk[chunk.index(day) + 1 :]:
+                        results[
+                            later
+                        ].message = f"stopped: {day.isoformat()} failed (use --continue-on-failure)"
                     break
             _transform_stage(good, results, records)
             transformed = [d for d in good if results[d].stages.get("transform") == "succeeded"]
@@ -306,6 +310,8 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
         if any(results[d].status != "succeeded" for d in chunk) and not continue_on_failure:
             stop = True
     for res in results.values():
+        if res.status == "not run" and not res.message:
+            res.message = "stopped: an earlier date failed (use --continue-on-failure)"
         if res.status == "succeeded":
             continue
         log.warning("%s %s: %s", res.day, res.status, res.message)
@@ -327,7 +333,7 @@ def _close_chunk(
                 status = "failed"
             res.stages[stage] = status
             why = res.message or "an earlier stage or date failed"
-            records.append(StageRecord(day, stage, ALL_SOURCES, status, message=f"not run: {why}"))
+            records.append(StageRecord(day, stage, ALL_SOURCES, status, message=why))
         _finish(res)
 
 
