@@ -1,0 +1,269 @@
+"""`make bench`: every figure side by side with its alternative, in one run.
+
+    python -m bench.run [--profile standard|quick|scaling] [--repeat N] [--home DIR]
+
+Each measurement runs in its own process (bench/measure.py) so its peak RSS is its own; each pair
+runs `--repeat` times and the median is reported with the ratio. Results: bench/RESULTS.md (table,
+exact command, machine facts) and bench/runs/<utc timestamp>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
+
+
+@dataclass
+class Pair:
+    title: str
+    ours: tuple[str, dict]
+    alt: tuple[str, dict] | None
+    target: str
+    days: int
+    scale: str = "bench"
+    ratio_goal: float | None = None  # ours / alt must be <= this (None: informational)
+    speedup_goal: float | None = None  # alt / ours must be >= this
+    results: dict = field(default_factory=dict)
+
+
+def profile(name: str) -> list[Pair]:
+    if name == "quick":
+        return [
+            Pair(
+                "ingest vs pyarrow CSV->Parquet copy",
+                ("ingest", {}),
+                ("ingest_limit_pyarrow", {}),
+                "informational (distance to the hardware floor)",
+                days=3,
+                scale="demo",
+            ),
+        ]
+    pairs = [
+        Pair("generate one bench day", ("generate", {}), None, "< 2 s per day", days=1),
+        Pair(
+            "ingest vs pyarrow CSV->Parquet copy",
+            ("ingest", {}),
+            ("ingest_limit_pyarrow", {}),
+            "informational (distance to the hardware floor)",
+            days=7,
+        ),
+    ]
+    extra = BENCH / "pairs.json"
+    if extra.exists():  # stage owners add their pairs here (transform, validation, feature store)
+        for p in json.loads(extra.read_text()):
+            pairs.append(
+                Pair(
+                    p["title"],
+                    tuple(p["ours"]),
+                    tuple(p["alt"]) if p.get("alt") else None,
+                    p["target"],
+                    p["days"],
+                    p.get("scale", "bench"),
+                    p.get("ratio_goal"),
+                    p.get("speedup_goal"),
+                )
+            )
+    if name == "standard":
+        pairs.append(
+            Pair(
+                "range backfill vs per-day loop (every stage)",
+                ("backfill", {}),
+                ("daily_loop", {}),
+                "backfill >= 10x faster",
+                days=30,
+                speedup_goal=10.0,
+            )
+        )
+    if name == "scaling":
+        pairs = [
+            Pair(f"backfill {n} days", ("backfill", {}), None, "time/day flat, RSS < 4 GB", days=n)
+            for n in (30, 90, 180, 365)
+        ]
+    return pairs
+
+
+def run_measure(name: str, home: Path, start: dt.date, days: int, scale: str, opts: dict) -> dict:
+    end = start + dt.timedelta(days=days - 1)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.measure",
+        name,
+        "--home",
+        str(home),
+        "--start",
+        start.isoformat(),
+        "--end",
+        end.isoformat(),
+        "--scale",
+        scale,
+        "--extra",
+        json.dumps(opts),
+    ]
+    res = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"name": name, "error": (res.stderr or res.stdout)[-1500:]}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def ensure_data(home: Path, start: dt.date, days: int, scale: str) -> float:
+    end = start + dt.timedelta(days=days - 1)
+    marker = home / f".generated-{scale}-{start}-{end}"
+    if marker.exists():
+        return 0.0
+    t = time.perf_counter()
+    out = run_measure("generate", home, start, days, scale, {})
+    if "error" in out:
+        raise SystemExit(f"data generation failed: {out['error']}")
+    marker.touch()
+    return time.perf_counter() - t
+
+
+def machine() -> dict:
+    mem = ""
+    with contextlib.suppress(OSError, StopIteration):
+        mem = next(
+            line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal")
+        )
+    cpu = ""
+    with contextlib.suppress(OSError, StopIteration):
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "mem": mem,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "load_avg": os.getloadavg(),
+    }
+
+
+def summarise(samples: list[dict]) -> dict:
+    ok = [s for s in samples if "error" not in s]
+    if not ok:
+        return {"error": samples[-1].get("error", "failed")}
+    return {
+        "seconds": statistics.median(s["seconds"] for s in ok),
+        "seconds_all": [round(s["seconds"], 3) for s in ok],
+        "peak_rss_mb": max(s["peak_rss_mb"] for s in ok),
+        "extra": {k: v for k, v in ok[-1].items() if k not in ("seconds", "peak_rss_mb", "name")},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--profile", default="standard", choices=["standard", "quick", "scaling"])
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--home", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "asof-bench"))
+    parser.add_argument("--start", default="2024-01-01")
+    parser.add_argument("--only", default="", help="run only pairs whose title contains this text")
+    args = parser.parse_args()
+    start = dt.date.fromisoformat(args.start)
+    command = "python -m bench.run " + " ".join(sys.argv[1:])
+    pairs = [p for p in profile(args.profile) if args.only.lower() in p.title.lower()]
+    started = dt.datetime.now(dt.UTC)
+    for p in pairs:
+        home = Path(args.home) / p.scale
+        home.mkdir(parents=True, exist_ok=True)
+        gen = ensure_data(home, start, p.days, p.scale)
+        print(
+            f"== {p.title} ({p.days} days, {p.scale}){f' [generated in {gen:.1f}s]' if gen else ''}",
+            flush=True,
+        )
+        repeat = 1 if p.days >= 30 else args.repeat
+        ours = [run_measure(p.ours[0], home, start, p.days, p.scale, p.ours[1]) for _ in range(repeat)]
+        p.results["ours"] = summarise(ours)
+        if p.alt:
+            alt = [run_measure(p.alt[0], home, start, p.days, p.scale, p.alt[1]) for _ in range(repeat)]
+            p.results["alt"] = summarise(alt)
+        o, a = p.results.get("ours", {}), p.results.get("alt", {})
+        if "seconds" in o and "seconds" in a and o["seconds"] > 0:
+            p.results["ratio"] = o["seconds"] / a["seconds"]
+            p.results["speedup"] = a["seconds"] / o["seconds"]
+        print(json.dumps(p.results, default=str)[:600], flush=True)
+    write_results(pairs, args, command, started)
+
+
+def _fmt_s(r: dict) -> str:
+    if "error" in r:
+        return "error: " + r["error"].strip().splitlines()[-1][:80]
+    return f"{r['seconds']:.2f} s ({r['peak_rss_mb']:.0f} MB)"
+
+
+def write_results(pairs: list[Pair], args, command: str, started: dt.datetime) -> None:
+    runs_dir = BENCH / "runs"
+    runs_dir.mkdir(exist_ok=True)
+    stamp = started.strftime("%Y%m%dT%H%M%SZ")
+    payload = {
+        "command": command,
+        "started": started.isoformat(),
+        "machine": machine(),
+        "pairs": [
+            {
+                "title": p.title,
+                "days": p.days,
+                "scale": p.scale,
+                "target": p.target,
+                "ours": p.ours,
+                "alt": p.alt,
+                "results": p.results,
+            }
+            for p in pairs
+        ],
+    }
+    (runs_dir / f"{args.profile}-{stamp}.json").write_text(json.dumps(payload, indent=2, default=str))
+    lines = [
+        f"## Profile `{args.profile}` — {started:%Y-%m-%d %H:%M} UTC",
+        "",
+        f"Command: `{command}` (median of {args.repeat} runs for pairs under 30 days, 1 run otherwise; "
+        "each measurement in its own process; peak RSS per process).",
+        "",
+        f"Machine: {payload['machine']['cpus']} cores, {payload['machine']['cpu']}, "
+        f"{payload['machine']['mem']}, Python {payload['machine']['python']}, "
+        f"load average at start {tuple(round(x, 1) for x in payload['machine']['load_avg'])}.",
+        "",
+        "| measurement | days x scale | asof | alternative | ratio (asof/alt) | target | met |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for p in pairs:
+        o, a = p.results.get("ours", {}), p.results.get("alt")
+        ratio = p.results.get("ratio")
+        met = "-"
+        if ratio is not None and p.ratio_goal is not None:
+            met = "yes" if ratio <= p.ratio_goal else "no"
+        if ratio is not None and p.speedup_goal is not None:
+            met = "yes" if p.results["speedup"] >= p.speedup_goal else "no"
+        lines.append(
+            f"| {p.title} | {p.days} x {p.scale} | {_fmt_s(o)} | {_fmt_s(a) if a else '-'} | "
+            f"{f'{ratio:.2f}' if ratio is not None else '-'} | {p.target} | {met} |"
+        )
+    lines.append("")
+    results = BENCH / "RESULTS.md"
+    header = "# Benchmark results\n\nWritten by `make bench` (bench/run.py). Newest profile run first.\n\n"
+    old = results.read_text().split("\n", 4)[-1] if results.exists() else ""
+    old = old[old.find("## Profile") :] if "## Profile" in old else ""
+    results.write_text(header + "\n".join(lines) + "\n" + old)
+    print(f"wrote {results} and {runs_dir / f'{args.profile}-{stamp}.json'}")
+
+
+if __name__ == "__main__":
+    main()
