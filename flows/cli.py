@@ -316,10 +316,10 @@ def main() -> None:
         typer.echo("asof: aborted", err=True)
         sys.exit(130)
     except Exception as exc:  # click usage errors and anything unexpected: one line, non-zero
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
+        # typer vendors its own click, so match click's usage errors by shape, not by class.
+        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
+            hint = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
+            typer.echo(f"asof: error: {exc.format_message()}{hint}", err=True)
             sys.exit(exc.exit_code)
         typer.echo(f"asof: error: {type(exc).__name__}: {exc}", err=True)
         if os.environ.get("ASOF_DEBUG"):

@@ -1,0 +1,664 @@
+"""Feast offline store over the project's Delta lake: Arrow scans + a DuckDB `ASOF` join.
+
+Configured in `feature_repo/feature_store.yaml` through Feast's plug-in mechanism::
+
+    offline_store:
+      type: flows.feast_offline.DeltaDuckDBOfflineStore
+
+Feature views keep ordinary `FileSource(path=lake.uri("gold", T), file_format=DeltaFormat())`
+sources (so Feast's stock `file` store can read the same repo, which the tests use as the
+reference). This store resolves such a source back to its logical lake table (`<layer>/<table>`,
+the last two path components) and reads it through `flows.lake` (deltalake -> Arrow dataset ->
+DuckDB, no DuckDB extension, no network), optionally at a pinned Delta version
+(`pinned_versions`), which is how training sets are reproduced with time travel.
+
+Point-in-time rule of `get_historical_features`, per entity row and feature view: the feature row
+with the same join keys and the greatest `timestamp_field <= entity timestamp`; ties on the
+timestamp go to the greatest `created_timestamp_column`; the row is used only when it is within
+the view's ttl, otherwise the features are null. The ttl lower bound is exclusive by default
+(`ts > entity_ts - ttl`): a daily row published at D+1 00:00 with ttl 1 day is not served at
+D+2 00:00, so an entity with no newer row reads null rather than a stale value (SPEC 8). Feast's
+own stores use an inclusive bound (`ts >= entity_ts - ttl`); `ttl_lower_bound: inclusive` gives
+exactly that. The two differ only for an entity timestamp exactly `ttl` after the latest row.
+
+Every entity row is returned exactly once, in the order given, with nulls where nothing is in
+ttl. Feast's stock `file` store (0.67) instead drops an entity row whose entity has feature rows
+but none within ttl, and collapses entity rows sharing join keys and timestamp; on the rows it
+does return, results are equal (tests/test_feast_offline.py). It also reads a Delta table's
+directory as plain Parquet, i.e. including files that later versions removed.
+
+Materialization reads (`pull_latest_from_table_or_query`, `pull_all_from_table_or_query`) use
+the same inclusive [start, end] window as Feast's stores; inside `current_rows_only()` they skip
+rows superseded by a newer row of the same entity (see flows.featurestore.materialize_date).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import datetime as dt
+import logging
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from feast.data_source import DataSource
+from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
+from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
+from feast.infra.offline_stores.offline_store import (
+    OfflineStore,
+    RetrievalJob,
+    RetrievalMetadata,
+)
+from feast.infra.offline_stores.offline_utils import DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
+from feast.infra.registry.base_registry import BaseRegistry
+from feast.on_demand_feature_view import OnDemandFeatureView
+from feast.repo_config import FeastConfigBaseModel, RepoConfig
+from feast.saved_dataset import SavedDatasetStorage
+from feast.utils import _get_requested_feature_views_to_features_dict
+from pydantic import StrictStr
+
+from flows import lake
+
+log = logging.getLogger(__name__)
+
+TS = pa.timestamp("us", tz="UTC")
+
+# ------------------------------------------------------------------ table resolution and pinning
+
+_PINS: contextvars.ContextVar[dict[str, int] | None] = contextvars.ContextVar("asof_delta_pins", default=None)
+
+
+@contextlib.contextmanager
+def pinned_versions(versions: Mapping[str, int]) -> Iterator[None]:
+    """Read the named lake tables (`"gold/customer_profile"` -> Delta version) at those versions.
+
+    Applies to every retrieval job created inside the block (the version is fixed when the job is
+    created, so the job may be executed later).
+    """
+    token = _PINS.set({**(_PINS.get() or {}), **{k: int(v) for k, v in versions.items()}})
+    try:
+        yield
+    finally:
+        _PINS.reset(token)
+
+
+_CURRENT_ONLY: contextvars.ContextVar[bool] = contextvars.ContextVar("asof_current_only", default=False)
+
+
+@contextlib.contextmanager
+def current_rows_only() -> Iterator[None]:
+    """Make materialization reads skip superseded rows.
+
+    Inside the block, `pull_latest_from_table_or_query` / `pull_all_from_table_or_query` (what
+    `FeatureStore.materialize` calls) return a row only if its entity has no newer row anywhere in
+    the table. Materializing one day then writes exactly the rows of that day that are still the
+    latest, so a backfill writes every entity once, in any order, and never puts an older value
+    over a newer one (flows.featurestore.materialize_date).
+    """
+    token = _CURRENT_ONLY.set(True)
+    try:
+        yield
+    finally:
+        _CURRENT_ONLY.reset(token)
+
+
+@dataclass(frozen=True)
+class LakeTable:
+    layer: str
+    name: str
+    version: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.layer}/{self.name}"
+
+
+_warned_paths: set[str] = set()
+
+
+def table_key(source: DataSource) -> str:
+    """The logical lake table (`layer/table`) behind a feature view's FileSource."""
+    if not isinstance(source, FileSource):
+        raise TypeError(
+            f"DeltaDuckDBOfflineStore reads FileSource(DeltaFormat) sources over the asof lake, "
+            f"not {type(source).__name__} ({source.name})"
+        )
+    parts = source.path.rstrip("/").split("/")
+    if len(parts) < 2 or parts[-2] not in lake.LAYERS:
+        raise ValueError(
+            f"data source {source.name!r}: path {source.path!r} is not a lake table "
+            f"(expected .../<{'|'.join(lake.LAYERS)}>/<table>, built with flows.lake.uri)"
+        )
+    layer, name = parts[-2], parts[-1]
+    expected = lake.uri(layer, name)
+    if source.path.rstrip("/") != expected and source.path not in _warned_paths:
+        _warned_paths.add(source.path)
+        log.warning(
+            "data source %s was applied with path %s; reading %s/%s of the current lake (%s). "
+            "Run `feast apply` again for this ASOF_HOME to silence this.",
+            source.name,
+            source.path,
+            layer,
+            name,
+            expected,
+        )
+    return f"{layer}/{name}"
+
+
+def resolve(source: DataSource) -> LakeTable:
+    """Resolve a source to a lake table and the Delta version to read (pinned or current)."""
+    key = table_key(source)
+    layer, name = key.split("/")
+    pins = _PINS.get() or {}
+    if key in pins:
+        return LakeTable(layer, name, pins[key])
+    current = lake.version(layer, name)
+    if current is None:
+        raise lake.LakeError(f"Delta table {key} (source {source.name!r}) does not exist yet")
+    return LakeTable(layer, name, current)
+
+
+# ------------------------------------------------------------------ SQL helpers
+
+
+def q(identifier: str) -> str:
+    """Quote a SQL identifier (column names come from Feast definitions, never from users)."""
+    return '"' + identifier.replace('"', '""') + '"'
+
+
+def ts_literal(value: dt.datetime) -> str:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    value = value.astimezone(dt.UTC)
+    return f"TIMESTAMPTZ '{value.strftime('%Y-%m-%d %H:%M:%S.%f')}+00'"
+
+
+def _connect(config: DeltaDuckDBOfflineStoreConfig | None) -> duckdb.DuckDBPyConnection:
+    con = duckdb.connect()
+    con.execute("SET TimeZone='UTC'")
+    if config is not None and config.threads:
+        con.execute(f"SET threads={int(config.threads)}")
+    if config is not None and config.memory_limit:
+        if not re.fullmatch(r"\d+(\.\d+)?\s*[KMGT]i?B", config.memory_limit):
+            raise ValueError(f"memory_limit {config.memory_limit!r}: expected e.g. '4GB'")
+        con.execute(f"SET memory_limit='{config.memory_limit}'")
+    return con
+
+
+def _register(con: duckdb.DuckDBPyConnection, alias: str, table: LakeTable) -> None:
+    con.register(alias, lake.dataset(table.layer, table.name, version=table.version))
+
+
+# ------------------------------------------------------------------ config + retrieval job
+
+
+class DeltaDuckDBOfflineStoreConfig(FeastConfigBaseModel):
+    """`offline_store:` section of feature_store.yaml."""
+
+    type: StrictStr = "flows.feast_offline.DeltaDuckDBOfflineStore"
+
+    ttl_lower_bound: Literal["exclusive", "inclusive"] = "exclusive"
+    """exclusive: ts > entity_ts - ttl (never a stale daily row); inclusive: Feast's stock rule."""
+
+    threads: int | None = None
+    """DuckDB worker threads (default: all cores)."""
+
+    memory_limit: StrictStr | None = None
+    """DuckDB memory limit, e.g. "4GB" (default: DuckDB's, 80% of RAM)."""
+
+
+class DeltaDuckDBRetrievalJob(RetrievalJob):
+    """A lazy retrieval: nothing is read until `to_arrow()` / `to_df()`."""
+
+    def __init__(
+        self,
+        compute: Callable[[], pa.Table],
+        *,
+        sql: str,
+        tables: dict[str, LakeTable],
+        full_feature_names: bool = False,
+        on_demand_feature_views: list[OnDemandFeatureView] | None = None,
+        metadata: RetrievalMetadata | None = None,
+    ):
+        self._compute = compute
+        self._sql = sql
+        self._tables = tables
+        self._full_feature_names = full_feature_names
+        self._on_demand_feature_views = on_demand_feature_views or []
+        self._metadata = metadata
+
+    @property
+    def full_feature_names(self) -> bool:
+        return self._full_feature_names
+
+    @property
+    def on_demand_feature_views(self) -> list[OnDemandFeatureView]:
+        return self._on_demand_feature_views
+
+    @property
+    def metadata(self) -> RetrievalMetadata | None:
+        return self._metadata
+
+    @property
+    def table_versions(self) -> dict[str, int]:
+        """The Delta version of every lake table this job reads (`{"gold/x": 7}`)."""
+        return {key: t.version for key, t in self._tables.items()}
+
+    def to_sql(self) -> str:
+        return self._sql
+
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
+        return self._compute()
+
+    def _to_df_internal(self, timeout: int | None = None) -> pd.DataFrame:
+        return self._compute().to_pandas()
+
+    def persist(
+        self,
+        storage: SavedDatasetStorage,
+        allow_overwrite: bool | None = False,
+        timeout: int | None = None,
+    ) -> None:
+        if not isinstance(storage, SavedDatasetFileStorage):
+            raise NotImplementedError(f"cannot persist to {type(storage).__name__}")
+        path = Path(storage.file_options.uri)
+        if path.exists() and not allow_overwrite:
+            from feast.errors import SavedDatasetLocationAlreadyExists
+
+            raise SavedDatasetLocationAlreadyExists(location=str(path))
+        pq.write_table(self.to_arrow(), path)
+
+    def supports_remote_storage_export(self) -> bool:
+        return False
+
+
+# ------------------------------------------------------------------ the offline store
+
+
+@dataclass
+class _ViewPlan:
+    alias: str
+    table: LakeTable
+    keys: list[tuple[str, str]]  # (entity df column, source column)
+    ts_col: str
+    created_col: str | None
+    features: list[tuple[str, str]]  # (source column, output column)
+    ttl_us: int | None
+
+
+class DeltaDuckDBOfflineStore(OfflineStore):
+    supports_filter_by_created_timestamp = False
+
+    # ---------------------------------------------------------- historical retrieval
+
+    @staticmethod
+    def get_historical_features(
+        config: RepoConfig,
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: pd.DataFrame | str | None,
+        registry: BaseRegistry,
+        project: str,
+        full_feature_names: bool = False,
+        **kwargs: Any,
+    ) -> RetrievalJob:
+        store_config = _store_config(config)
+        if entity_df is None:
+            raise NotImplementedError(
+                "DeltaDuckDBOfflineStore needs an entity_df (rows with join keys and an event timestamp)"
+            )
+        if isinstance(entity_df, str):
+            raise NotImplementedError("DeltaDuckDBOfflineStore takes a pandas entity_df, not SQL")
+        if not isinstance(entity_df, pd.DataFrame):
+            raise ValueError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
+
+        ts_col = _entity_timestamp_column(entity_df)
+        odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
+        fv_features, _ = _get_requested_feature_views_to_features_dict(feature_refs, feature_views, odfvs)
+
+        plans: list[_ViewPlan] = []
+        for i, (fv, features) in enumerate(fv_features.items()):
+            plans.append(_plan_view(f"v{i}", fv, features, full_feature_names, set(entity_df.columns)))
+        _check_output_names(entity_df, plans)
+
+        ts_min, ts_max = _timestamp_range(entity_df[ts_col])
+        sql = _asof_sql(plans, store_config.ttl_lower_bound, ts_min, ts_max)
+        tables = {p.table.key: p.table for p in plans}
+        frame = entity_df  # captured; the job runs lazily
+
+        def compute() -> pa.Table:
+            return _run_asof(store_config, frame, ts_col, plans, sql)
+
+        return DeltaDuckDBRetrievalJob(
+            compute,
+            sql=sql,
+            tables=tables,
+            full_feature_names=full_feature_names,
+            on_demand_feature_views=odfvs,
+            metadata=RetrievalMetadata(
+                features=feature_refs,
+                keys=[c for c in entity_df.columns if c != ts_col],
+                min_event_timestamp=ts_min,
+                max_event_timestamp=ts_max,
+            ),
+        )
+
+    # ---------------------------------------------------------- materialization reads
+
+    @staticmethod
+    def pull_latest_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None,
+        start_date: dt.datetime,
+        end_date: dt.datetime,
+    ) -> RetrievalJob:
+        return _pull(
+            config,
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
+            latest=True,
+        )
+
+    @staticmethod
+    def pull_all_from_table_or_query(
+        config: RepoConfig,
+        data_source: DataSource,
+        join_key_columns: list[str],
+        feature_name_columns: list[str],
+        timestamp_field: str,
+        created_timestamp_column: str | None = None,
+        start_date: dt.datetime | None = None,
+        end_date: dt.datetime | None = None,
+    ) -> RetrievalJob:
+        return _pull(
+            config,
+            data_source,
+            join_key_columns,
+            feature_name_columns,
+            timestamp_field,
+            created_timestamp_column,
+            start_date,
+            end_date,
+            latest=False,
+        )
+
+    def validate_data_source(self, config: RepoConfig, data_source: DataSource) -> None:
+        table_key(data_source)  # the path must name a lake table; it may not exist yet
+
+    def get_table_column_names_and_types_from_data_source(self, config: RepoConfig, data_source: DataSource):
+        t = resolve(data_source)
+        schema = lake.table(t.layer, t.name, t.version).schema().to_arrow()
+        schema = pa.schema(schema)
+        return zip(schema.names, map(str, schema.types), strict=True)
+
+
+# ------------------------------------------------------------------ implementation
+
+
+def _store_config(config: RepoConfig) -> DeltaDuckDBOfflineStoreConfig:
+    cfg = config.offline_store
+    if not isinstance(cfg, DeltaDuckDBOfflineStoreConfig):
+        raise TypeError(f"expected DeltaDuckDBOfflineStoreConfig, got {type(cfg).__name__}")
+    return cfg
+
+
+def _entity_timestamp_column(entity_df: pd.DataFrame) -> str:
+    if DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL in entity_df.columns:
+        return DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
+    candidates = list(entity_df.select_dtypes(include=["datetime", "datetimetz"]).columns)
+    if len(candidates) == 1:
+        return candidates[0]
+    raise ValueError(
+        f"entity_df needs a column named {DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL!r} "
+        "(or exactly one datetime column) holding the entity timestamps"
+    )
+
+
+def _timestamp_range(col: pd.Series) -> tuple[dt.datetime | None, dt.datetime | None]:
+    if len(col) == 0:
+        return None, None
+    s = pd.to_datetime(col, utc=True)
+    lo, hi = s.min(), s.max()
+    if pd.isna(lo):
+        return None, None
+    return lo.to_pydatetime(), hi.to_pydatetime()
+
+
+def _plan_view(
+    alias: str, fv: FeatureView, features: list[str], full_feature_names: bool, entity_columns: set[str]
+) -> _ViewPlan:
+    source = fv.batch_source
+    reverse = {v: k for k, v in (source.field_mapping or {}).items()}
+    join_key_map = fv.projection.join_key_map or {}
+    keys: list[tuple[str, str]] = []
+    for col in fv.entity_columns:
+        if col.name == DUMMY_ENTITY_ID:
+            continue
+        entity_col = join_key_map.get(col.name, col.name)
+        if entity_col not in entity_columns:
+            raise ValueError(
+                f"entity_df lacks join key column {entity_col!r} needed by feature view {fv.name!r}"
+            )
+        keys.append((entity_col, reverse.get(col.name, col.name)))
+    prefix = fv.projection.name_to_use()
+    feats = [(reverse.get(f, f), f"{prefix}__{f}" if full_feature_names else f) for f in features]
+    ttl_us = None
+    if fv.ttl is not None and fv.ttl.total_seconds() > 0:
+        ttl_us = fv.ttl // dt.timedelta(microseconds=1)
+    ts_col = reverse.get(source.timestamp_field, source.timestamp_field)
+    created = source.created_timestamp_column or None
+    if created:
+        created = reverse.get(created, created)
+    return _ViewPlan(alias, resolve(source), keys, ts_col, created, feats, ttl_us)
+
+
+def _check_output_names(entity_df: pd.DataFrame, plans: list[_ViewPlan]) -> None:
+    seen = set(entity_df.columns)
+    for p in plans:
+        for _, out in p.features:
+            if out in seen:
+                raise ValueError(
+                    f"feature column {out!r} collides with another column; use full_feature_names=True"
+                )
+            seen.add(out)
+
+
+def _asof_sql(
+    plans: list[_ViewPlan], ttl_bound: str, ts_min: dt.datetime | None, ts_max: dt.datetime | None
+) -> str:
+    """One query: the entity rows ASOF LEFT JOINed to every view (each view pre-filtered)."""
+    select = ["e.__row"]
+    joins = []
+    for p in plans:
+        src_ts = f"CAST({q(p.ts_col)} AS TIMESTAMPTZ)"
+        where = []
+        if ts_max is not None:
+            where.append(f"{src_ts} <= {ts_literal(ts_max)}")
+            if p.ttl_us is not None:
+                lower = ts_min - dt.timedelta(microseconds=p.ttl_us)
+                where.append(f"{src_ts} >= {ts_literal(lower)}")
+        cols = [f"{q(src)} AS {q(f'__k{j}')}" for j, (_, src) in enumerate(p.keys)]
+        cols.append(f"{src_ts} AS __ts")
+        cols += [f"{q(src)} AS {q(f'__f{j}')}" for j, (src, _) in enumerate(p.features)]
+        inner = f"SELECT {', '.join(cols)} FROM {p.alias}_src"
+        if where:
+            inner += " WHERE " + " AND ".join(where)
+        if p.created_col:
+            # Several rows at the same timestamp: the latest created wins (nulls lose); the rest
+            # of the ordering only makes a full tie deterministic.
+            part = ", ".join([f"{q(f'__k{j}')}" for j in range(len(p.keys))] + ["__ts"])
+            order = [f"CAST({q(p.created_col)} AS TIMESTAMPTZ) DESC NULLS LAST"]
+            order += [f"{q(f'__f{j}')} DESC NULLS LAST" for j in range(len(p.features))]
+            inner = (
+                f"SELECT * EXCLUDE (__created_rank) FROM ("
+                f"SELECT {', '.join(cols)}, row_number() OVER (PARTITION BY {part} ORDER BY "
+                f"{', '.join(order)}) AS __created_rank FROM {p.alias}_src"
+                + (" WHERE " + " AND ".join(where) if where else "")
+                + ") WHERE __created_rank = 1"
+            )
+        on = [f"e.{q(ent)} = {p.alias}.{q(f'__k{j}')}" for j, (ent, _) in enumerate(p.keys)]
+        on.append(f"e.__ts >= {p.alias}.__ts")
+        joins.append(f"ASOF LEFT JOIN ({inner}) AS {p.alias} ON {' AND '.join(on)}")
+        if p.ttl_us is None:
+            fresh = f"{p.alias}.__ts IS NOT NULL"
+        else:
+            op = ">" if ttl_bound == "exclusive" else ">="
+            fresh = f"{p.alias}.__ts {op} e.__ts - to_microseconds({p.ttl_us})"
+        for j, (_, out) in enumerate(p.features):
+            select.append(f"CASE WHEN {fresh} THEN {p.alias}.{q(f'__f{j}')} END AS {q(out)}")
+    return f"SELECT {', '.join(select)}\nFROM entity AS e\n" + "\n".join(joins) + "\nORDER BY e.__row"
+
+
+def _entity_arrow(entity_df: pd.DataFrame, ts_col: str) -> pa.Table:
+    table = pa.Table.from_pandas(entity_df, preserve_index=False)
+    ts = table[ts_col]
+    if pa.types.is_timestamp(ts.type):
+        if ts.type.tz is None:
+            ts = ts.cast(pa.timestamp(ts.type.unit, tz="UTC"))
+    else:
+        ts = pa.chunked_array(
+            [pa.array(pd.to_datetime(entity_df[ts_col], utc=True).to_numpy(), pa.timestamp("ns"))]
+        ).cast(pa.timestamp("ns", tz="UTC"))
+    return table.set_column(table.schema.get_field_index(ts_col), ts_col, ts)
+
+
+def _run_asof(
+    config: DeltaDuckDBOfflineStoreConfig,
+    entity_df: pd.DataFrame,
+    ts_col: str,
+    plans: list[_ViewPlan],
+    sql: str,
+) -> pa.Table:
+    entity = _entity_arrow(entity_df, ts_col)
+    n = entity.num_rows
+    key_cols = sorted({ent for p in plans for ent, _ in p.keys})
+    # Only row id, join keys and timestamp go into DuckDB (at microsecond precision, truncated:
+    # for microsecond feature timestamps `ts <= floor(entity_ts)` is the same as `ts <= entity_ts`);
+    # every entity column is returned untouched from the Arrow table.
+    probe = pa.table(
+        {
+            "__row": pa.array(np.arange(n, dtype=np.int64)),
+            **{c: entity[c] for c in key_cols},
+            "__ts": entity[ts_col].cast(TS, safe=False),
+        }
+    )
+    con = _connect(config)
+    try:
+        con.register("entity", probe)
+        for p in plans:
+            _register(con, f"{p.alias}_src", p.table)
+        result = con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
+    out = entity
+    for name in result.column_names[1:]:
+        out = out.append_column(name, result[name])
+    return out.replace_schema_metadata(None)
+
+
+def pull_sql(
+    join_key_columns: list[str],
+    feature_name_columns: list[str],
+    timestamp_field: str,
+    created_timestamp_column: str | None,
+    start_date: dt.datetime | None,
+    end_date: dt.datetime | None,
+    latest: bool,
+    current_only: bool = False,
+) -> str:
+    """The materialization read over the table registered as `src` (inclusive [start, end])."""
+    ts = f"CAST(s.{q(timestamp_field)} AS TIMESTAMPTZ)"
+    cols = [f"s.{q(c)}" for c in join_key_columns + feature_name_columns]
+    cols.append(f"{ts} AS {q(timestamp_field)}")
+    if created_timestamp_column:
+        cols.append(f"CAST(s.{q(created_timestamp_column)} AS TIMESTAMPTZ) AS {q(created_timestamp_column)}")
+    if not join_key_columns:
+        cols.append(f"'{DUMMY_ENTITY_VAL}' AS {q(DUMMY_ENTITY_ID)}")
+    where = []
+    if start_date is not None:
+        where.append(f"{ts} >= {ts_literal(start_date)}")
+    if end_date is not None:
+        where.append(f"{ts} <= {ts_literal(end_date)}")
+    if current_only and join_key_columns:
+        same = " AND ".join(f"n.{q(c)} = s.{q(c)}" for c in join_key_columns)
+        newer = f"CAST(n.{q(timestamp_field)} AS TIMESTAMPTZ) > {ts}"
+        where.append(f"NOT EXISTS (SELECT 1 FROM src AS n WHERE {same} AND {newer})")
+    sql = f"SELECT {', '.join(cols)} FROM src AS s"
+    if where:
+        sql += " WHERE " + " AND ".join(where)
+    if (latest or current_only) and join_key_columns:
+        order = [f"{ts} DESC"]
+        if created_timestamp_column:
+            order.append(f"CAST(s.{q(created_timestamp_column)} AS TIMESTAMPTZ) DESC NULLS LAST")
+        sql += (
+            f" QUALIFY row_number() OVER (PARTITION BY {', '.join(f's.{q(c)}' for c in join_key_columns)} "
+            f"ORDER BY {', '.join(order)}) = 1"
+        )
+    sql += f" ORDER BY {', '.join([q(c) for c in join_key_columns] + [q(timestamp_field)])}"
+    return sql
+
+
+def _pull(
+    config: RepoConfig,
+    data_source: DataSource,
+    join_key_columns: list[str],
+    feature_name_columns: list[str],
+    timestamp_field: str,
+    created_timestamp_column: str | None,
+    start_date: dt.datetime | None,
+    end_date: dt.datetime | None,
+    latest: bool,
+) -> DeltaDuckDBRetrievalJob:
+    store_config = _store_config(config)
+    table = resolve(data_source)
+    sql = pull_sql(
+        join_key_columns,
+        feature_name_columns,
+        timestamp_field,
+        created_timestamp_column,
+        start_date,
+        end_date,
+        latest,
+        current_only=_CURRENT_ONLY.get(),
+    )
+
+    def compute() -> pa.Table:
+        con = _connect(store_config)
+        try:
+            _register(con, "src", table)
+            return con.sql(sql).to_arrow_table()
+        finally:
+            con.close()
+
+    return DeltaDuckDBRetrievalJob(compute, sql=sql, tables={table.key: table})
+
+
+# ------------------------------------------------------------------ helpers for the project
+
+
+def query_table(source: DataSource, sql: str) -> pa.Table:
+    """Run `sql` against the source's lake table, visible as `src` (pinned versions apply)."""
+    table = resolve(source)
+    con = _connect(None)
+    try:
+        _register(con, "src", table)
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
