@@ -1,0 +1,499 @@
+"""(Re)build the Great Expectations File Data Context in `expectations/` from the data contracts.
+
+    .venv/bin/python expectations/build_suites.py          # rewrite the generated files
+    .venv/bin/python expectations/build_suites.py --check  # exit 1 if they are out of date
+
+The rules are authored here and in `contracts/<source>.yml`, never derived from data. The output is
+committed (`great_expectations.yml`, `expectations/*.json`, `validation_definitions/*.json`,
+`checkpoints/*.json`) and is what GE loads at run time (`flows.validate.ge_context`). Ids are
+deterministic (uuid5 of what they name), so a rebuild without rule changes is byte-identical.
+
+Per source:
+  suite `<source>.contract`  on the file header:  every contract column present (critical:
+                              `contract_broken`), no other column (warning: `added_columns`)
+  suite `<source>.rows`      on the rows: row rules (meta.level = row, meta.reason = the quarantine
+                              reason) and batch rules (meta.level = batch, meta.rule = the rule)
+Every expectation carries its rule in `meta`; `flows/validate.py` splits rows by GE's
+`unexpected_index_list` and names reasons from that meta only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from flows import validate as V  # noqa: E402
+from flows.sources import SOURCE_NAMES, get_source  # noqa: E402
+
+NAMESPACE = uuid.UUID("6f1c3a52-8d7e-4b8a-9a53-0c1f7e2b5a10")
+GENERATED = ("great_expectations.yml", "expectations", "validation_definitions", "checkpoints")
+
+
+def _id(*parts: str) -> str:
+    return str(uuid.uuid5(NAMESPACE, "/".join(parts)))
+
+
+def _row(reason: str, notes: str, **extra) -> dict:
+    return {"meta": {"level": "row", "reason": reason, **extra}, "notes": notes}
+
+
+def _batch(rule: str, notes: str, **extra) -> dict:
+    return {"meta": {"level": "batch", "rule": rule, **extra}, "notes": notes}
+
+
+def rows_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
+    """(expectation class name, kwargs incl. meta/notes/severity) for `<source>.rows`."""
+    out: list[tuple[str, dict]] = [
+        (
+            "ExpectColumnValuesToBeNull",
+            {
+                "column": V.PARSE_ERROR_COL,
+                **_row("malformed_row", "A line ingest could not split into fields (kept whole in `_raw`)."),
+            },
+        )
+    ]
+    for col in contract.columns:
+        c = col.name
+        if not col.nullable:
+            out.append(
+                ("ExpectColumnValuesToNotBeNull", {"column": c, **_row(f"null:{c}", f"`{c}` is required.")})
+            )
+        if col.type in V.TYPED:
+            out.append(
+                (
+                    "ExpectColumnValuesToBeNull",
+                    {
+                        "column": V.unparseable_col(c),
+                        **_row(
+                            f"unparseable:{c}",
+                            f"`{c}` must parse as {col.type}; `{V.unparseable_col(c)}` holds the raw text "
+                            "of values that do not.",
+                            column=c,
+                            type=col.type,
+                        ),
+                    },
+                )
+            )
+        if col.type == "timestamp":
+            out.append(
+                (
+                    "ExpectColumnValuesToNotMatchRegex",
+                    {
+                        "column": c,
+                        "regex": V.NAIVE_TIMESTAMP_RE,
+                        **_row(
+                            f"naive_timestamp:{c}",
+                            f"`{c}` must carry a time zone (`Z` or an offset); a naive time is ambiguous.",
+                        ),
+                    },
+                )
+            )
+        if col.allowed is not None:
+            reason = col.reason or f"not_allowed:{c}"
+            if col.allowed_from == "fx_rates":
+                kwargs = {"column": c, "value_set": {"$PARAMETER": V.PARAM_FX_CURRENCIES}}
+                note = f"`{c}` must be a currency of the FX seed `fx_rates` (dbt_project/seeds/fx_rates.csv)."
+            elif col.type == "int":
+                kwargs = {"column": V.parsed_col(c), "value_set": [int(v) for v in col.allowed]}
+                note = f"`{c}` must be one of {', '.join(col.allowed)}."
+            else:
+                kwargs = {"column": c, "value_set": list(col.allowed)}
+                note = f"`{c}` must be one of {', '.join(col.allowed)}."
+            out.append(("ExpectColumnValuesToBeInSet", {**kwargs, **_row(reason, note)}))
+        if col.pattern:
+            out.append(
+                (
+                    "ExpectColumnValuesToMatchRegex",
+                    {
+                        "column": c,
+                        "regex": col.pattern,
+                        **_row(f"invalid_format:{c}", f"`{c}` must match `{col.pattern}`."),
+                    },
+                )
+            )
+    for rule in contract.rules:
+        rid, kind = rule["id"], rule["kind"]
+        if kind == "range":
+            kw = {"column": V.parsed_col(rule["column"])}
+            if "min" in rule:
+                kw["min_value"] = rule["min"]
+                kw["strict_min"] = bool(rule.get("strict_min", False))
+            if "max" in rule:
+                kw["max_value"] = rule["max"]
+                kw["strict_max"] = bool(rule.get("strict_max", False))
+            lo = f"> {rule['min']:g}" if rule.get("strict_min") else f">= {rule['min']:g}"
+            hi = f"< {rule['max']:g}" if rule.get("strict_max") else f"<= {rule['max']:g}"
+            out.append(
+                ("ExpectColumnValuesToBeBetween", {**kw, **_row(rid, f"`{rule['column']}` {lo} and {hi}.")})
+            )
+        elif kind == "not_before_batch":
+            out.append(
+                (
+                    "ExpectColumnValuesToBeBetween",
+                    {
+                        "column": V.parsed_col(rule["column"]),
+                        "min_value": {"$PARAMETER": V.param(rid, "min")},
+                        **_row(
+                            rid,
+                            f"`{rule['column']}` must be on or after 00:00 UTC of the batch date minus "
+                            f"{rule['days']} days (`{V.param(rid, 'min')}`, set per run).",
+                        ),
+                    },
+                )
+            )
+        elif kind == "before_next_day":
+            out.append(
+                (
+                    "ExpectColumnValuesToBeBetween",
+                    {
+                        "column": V.parsed_col(rule["column"]),
+                        "max_value": {"$PARAMETER": V.param(rid, "max")},
+                        "strict_max": True,
+                        **_row(
+                            rid,
+                            f"`{rule['column']}` must be before 00:00 UTC of the day after the batch date "
+                            f"(`{V.param(rid, 'max')}`, set per run).",
+                        ),
+                    },
+                )
+            )
+        elif kind == "reference":
+            out.append(
+                (
+                    "ExpectColumnValuesToBeInSet",
+                    {
+                        "column": V.known_col(rule["column"]),
+                        "value_set": [True],
+                        **_row(
+                            rid,
+                            f"`{rule['column']}` must exist in silver `{rule['table']}` with "
+                            "`_batch_date` <= the batch date.",
+                        ),
+                    },
+                )
+            )
+        elif kind == "first_delivery_wins":
+            scope = "this batch and earlier batches" if rule.get("across_batches") else "this batch"
+            for verdict, what in (("duplicate", "an identical"), ("conflicting_duplicate", "a different")):
+                out.append(
+                    (
+                        "ExpectColumnValuesToNotBeInSet",
+                        {
+                            "column": V.DELIVERY_COL,
+                            "value_set": [verdict],
+                            **_row(
+                                verdict,
+                                f"Key {list(contract.key)} already delivered ({scope}) with {what} content: "
+                                "the first delivery wins.",
+                            ),
+                        },
+                    )
+                )
+        else:
+            raise ValueError(f"{contract.source}: unknown rule kind {kind!r}")
+
+    # batch-level rules
+    tc = contract.batch.get("type_change")
+    if tc:
+        for col in contract.columns:
+            if col.type in V.TYPED:
+                out.append(
+                    (
+                        "ExpectColumnValuesToBeNull",
+                        {
+                            "column": V.unparseable_col(col.name),
+                            "mostly": round(1 - float(tc["max_unparseable_share"]), 6),
+                            **_batch(
+                                "contract_broken",
+                                f"More than {100 * tc['max_unparseable_share']:g}% of `{col.name}` "
+                                "unparseable "
+                                f"as {col.type}: the column's type changed, the batch is rejected.",
+                                column=col.name,
+                                type=col.type,
+                            ),
+                        },
+                    )
+                )
+    vol = contract.batch.get("volume", {})
+    out.append(
+        (
+            "ExpectTableRowCountToBeBetween",
+            {
+                "min_value": {"$PARAMETER": V.param("volume", "min")},
+                "max_value": {"$PARAMETER": V.param("volume", "max")},
+                **_batch(
+                    "volume",
+                    f"At least {vol.get('min_rows', 0)} row(s)"
+                    + (
+                        f"; between {vol['min_ratio']:g}x and {vol['max_ratio']:g}x the median landed count "
+                        f"of the previous {vol['trailing_days']} batches"
+                        if "trailing_days" in vol
+                        else ""
+                    )
+                    + ". Critical: the batch is rejected.",
+                ),
+            },
+        )
+    )
+    if "trailing_days" in vol:
+        out.append(
+            (
+                "ExpectTableRowCountToBeBetween",
+                {
+                    "min_value": {"$PARAMETER": V.param("volume_warning", "min")},
+                    "max_value": {"$PARAMETER": V.param("volume_warning", "max")},
+                    "severity": "warning",
+                    **_batch(
+                        "volume_warning",
+                        f"Between {vol['warn_min_ratio']:g}x and {vol['warn_max_ratio']:g}x "
+                        "the median landed "
+                        f"count of the previous {vol['trailing_days']} batches. Warning only.",
+                        severity="warning",
+                    ),
+                },
+            )
+        )
+    drift = contract.batch.get("drift")
+    if drift:
+        out.append(
+            (
+                "ExpectColumnMedianToBeBetween",
+                {
+                    "column": drift["column"],
+                    "min_value": {"$PARAMETER": V.param("amount_drift", "min")},
+                    "max_value": {"$PARAMETER": V.param("amount_drift", "max")},
+                    **_batch(
+                        "amount_drift",
+                        f"Median `{drift['column']}` between {drift['min_ratio']:g}x and "
+                        f"{drift['max_ratio']:g}x "
+                        f"the median of the previous {drift['trailing_days']} batch dates of silver (checked "
+                        f"once {drift['min_history_days']} dates of history exist). Critical.",
+                    ),
+                },
+            )
+        )
+    return out
+
+
+def contract_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
+    cols = contract.column_names
+    return [
+        (
+            "ExpectTableColumnsToMatchSet",
+            {
+                "column_set": cols,
+                "exact_match": False,
+                **_batch(
+                    "contract_broken",
+                    "Every contract column is in the file header (missing or renamed: critical).",
+                ),
+            },
+        ),
+        (
+            "ExpectTableColumnsToMatchSet",
+            {
+                "column_set": cols,
+                "exact_match": True,
+                "severity": "warning",
+                **_batch(
+                    "added_columns",
+                    "No column outside the contract (added columns are kept in `_extra`; warning only).",
+                    severity="warning",
+                ),
+            },
+        ),
+    ]
+
+
+def _yaml_template(data_context_id: str) -> dict:
+    def fs(base: str) -> dict:
+        return {
+            "class_name": "TupleFilesystemStoreBackend",
+            "base_directory": base,
+            "suppress_store_backend_id": True,
+        }
+
+    return {
+        "config_version": 4.0,
+        "analytics_enabled": False,
+        "data_context_id": data_context_id,
+        "progress_bars": {"globally": False},
+        "config_variables_file_path": None,
+        "plugins_directory": None,
+        "expectations_store_name": "expectations_store",
+        "validation_results_store_name": "validation_results_store",
+        "checkpoint_store_name": "checkpoint_store",
+        "stores": {
+            "expectations_store": {"class_name": "ExpectationsStore", "store_backend": fs("expectations/")},
+            "validation_results_store": {
+                "class_name": "ValidationResultsStore",
+                "store_backend": fs("${ASOF_HOME}/ge/validations/"),
+            },
+            "checkpoint_store": {"class_name": "CheckpointStore", "store_backend": fs("checkpoints/")},
+            "validation_definition_store": {
+                "class_name": "ValidationDefinitionStore",
+                "store_backend": fs("validation_definitions/"),
+            },
+        },
+        "data_docs_sites": {
+            "local_site": {
+                "class_name": "SiteBuilder",
+                "show_how_to_buttons": False,
+                "store_backend": {
+                    "class_name": "TupleFilesystemStoreBackend",
+                    "base_directory": "${ASOF_HOME}/docs/",
+                },
+                "site_index_builder": {
+                    "class_name": "CachedSiteIndexBuilder",
+                    "module_name": "flows.datadocs",
+                },
+            }
+        },
+    }
+
+
+HEADER = """\
+# Great Expectations 1.x File Data Context of asof (SPEC section 6).
+# GENERATED by expectations/build_suites.py from expectations/contracts/*.yml: edit those, then rebuild.
+# Validation results and Data Docs are written under ASOF_HOME (resolved at run time by
+# flows.validate.ge_context); nothing below is written at run time.
+"""
+
+
+def build(out_dir: Path) -> list[Path]:
+    """Write the generated context files into `out_dir`; returns the files written."""
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    import great_expectations as gx
+    import great_expectations.expectations as gxe
+    import yaml
+
+    out_dir = Path(out_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "ctx"
+        root.mkdir()
+        (root / "great_expectations.yml").write_text(
+            yaml.safe_dump(_yaml_template(_id("context")), sort_keys=False)
+        )
+        ctx = gx.get_context(
+            mode="file",
+            context_root_dir=str(root),
+            runtime_environment={"ASOF_HOME": str(Path(tmp) / "home")},
+        )
+        ds = ctx.data_sources.add_pandas(V.DATASOURCE)
+        ids: dict[str, str] = {ds.id: _id("datasource", V.DATASOURCE)}
+        for name in SOURCE_NAMES:
+            contract = V.load_contract(name)
+            src = get_source(name)
+            assert contract.column_names == src.column_names, (
+                f"{name}: contract and flows/sources.py disagree"
+            )
+            for asset_name, suite_name, specs in (
+                (V.header_asset(name), V.contract_suite(name), contract_expectations(contract)),
+                (V.rows_asset(name), V.rows_suite(name), rows_expectations(contract)),
+            ):
+                asset = ds.add_dataframe_asset(asset_name)
+                bd = asset.add_batch_definition_whole_dataframe(V.BATCH_DEFINITION)
+                ids[asset.id] = _id("asset", V.DATASOURCE, asset_name)
+                ids[bd.id] = _id("batch_definition", V.DATASOURCE, asset_name, V.BATCH_DEFINITION)
+                suite = gx.ExpectationSuite(
+                    name=suite_name,
+                    meta={
+                        "source": name,
+                        "contract": f"contracts/{name}.yml",
+                        "contract_version": contract.version,
+                    },
+                )
+                for cls_name, kwargs in specs:
+                    suite.add_expectation(getattr(gxe, cls_name)(**kwargs))
+                suite = ctx.suites.add(suite)
+                ids[suite.id] = _id("suite", suite_name)
+                for e in suite.expectations:
+                    cfg = e.configuration
+                    ids[e.id] = _id(
+                        "expectation",
+                        suite_name,
+                        cfg.type,
+                        json.dumps(cfg.kwargs, sort_keys=True, default=str),
+                    )
+                vd = ctx.validation_definitions.add(
+                    gx.ValidationDefinition(name=suite_name, data=bd, suite=suite)
+                )
+                ids[vd.id] = _id("validation_definition", suite_name)
+                cp = ctx.checkpoints.add(
+                    gx.Checkpoint(
+                        name=suite_name,
+                        validation_definitions=[vd],
+                        result_format={"result_format": "COMPLETE"},
+                        actions=[],
+                    )
+                )
+                ids[cp.id] = _id("checkpoint", suite_name)
+
+        def remap(text: str) -> str:
+            for old, new in ids.items():
+                text = text.replace(str(old), new)
+            return text
+
+        generated = yaml.safe_load((root / "great_expectations.yml").read_text())
+        config = _yaml_template(_id("context"))
+        config["fluent_datasources"] = generated["fluent_datasources"]
+        yml = HEADER + yaml.safe_dump(config, sort_keys=False, width=110)
+
+        for sub in GENERATED[1:]:
+            shutil.rmtree(out_dir / sub, ignore_errors=True)
+        written = []
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "great_expectations.yml").write_text(remap(yml))
+        written.append(out_dir / "great_expectations.yml")
+        for sub in GENERATED[1:]:
+            for path in sorted((root / sub).rglob("*.json")):
+                target = out_dir / sub / path.relative_to(root / sub)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                data = json.loads(remap(path.read_text()))
+                target.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+                written.append(target)
+    return written
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="only compare; exit 1 if the committed files differ"
+    )
+    args = parser.parse_args()
+    if not args.check:
+        for path in build(HERE):
+            print(path.relative_to(HERE.parent))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        fresh = build(Path(tmp))
+        stale = []
+        for path in fresh:
+            rel = path.relative_to(tmp)
+            committed = HERE / rel
+            if not committed.exists() or committed.read_bytes() != path.read_bytes():
+                stale.append(str(rel))
+        committed_files = {
+            p.relative_to(HERE).as_posix() for sub in GENERATED[1:] for p in (HERE / sub).rglob("*.json")
+        }
+        extra = committed_files - {p.relative_to(tmp).as_posix() for p in fresh}
+        if stale or extra:
+            print("out of date: " + ", ".join(sorted(stale + list(extra))), file=sys.stderr)
+            return 1
+    print("expectations/ is up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""dbt-duckdb plugins of the project (loaded by `dbt_project/profiles.yml`)."""

@@ -1,0 +1,176 @@
+"""Data Docs: built per validation, offline-ready, and really rendered by a headless browser."""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from pathlib import Path
+
+import pytest
+
+from flows import datadocs
+from flows import validate as V
+from flows.config import settings
+from flows.ingest import ingest
+from flows.simulate import generate, parse_fault, parse_scale
+from flows.sources import SOURCE_NAMES
+
+D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    """Two validated days, the second with null values injected into transactions."""
+    home = tmp_path_factory.mktemp("docs_home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ASOF_HOME", str(home))
+    mp.delenv("ASOF_LAKE_URI", raising=False)
+    generate(settings().landing, D1, D2, parse_scale("300x600"), 5, faults=[parse_fault(f"nulls@{D2}")])
+    outs = {}
+    for day in (D1, D2):
+        for s in SOURCE_NAMES:
+            ingest(s, day)
+        outs[day] = V.validate_date(day)
+    yield home, outs
+    mp.undo()
+
+
+def test_pages_are_written_under_asof_home_and_reference_no_remote_resource(site):
+    home, outs = site
+    bad = outs[D2]["transactions"]
+    assert bad.status == "succeeded" and bad.rows_quarantined > 0
+    page = home / "docs" / bad.data_docs_path
+    assert page.exists() and bad.data_docs_url == page.as_uri()
+    assert (home / "docs" / "index.html").exists()
+    assert (home / "ge" / "validations").is_dir()
+    pages = list((home / "docs").rglob("*.html"))
+    assert len(pages) >= 2 * 4 * 2  # (contract + rows) x 4 sources x 2 days, plus suites and index
+    for p in pages:
+        html = p.read_text()
+        assert datadocs.remote_references(html) == [], p
+        assert datadocs.MARKER in html, p
+    assert (home / "docs" / datadocs.VENDOR / "jquery@3.7.1" / "jquery.min.js").exists()
+
+
+def test_make_offline_rewrites_every_cdn_reference():
+    import great_expectations.render.view as view
+
+    templates = Path(view.__file__).parent / "templates"
+    html = (templates / "page.j2").read_text() + (templates / "js_script_imports.j2").read_text()
+    html = html.replace('{{ static_images_dir + "favicon.ico" }}', "../static/images/favicon.ico")
+    out = datadocs.make_offline(html, "../..")
+    assert "https://" not in "".join(datadocs.remote_references(out))
+    assert datadocs.remote_references(out) == []
+    assert "../../static/vendor/bootstrap@4.3.1/bootstrap.min.css" in out
+    assert "integrity=" not in out
+    for _, target in datadocs.CDN_MAP:
+        assert (datadocs.ASSETS_DIR / target).exists(), target
+
+
+def test_index_does_not_reread_results(site, monkeypatch):
+    """The index lists every run from the small cache, never by loading each stored result."""
+    ctx = V.ge_context()
+
+    def boom(*a, **k):
+        raise AssertionError("index re-read a validation result")
+
+    monkeypatch.setattr(ctx, "get_validation_result", boom)
+    t0 = time.perf_counter()
+    datadocs.build_site()
+    assert time.perf_counter() - t0 < 30
+    html = (settings().docs_dir / "index.html").read_text()
+    assert f"{D2.isoformat()}-transactions" in html
+
+
+def test_docs_command_builds(site):
+    from flows.cli_validation import docs_command
+
+    out = docs_command(serve=False)
+    assert "index.html" in out
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
+def test_browser_renders_index_and_failing_page_offline(site, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    home, outs = site
+    bad = outs[D2]["transactions"]
+    server, base = datadocs.start_server()
+    requests: list[str] = []
+    failures: list[str] = []
+    try:
+        with sync_playwright() as p:
+            # Playwright gives every launch a fresh temporary profile (it refuses --user-data-dir)
+            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.on("request", lambda r: requests.append(r.url))
+            page.on("requestfailed", lambda r: failures.append(r.url))
+            page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+
+            page.goto(base + "index.html")
+            page.wait_for_load_state("networkidle")
+            # the run list is filled in by bootstrap-table (jQuery): only works if the scripts loaded
+            page.wait_for_selector("table tbody tr td:has-text('transactions.rows')", timeout=15000)
+            text = page.inner_text("body")
+            assert f"{D1.isoformat()}-transactions" in text or "transactions.rows" in text
+            assert page.locator("table tbody tr").count() >= 8
+            # status icons are Font Awesome glyphs: the web font must have loaded
+            icon = page.locator("table tbody tr i.fas").first
+            assert "Font Awesome" in icon.evaluate("e => getComputedStyle(e).fontFamily")
+            loaded = page.evaluate(
+                "async () => { await document.fonts.ready; return Array.from(document.fonts)"
+                ".filter(f => f.family.includes('Font Awesome') && f.status === 'loaded').length }"
+            )
+            assert loaded >= 1
+            # Bootstrap applied: .container-fluid has pl-5 (3rem) padding, an unstyled div has none
+            pad = page.evaluate("getComputedStyle(document.querySelector('.container-fluid')).paddingLeft")
+            assert pad == "48px"
+
+            # the failing validation page, reached from the index like a user would
+            page.goto(base + bad.data_docs_path)
+            page.wait_for_load_state("networkidle")
+            body = page.inner_text("body")
+            assert "transactions.rows" in body and "Failed" in body
+            assert "values must never be null" in body
+            assert "unexpected values found" in body
+            failed_cells = page.locator("text=unexpected values found")
+            assert failed_cells.count() >= 1
+            color = failed_cells.first.evaluate("e => getComputedStyle(e).color")
+            assert color != "rgb(0, 0, 0)"  # rendered as an error (red), i.e. styled
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert requests, "the browser made no request"
+    outside = [u for u in requests if not u.startswith(base)]
+    assert outside == [], outside
+    assert failures == [], failures
+
+
+def test_server_binds_loopback_only(site):
+    server, url = datadocs.start_server()
+    try:
+        assert server.server_address[0] == "127.0.0.1" and url.startswith("http://127.0.0.1:")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_nothing_is_written_into_the_repository(site):
+    repo_ctx = V.EXPECTATIONS_DIR
+    assert not (repo_ctx / "uncommitted").exists()
+    assert not (repo_ctx / "plugins").exists()
+    for sub in ("expectations", "checkpoints", "validation_definitions"):
+        for p in (repo_ctx / sub).rglob("*"):
+            assert p.suffix == ".json" or p.is_dir(), p

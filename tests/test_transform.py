@@ -1,0 +1,262 @@
+"""Transform stage (issue 4): dbt-duckdb gold features against a brute-force pandas reference,
+the point-in-time rule (SPEC 5), range = day by day, idempotent reruns, dbt failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pytest
+import reference_features as rf
+
+from flows import lake
+from flows.dbt_plugins.lake_io import GOLD_SCHEMAS
+from flows.transform import GOLD_TABLES, transform_range
+
+START = dt.date(2024, 1, 1)
+DAYS = 60
+# as-of range computed in one invocation: covers the quarantined day (day 20), late arrivals and
+# the days after customers 1 and 2 went inactive (last transaction in the first week)
+RANGE = (dt.date(2024, 1, 15), dt.date(2024, 2, 29))
+D = dt.timedelta
+
+
+def _gold(table: str, start: dt.date | None = None, end: dt.date | None = None) -> pa.Table:
+    """Gold content as a canonically sorted Arrow table (for exact comparisons)."""
+    key = "merchant_id" if table.startswith("merchant") else "customer_id"
+    data = lake.read("gold", table)
+    if start is not None:
+        data = data.filter(lake.date_filter("as_of_date", rf.date_range(start, end or start)))
+    return data.sort_by([(key, "ascending"), ("as_of_date", "ascending")])
+
+
+@pytest.fixture(scope="module")
+def lakehouse(tmp_path_factory):
+    """Synthetic silver + one range run, in a private ASOF_HOME."""
+    home = tmp_path_factory.mktemp("asof_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASOF_HOME", str(home))
+        mp.delenv("ASOF_LAKE_URI", raising=False)
+        silver = rf.generate_silver(START, DAYS)
+        rf.write_silver(silver)
+        result = transform_range(*RANGE)
+        yield {"home": home, "silver": silver, "result": result, "mp": mp}
+
+
+@pytest.fixture(scope="module")
+def reference(lakehouse):
+    return rf.reference_features(rf.read_silver(), *RANGE)
+
+
+def test_range_run_succeeds_and_reports(lakehouse):
+    result = lakehouse["result"]
+    assert result.succeeded, result.message
+    assert (result.start, result.end) == RANGE
+    assert set(result.rows_written) == set(GOLD_TABLES)
+    assert all(v is not None for v in result.table_versions.values())
+    assert set(result.sources_read) == {"transactions", "customers", "merchants", "chargebacks"}
+    names = {m.name for m in result.models}
+    assert {"customer_txn_features_daily", "merchant_features_daily", "customer_profile"} <= names
+    assert all(m.status == "success" for m in result.models if m.resource_type == "model")
+    assert result.tests and all(t.status in ("pass", "warn") for t in result.tests)
+    assert result.to_dict()["start"] == RANGE[0].isoformat()
+    # dbt's target/ and logs/ stay under ASOF_HOME, out of the repository
+    assert (Path(lakehouse["home"]) / "cache" / "dbt" / "logs").exists()
+
+
+@pytest.mark.parametrize("table", GOLD_TABLES)
+def test_gold_matches_bruteforce_reference(lakehouse, reference, table):
+    gold = rf.read_gold(table)
+    assert lakehouse["result"].rows_written[table] == len(gold)
+    rf.assert_frames_match(gold, reference[table], table)
+
+
+@pytest.mark.parametrize("table", GOLD_TABLES)
+def test_gold_schema(lakehouse, table):
+    assert lake.read("gold", table).schema.equals(GOLD_SCHEMAS[table])
+    assert lake.table("gold", table).metadata().partition_columns == ["as_of_date"]
+
+
+def test_reference_exercises_the_awkward_cases(lakehouse, reference):
+    silver = lakehouse["silver"]
+    txns = silver.transactions
+    event_day = pd.to_datetime(txns["event_time"]).dt.date
+    lateness = (pd.to_datetime(txns["_batch_date"]) - pd.to_datetime(event_day)).dt.days
+    assert (lateness.between(1, 3)).sum() > 50 and (lateness >= 8).sum() > 5
+    assert txns["txn_id"].duplicated().sum() >= 5
+    assert START + D(days=20) not in set(txns["_batch_date"])
+    cust = reference["customer_txn_features_daily"]
+    assert cust["amount_usd_max_7d"].isna().any()  # active in 30 days, none in 7
+    assert (cust["txn_count_1d"] == 0).any()
+
+
+def test_inactive_customer_disappears_after_30_days(lakehouse):
+    gold = rf.read_gold("customer_txn_features_daily")
+    txns = lakehouse["silver"].transactions.sort_values(["_batch_date"]).drop_duplicates("txn_id")
+    for customer in (1, 2):
+        mine = txns[txns["customer_id"] == customer]
+        last_event_day = pd.to_datetime(mine["event_time"]).dt.date.max()
+        last_known_day = max(mine["_batch_date"])
+        rows = gold[gold["customer_id"] == customer]
+        assert not rows.empty
+        # the last row is as of the last event day + 29; nothing from day 31 on
+        assert max(rows["as_of_date"]) == last_event_day + D(days=29)
+        assert last_known_day <= last_event_day + D(days=29)
+
+
+def test_day_by_day_equals_range_and_reruns_are_identical(lakehouse):
+    days = [START + D(days=i) for i in range(18, 24)]  # around the quarantined day 20
+    before = {t: _gold(t) for t in GOLD_TABLES}
+    for day in days:
+        result = transform_range(day, day)
+        assert result.succeeded, result.message
+    after = {t: _gold(t) for t in GOLD_TABLES}
+    for t in GOLD_TABLES:
+        assert after[t].equals(before[t]), f"{t}: day-by-day differs from the range run"
+    # a whole range again: byte-identical content
+    result = transform_range(*RANGE)
+    assert result.succeeded, result.message
+    for t in GOLD_TABLES:
+        assert _gold(t).equals(before[t]), f"{t}: rerun of the range is not identical"
+
+
+def test_dbt_test_failure_fails_the_range_with_dbts_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+    silver = rf.generate_silver(START, 12, quarantined_days=())
+    rf.write_silver(silver)
+    ok = transform_range(START + D(days=8), START + D(days=10))
+    assert ok.succeeded, ok.message
+    versions = dict(ok.table_versions)
+    rows = {t: _gold(t) for t in GOLD_TABLES}
+
+    # corrupt batch: a currency without an FX rate -> amount_usd null -> dbt tests fail
+    day = START + D(days=10)
+    bad = silver.transactions[silver.transactions["_batch_date"] == day].iloc[[0]].copy()
+    bad["txn_id"] = "corrupt-1"
+    bad["currency"] = "JPY"
+    rf.append_silver_rows("transactions", bad)
+
+    failed = transform_range(START + D(days=8), START + D(days=10))
+    assert failed.status == "failed"
+    # dbt's own messages: the failing test and its result; everything downstream skipped
+    assert "relationships_stg_silver__transactions_currency" in failed.message
+    assert "Got 1 result, configured to fail if != 0" in failed.message
+    statuses = {n.name: n.status for n in failed.failed_nodes}
+    assert statuses["customer_txn_features_daily"] == "skipped"
+    # nothing was published
+    assert failed.rows_written == {}
+    assert failed.table_versions == versions
+    for t in GOLD_TABLES:
+        assert _gold(t).equals(rows[t])
+
+
+def test_bad_vars_are_refused_before_dbt(tmp_path, monkeypatch):
+    from flows.dates import DateError
+
+    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+    with pytest.raises(DateError):
+        transform_range(dt.date(2024, 2, 2), dt.date(2024, 2, 1))
+    with pytest.raises(DateError):
+        transform_range("2024-02-30", "2024-03-01")
+
+
+def _customer_row(table: pa.Table, customer: int, day: dt.date) -> dict | None:
+    df = table.to_pandas()
+    rows = df[(df["customer_id"] == customer) & (df["as_of_date"] == day)]
+    return None if rows.empty else rows.iloc[0].to_dict()
+
+
+def test_late_transaction_counts_only_from_its_batch(tmp_path, monkeypatch):
+    """Leakage: a transaction with event_time on D delivered in batch D+3 leaves D..D+2 unchanged."""
+    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+    silver = rf.generate_silver(START, 30, quarantined_days=())
+    rf.write_silver(silver)
+    d0 = START + D(days=20)
+    days = (d0, d0 + D(days=3))
+    assert transform_range(*days).succeeded
+    before = _gold("customer_txn_features_daily", *days)
+    merch_before = _gold("merchant_features_daily", *days)
+
+    customer, merchant = 5, 3
+    late = pd.DataFrame(
+        [
+            {
+                "txn_id": "late-1",
+                "customer_id": customer,
+                "merchant_id": merchant,
+                "amount": 123.45,
+                "currency": "EUR",
+                "channel": "web",
+                "event_time": pd.Timestamp(d0.isoformat(), tz="UTC") + pd.Timedelta(hours=23, minutes=59),
+                "_batch_date": d0 + D(days=3),
+            }
+        ]
+    )
+    rf.append_silver_rows("transactions", late)
+    result = transform_range(*days)
+    assert result.succeeded, result.message
+    after = _gold("customer_txn_features_daily", *days)
+    merch_after = _gold("merchant_features_daily", *days)
+    for day in (d0, d0 + D(days=1), d0 + D(days=2)):
+        assert _customer_row(after, customer, day) == _customer_row(before, customer, day)
+        assert after.filter(lake.date_filter("as_of_date", [day])).equals(
+            before.filter(lake.date_filter("as_of_date", [day]))
+        )
+        assert merch_after.filter(lake.date_filter("as_of_date", [day])).equals(
+            merch_before.filter(lake.date_filter("as_of_date", [day]))
+        )
+    old, new = _customer_row(before, customer, d0 + D(days=3)), _customer_row(after, customer, d0 + D(days=3))
+    assert new is not None
+    assert new["txn_count_30d"] == (old["txn_count_30d"] if old else 0) + 1
+    assert new["txn_count_7d"] == (old["txn_count_7d"] if old else 0) + 1
+    assert new["txn_count_1d"] == (old["txn_count_1d"] if old else 0)  # event day D is not D+3
+    assert new["amount_usd_sum_7d"] == pytest.approx((old["amount_usd_sum_7d"] if old else 0) + 123.45 * 1.08)
+    ref = rf.reference_features(rf.read_silver(), *days)
+    for t in GOLD_TABLES:
+        rf.assert_frames_match(rf.read_gold(t), ref[t], t)
+
+
+def test_late_chargeback_changes_merchant_rate_only_from_its_batch(tmp_path, monkeypatch):
+    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+    silver = rf.generate_silver(START, 30, quarantined_days=())
+    rf.write_silver(silver)
+    d0 = START + D(days=20)
+    days = (d0, d0 + D(days=6))
+    assert transform_range(*days).succeeded
+    before = _gold("merchant_features_daily", *days)
+
+    txns = silver.transactions.drop_duplicates("txn_id")
+    known_cb = set(silver.chargebacks["txn_id"])
+    target = txns[(txns["_batch_date"] <= d0 - D(days=5)) & ~txns["txn_id"].isin(known_cb)].iloc[0]
+    cb_batch = d0 + D(days=4)
+    rf.append_silver_rows(
+        "chargebacks",
+        pd.DataFrame(
+            [
+                {
+                    "txn_id": target["txn_id"],
+                    "chargeback_time": pd.Timestamp(cb_batch.isoformat(), tz="UTC"),
+                    "reason_code": "10.4",
+                    "_batch_date": cb_batch,
+                }
+            ]
+        ),
+    )
+    assert transform_range(*days).succeeded
+    after = _gold("merchant_features_daily", *days).to_pandas()
+    before_df = before.to_pandas()
+    m = int(target["merchant_id"])
+    for day in rf.date_range(*days):
+        b = before_df[(before_df["merchant_id"] == m) & (before_df["as_of_date"] == day)].iloc[0]
+        a = after[(after["merchant_id"] == m) & (after["as_of_date"] == day)].iloc[0]
+        if day < cb_batch:
+            assert a.to_dict() == b.to_dict()
+        else:
+            assert a["merchant_chargeback_count_90d"] == b["merchant_chargeback_count_90d"] + 1
+            assert a["merchant_chargeback_rate_90d"] > b["merchant_chargeback_rate_90d"]
+    # every other merchant is untouched
+    assert after[after["merchant_id"] != m].reset_index(drop=True).equals(
+        before_df[before_df["merchant_id"] != m].reset_index(drop=True)
+    )

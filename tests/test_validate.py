@@ -1,0 +1,454 @@
+"""Validation on hand-built bronze batches: row reasons, duplicates, batch rules, conservation."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pyarrow as pa
+import pytest
+
+from flows import lake
+from flows import validate as V
+from flows.ingest import INGEST_FILES_SCHEMA
+from flows.sources import bronze_schema, get_source, silver_schema
+
+D1 = dt.date(2024, 3, 1)
+D2 = dt.date(2024, 3, 2)
+NOW = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.UTC)
+
+
+def land(
+    source: str, day: dt.date, rows: list[dict], header: list[str] | None = None, status: str = "ok"
+) -> None:
+    """Write a bronze partition and its ops/ingest_files record the way ingest does."""
+    src = get_source(source)
+    n = len(rows)
+    data = {c: [r.get(c) for r in rows] for c in src.column_names}
+    data["_extra"] = [json.dumps(r["_extra"]) if r.get("_extra") else None for r in rows]
+    data["_raw"] = [r.get("_raw") for r in rows]
+    data["_parse_error"] = [r.get("_parse_error") for r in rows]
+    data["_batch_date"] = [day] * n
+    data["_ingested_at"] = [NOW] * n
+    path = f"landing/{source}/{day.isoformat()}/{src.default_file}"
+    data["_source_file"] = [path] * n
+    data["_row_number"] = list(range(1, n + 1))
+    lake.replace(
+        "bronze",
+        source,
+        pa.table(data, schema=bronze_schema(src)),
+        predicate=lake.date_predicate("_batch_date", day),
+        partition_by=["_batch_date"],
+        schema=bronze_schema(src),
+    )
+    if status == "not_delivered":
+        header, path = None, f"landing/{source}/{day.isoformat()}"
+    rec = {
+        "_batch_date": [day],
+        "source": [source],
+        "file": [path],
+        "status": [status],
+        "header": [
+            json.dumps(header if header is not None else src.column_names)
+            if status != "not_delivered"
+            else None
+        ],
+        "rows": [n],
+        "bytes": [100],
+        "sha256": [None],
+        "encoding": ["utf-8"],
+        "message": ["not delivered: no file" if status == "not_delivered" else ""],
+        "ingested_at": [NOW],
+    }
+    lake.replace(
+        "ops",
+        "ingest_files",
+        pa.table(rec, schema=INGEST_FILES_SCHEMA),
+        predicate=f"{lake.date_predicate('_batch_date', day)} AND source = '{source}'",
+        partition_by=["_batch_date"],
+        schema=INGEST_FILES_SCHEMA,
+    )
+
+
+def merchant(mid: int, **kw) -> dict:
+    row = {"merchant_id": str(mid), "name": f"M{mid}", "mcc": "5411", "country": "US", "risk_tier": "low"}
+    row.update(kw)
+    return row
+
+
+def txn(i: int, day: dt.date = D1, **kw) -> dict:
+    row = {
+        "txn_id": f"t{i:05d}",
+        "customer_id": str(100 + i % 7),
+        "merchant_id": str(1 + i % 3),
+        "amount": f"{10 + i % 50}.50",
+        "currency": "USD",
+        "channel": "web",
+        "event_time": f"{day.isoformat()}T{i % 24:02d}:15:00Z",
+    }
+    row.update(kw)
+    return row
+
+
+def silver(source: str, day: dt.date) -> list[dict]:
+    return lake.read(
+        "silver",
+        source,
+        filter=lake.date_filter("_batch_date", [day]),
+        schema=silver_schema(get_source(source)),
+    ).to_pylist()
+
+
+def quarantined(source: str, day: dt.date) -> dict[str, list[str]]:
+    tbl = lake.read(
+        "quarantine",
+        source,
+        filter=lake.date_filter("_batch_date", [day]),
+        schema=V.quarantine_schema(get_source(source)),
+    )
+    key = get_source(source).column_names[0]
+    return {
+        r[key] if r[key] is not None else f"row{r['_row_number']}": sorted(r["_reasons"])
+        for r in tbl.to_pylist()
+    }
+
+
+@pytest.fixture
+def merchants_d1(home):
+    """Merchants 1-4 known from batch D1 on (validated into silver)."""
+    land("merchants", D1, [merchant(i) for i in range(1, 5)])
+    assert V.validate_date(D1, ["merchants"], build_docs=False)["merchants"].status == "succeeded"
+    return home
+
+
+# ------------------------------------------------------------------------------------ parsing
+
+
+def test_parse_timestamps_accept_offsets_and_reject_naive_and_impossible():
+    raw = pa.chunked_array(
+        [
+            [
+                "2024-03-01T10:00:00Z",
+                "2024-03-01T12:00:00+02:00",
+                "2024-03-01 10:00:00.5-0100",
+                "2024-03-01T10:00:00",  # naive: parsed as if UTC (quarantined by its own rule)
+                "2024-02-30T10:00:00Z",  # no such day
+                "yesterday",
+                None,
+            ]
+        ]
+    )
+    typed, bad = V.parse_column(raw, "timestamp")
+    vals = typed.to_pylist()
+    assert vals[0] == vals[1] == dt.datetime(2024, 3, 1, 10, tzinfo=dt.UTC)
+    assert vals[2] == dt.datetime(2024, 3, 1, 11, 0, 0, 500000, tzinfo=dt.UTC)
+    assert vals[3] == dt.datetime(2024, 3, 1, 10, tzinfo=dt.UTC)
+    assert vals[4] is None and vals[5] is None and vals[6] is None
+    assert bad.to_pylist() == [None, None, None, None, "2024-02-30T10:00:00Z", "yesterday", None]
+
+
+def test_parse_numbers_are_strict():
+    typed, bad = V.parse_column(
+        pa.chunked_array([["12.50", "-3", "1e5", "NaN", "12,50", "inf", None, ".5"]]), "decimal"
+    )
+    assert typed.to_pylist() == [12.5, -3.0, None, None, None, None, None, 0.5]
+    assert bad.to_pylist() == [None, None, "1e5", "NaN", "12,50", "inf", None, None]
+    typed, bad = V.parse_column(pa.chunked_array([["42", "4.0", "x", "-7"]]), "int")
+    assert typed.to_pylist() == [42, None, None, -7]
+    assert bad.to_pylist() == [None, "4.0", "x", None]
+    typed, bad = V.parse_column(pa.chunked_array([["2024-02-29", "2023-02-29", "2024-3-1"]]), "date")
+    assert typed.to_pylist() == [dt.date(2024, 2, 29), None, None]
+
+
+# ---------------------------------------------------------------------------------- row rules
+
+
+def test_every_failed_rule_is_recorded_and_clean_rows_reach_silver_typed(merchants_d1):
+    rows = [txn(i) for i in range(300)]
+    rows += [
+        txn(1000, amount=None),  # null
+        txn(1001, amount="abc"),  # unparseable
+        txn(1002, amount="0.00"),  # out of range (amount must be > 0)
+        txn(1003, amount="2000000.00", currency="JPY"),  # two rules at once
+        txn(1004, event_time="2024-03-01T10:00:00"),  # no time zone
+        txn(1005, event_time="2024-03-02T00:00:00Z"),  # D+1: future
+        txn(1006, event_time="2024-01-15T10:00:00Z"),  # older than D-30
+        txn(1007, merchant_id="99"),  # not in any merchants snapshot <= D
+        txn(1008, channel="fax"),
+        txn(1009, event_time="2024-03-01T12:00:00+02:00", customer_id="x7"),
+        {"_raw": "t,1,2", "_parse_error": "line 3: expected 7 fields, got 3"},
+    ]
+    land("transactions", D1, rows)
+    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    assert out.status == "succeeded", out.message
+    q = quarantined("transactions", D1)
+    assert q["t01000"] == ["null:amount"]
+    assert q["t01001"] == ["unparseable:amount"]
+    assert q["t01002"] == ["amount_out_of_range"]
+    assert q["t01003"] == ["amount_out_of_range", "unknown_currency"]
+    assert q["t01004"] == ["naive_timestamp:event_time"]
+    assert q["t01005"] == ["future_event_time"]
+    assert q["t01006"] == ["too_late"]
+    assert q["t01007"] == ["unknown_merchant"]
+    assert q["t01008"] == ["not_allowed:channel"]
+    assert q["t01009"] == ["unparseable:customer_id"]
+    malformed = q["row311"]
+    assert "malformed_row" in malformed and "null:txn_id" in malformed
+    assert len(q) == 11
+    assert out.rows_bronze == 311 and out.rows_silver == 300 and out.rows_quarantined == 11
+    assert out.reasons["amount_out_of_range"] == 2
+    good = {r["txn_id"]: r for r in silver("transactions", D1)}
+    assert set(good) == {f"t{i:05d}" for i in range(300)}
+    r = good["t00003"]
+    assert r["customer_id"] == 103 and r["amount"] == 13.5
+    assert r["event_time"] == dt.datetime(2024, 3, 1, 3, 15, tzinfo=dt.UTC)
+    assert r["_validation_run_id"] == out.validation_run_id
+    # quarantine keeps the values exactly as delivered
+    tbl = lake.read("quarantine", "transactions").to_pylist()
+    assert {r["txn_id"]: r["amount"] for r in tbl if r["txn_id"]}["t01001"] == "abc"
+    assert V.read_validations(D1, "transactions")[0]["rows_quarantined"] == 11
+
+
+def test_offsets_are_converted_to_utc_in_silver(merchants_d1):
+    land("transactions", D1, [txn(i) for i in range(20)] + [txn(50, event_time="2024-03-01T23:30:00-01:00")])
+    # 23:30 at -01:00 is 00:30 UTC on D+1: a future event for batch D
+    V.validate_date(D1, ["transactions"], build_docs=False)
+    assert quarantined("transactions", D1) == {"t00050": ["future_event_time"]}
+    land("transactions", D1, [txn(i) for i in range(20)] + [txn(50, event_time="2024-03-01T23:30:00+01:00")])
+    V.validate_date(D1, ["transactions"], build_docs=False)
+    assert quarantined("transactions", D1) == {}
+    got = {r["txn_id"]: r["event_time"] for r in silver("transactions", D1)}
+    assert got["t00050"] == dt.datetime(2024, 3, 1, 22, 30, tzinfo=dt.UTC)
+
+
+# --------------------------------------------------------------------------------- duplicates
+
+
+def test_first_delivery_wins_across_batches_and_reruns_do_not_flip(merchants_d1):
+    land("transactions", D1, [txn(i) for i in range(30)] + [txn(7)])  # t00007 twice within D1
+    land("merchants", D2, [merchant(i) for i in range(1, 5)])
+    day2 = [txn(i, D2) for i in range(100, 130)]
+    day2 += [txn(3), txn(4, amount="99.99"), {**txn(5), "amount": "15.5"}]  # identical, different, same value
+    land("transactions", D2, day2)
+
+    V.validate_date(D1, build_docs=False)
+    assert quarantined("transactions", D1) == {"t00007": ["duplicate"]}
+    V.validate_date(D2, build_docs=False)
+    q2 = quarantined("transactions", D2)
+    assert q2 == {"t00003": ["duplicate"], "t00004": ["conflicting_duplicate"], "t00005": ["duplicate"]}
+    # re-running the first date: its rows are not duplicates of themselves, nor of later copies
+    for _ in range(2):
+        V.validate_date(D1, build_docs=False)
+        assert quarantined("transactions", D1) == {"t00007": ["duplicate"]}
+        assert {r["txn_id"] for r in silver("transactions", D1)} >= {"t00003", "t00004", "t00005"}
+    V.validate_date(D2, build_docs=False)
+    assert quarantined("transactions", D2) == q2
+    assert [r["amount"] for r in silver("transactions", D1) if r["txn_id"] == "t00004"] == [14.5]
+
+
+def test_chargebacks_reference_known_transactions_and_dedupe(merchants_d1):
+    land("transactions", D1, [txn(i) for i in range(20)])
+    land("chargebacks", D1, [])
+    land("merchants", D2, [merchant(i) for i in range(1, 5)])
+    land("transactions", D2, [txn(i, D2) for i in range(100, 120)])
+    cb = [
+        {"txn_id": "t00001", "chargeback_time": "2024-03-02T05:00:00Z", "reason_code": "10.4"},
+        {"txn_id": "t00101", "chargeback_time": "2024-03-02T06:00:00Z", "reason_code": "10.4"},  # same batch
+        {"txn_id": "t09999", "chargeback_time": "2024-03-02T06:00:00Z", "reason_code": "10.4"},  # unknown
+        {"txn_id": "t00001", "chargeback_time": "2024-03-02T05:00:00Z", "reason_code": "10.4"},  # again
+        {"txn_id": "t00002", "chargeback_time": "2024-03-03T06:00:00Z", "reason_code": "4837"},  # future
+    ]
+    land("chargebacks", D2, cb)
+    out = V.validate_date(D1, build_docs=False)
+    assert out["chargebacks"].status == "succeeded" and out["chargebacks"].rows_bronze == 0
+    out = V.validate_date(D2, build_docs=False)
+    assert out["chargebacks"].status == "succeeded", out["chargebacks"].message
+    q = lake.read("quarantine", "chargebacks").to_pylist()
+    assert sorted((r["txn_id"], tuple(r["_reasons"])) for r in q) == [
+        ("t00001", ("duplicate",)),
+        ("t00002", ("future_chargeback_time",)),
+        ("t09999", ("unknown_transaction",)),
+    ]
+    assert sorted(r["txn_id"] for r in silver("chargebacks", D2)) == ["t00001", "t00101"]
+
+
+def test_customers_and_merchants_rules(home):
+    land(
+        "merchants",
+        D1,
+        [merchant(i) for i in range(1, 30)]
+        + [
+            merchant(5),
+            merchant(6, risk_tier="high"),
+            merchant(40, mcc="54x1", country="usa", risk_tier="extreme"),
+        ],
+    )
+    cust = {
+        "customer_id": "7",
+        "op": "c",
+        "updated_at": "2024-03-01T08:00:00Z",
+        "country": "DE",
+        "kyc_level": "2",
+        "signup_date": "2024-02-28",
+    }
+    rows = [{**cust, "customer_id": str(i)} for i in range(1, 40)]
+    rows += [
+        {**cust, "customer_id": "100", "kyc_level": "5", "op": "d"},
+        {**cust, "customer_id": "101", "signup_date": "2024-02-30", "country": "Germany"},
+        {**cust, "customer_id": "3"},  # the same change twice
+    ]
+    land("customers", D1, rows, header=None)
+    out = V.validate_date(D1, ["merchants", "customers"], build_docs=False)
+    assert out["merchants"].status == "succeeded", out["merchants"].message
+    assert quarantined("merchants", D1) == {
+        "5": ["duplicate"],
+        "6": ["conflicting_duplicate"],
+        "40": ["invalid_format:country", "invalid_format:mcc", "not_allowed:risk_tier"],
+    }
+    assert quarantined("customers", D1) == {
+        "100": ["not_allowed:kyc_level", "not_allowed:op"],
+        "101": ["invalid_format:country", "unparseable:signup_date"],
+        "3": ["duplicate"],
+    }
+    assert {r["customer_id"]: r["signup_date"] for r in silver("customers", D1)}[7] == dt.date(2024, 2, 28)
+
+
+# ------------------------------------------------------------------------------- batch rules
+
+
+def test_missing_column_rejects_the_whole_batch(merchants_d1):
+    rows = [{k: v for k, v in txn(i).items() if k != "channel"} for i in range(30)]
+    header = [c for c in get_source("transactions").column_names if c != "channel"] + ["chan"]
+    land("transactions", D1, rows, header=header)
+    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    assert out.status == "rejected" and out.rejected_rule == "contract_broken"
+    assert "missing columns ['channel']" in out.message
+    assert any("chan" in w for w in out.warnings)
+    assert out.rows_silver == 0 and out.rows_quarantined == 30
+    q = quarantined("transactions", D1)
+    assert all("batch_rejected:contract_broken" in r for r in q.values())
+    assert silver("transactions", D1) == []
+
+
+def test_added_column_is_only_a_warning(merchants_d1):
+    rows = [{**txn(i), "_extra": {"device_id": "d1"}} for i in range(30)]
+    land("transactions", D1, rows, header=[*get_source("transactions").column_names, "device_id"])
+    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    assert out.status == "succeeded" and out.rows_silver == 30
+    assert out.warnings and "device_id" in out.warnings[0]
+
+
+def test_too_many_failing_rows_rejects(merchants_d1):
+    rows = [txn(i) for i in range(90)] + [txn(i, currency="XXX") for i in range(100, 110)]
+    land("transactions", D1, rows)
+    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    assert out.status == "rejected" and out.rejected_rule == "too_many_failing_rows"
+    assert "10 of 100 rows (10.0%)" in out.message
+    q = quarantined("transactions", D1)
+    assert len(q) == 100
+    assert q["t00100"] == ["batch_rejected:too_many_failing_rows", "unknown_currency"]
+    assert q["t00001"] == ["batch_rejected:too_many_failing_rows"]
+
+
+def test_volume_and_empty_file(merchants_d1):
+    days = [D1 + dt.timedelta(days=k) for k in range(4)]
+    for k, day in enumerate(days[:3]):
+        land("merchants", day, [merchant(i) for i in range(1, 5)])
+        land("transactions", day, [txn(1000 * k + i, day) for i in range(100)])
+        assert (
+            V.validate_date(day, ["merchants", "transactions"], build_docs=False)["transactions"].status
+            == "succeeded"
+        )
+    land("merchants", days[3], [merchant(i) for i in range(1, 5)])
+    land("transactions", days[3], [txn(5000 + i, days[3]) for i in range(8)])
+    out = V.validate_date(days[3], ["merchants", "transactions"], build_docs=False)["transactions"]
+    assert out.status == "rejected" and out.rejected_rule == "volume"
+    assert "8 rows, expected between 10 and 1000" in out.message
+    land("transactions", days[3], [], header=get_source("transactions").column_names)
+    out = V.validate_date(days[3], ["transactions"], build_docs=False)["transactions"]
+    assert out.status == "rejected" and out.rejected_rule == "volume" and out.rows_bronze == 0
+    assert silver("transactions", days[3]) == []
+
+
+def test_amount_drift_after_seven_days_of_history(merchants_d1):
+    days = [D1 + dt.timedelta(days=k) for k in range(9)]
+    for k, day in enumerate(days):
+        land("merchants", day, [merchant(i) for i in range(1, 5)])
+        scale = 100 if k >= 7 else 1
+        rows = [txn(1000 * k + i, day, amount=f"{(20 + i % 10) * scale}.00") for i in range(50)]
+        land("transactions", day, rows)
+    outs = [
+        V.validate_date(day, ["merchants", "transactions"], build_docs=False)["transactions"] for day in days
+    ]
+    # day 8 (index 7) has 7 days of history: amounts x100 are rejected; before that, nothing to compare
+    assert [o.status for o in outs[:7]] == ["succeeded"] * 7
+    assert outs[7].status == "rejected" and outs[7].rejected_rule == "amount_drift"
+    assert "0.5x-2x of the trailing 28-day median" in outs[7].message
+    # the rejected day does not become history: the next cents day is rejected too
+    assert outs[8].status == "rejected"
+
+
+def test_sparse_sources_not_delivered_and_malformed_files(home):
+    land("chargebacks", D1, [], header=get_source("chargebacks").column_names)
+    land("customers", D1, [], header=None)
+    land("merchants", D1, [], status="not_delivered")
+    land("transactions", D1, [{"_raw": "\x00\x01", "_parse_error": "file has no header"}], status="malformed")
+    out = V.validate_date(D1, build_docs=False)
+    assert out["chargebacks"].status == "succeeded" and out["chargebacks"].rows_bronze == 0
+    assert out["customers"].status == "succeeded"
+    assert out["merchants"].status == "not_delivered" and "not delivered" in out["merchants"].message
+    assert not lake.exists("silver", "merchants")
+    assert out["transactions"].status == "rejected" and out["transactions"].rejected_rule == "contract_broken"
+    assert "malformed file" in out["transactions"].message
+    assert out["transactions"].rows_quarantined == 1
+
+
+# ------------------------------------------------------------------------------- conservation
+
+
+def test_conservation_is_checked_row_for_row(merchants_d1):
+    land("transactions", D1, [txn(i) for i in range(10)] + [txn(20, amount=None)])
+    V.validate_date(D1, ["transactions"], build_docs=False)
+    assert V.check_conservation("transactions", D1) == (11, 10, 1)
+    lake.delete("silver", "transactions", "txn_id = 't00003'")
+    with pytest.raises(V.ConservationError, match="bronze has 11 rows, silver 9"):
+        V.check_conservation("transactions", D1)
+    # a row in both tables is caught even when the counts would add up
+    V.validate_date(D1, ["transactions"], build_docs=False)
+    extra = lake.read("silver", "transactions", filter=lake.date_filter("_batch_date", [D1]))
+    lake.delete("quarantine", "transactions", "txn_id = 't00020'")
+    lake.append(
+        "quarantine",
+        "transactions",
+        _as_quarantine(extra.slice(0, 1)),
+        schema=V.quarantine_schema(get_source("transactions")),
+    )
+    with pytest.raises(V.ConservationError, match="in silver and quarantine at once"):
+        V.check_conservation("transactions", D1)
+
+
+def _as_quarantine(silver_rows: pa.Table) -> pa.Table:
+    schema = V.quarantine_schema(get_source("transactions"))
+    n = silver_rows.num_rows
+    cols = {}
+    for f in schema:
+        if f.name in silver_rows.column_names and f.name not in ("_validation_run_id",):
+            cols[f.name] = (
+                silver_rows.column(f.name).cast(pa.string())
+                if pa.types.is_string(f.type)
+                else silver_rows.column(f.name)
+            )
+        else:
+            cols[f.name] = pa.nulls(n, f.type)
+    return pa.table(cols, schema=schema)
+
+
+def test_not_delivered_clears_a_stale_split(merchants_d1):
+    land("transactions", D1, [txn(i) for i in range(10)])
+    V.validate_date(D1, ["transactions"], build_docs=False)
+    assert len(silver("transactions", D1)) == 10
+    land("transactions", D1, [], status="not_delivered")
+    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    assert out.status == "not_delivered"
+    assert silver("transactions", D1) == []
+    V.check_conservation("transactions", D1)

@@ -1,0 +1,149 @@
+"""The data contracts, flows/sources.py and the committed GE suites agree; GE loads the committed files."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from flows import validate as V
+from flows.sources import SOURCE_NAMES, get_source
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location("build_suites", REPO / "expectations" / "build_suites.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_contract_matches_sources(name):
+    contract, source = V.load_contract(name), get_source(name)
+    assert contract.source == name and contract.format == source.fmt
+    assert contract.key == source.key and contract.empty_is_valid == source.empty_is_valid
+    assert [c.name for c in contract.columns] == source.column_names
+    for cc, sc in zip(contract.columns, source.columns, strict=True):
+        assert (cc.type, cc.nullable) == (sc.type, sc.nullable), cc.name
+        assert cc.allowed == sc.allowed, cc.name
+
+
+def test_fx_seed_covers_the_contract_currencies():
+    fx = V.load_fx_rates()
+    assert set(V.load_contract("transactions").column("currency").allowed) <= set(fx)
+    assert fx["USD"] == 1.0
+
+
+def test_committed_suites_are_built_from_the_contracts(tmp_path):
+    """Rules are versioned as code: the committed context is exactly what the builder writes."""
+    written = _builder().build(tmp_path)
+    for path in written:
+        rel = path.relative_to(tmp_path)
+        committed = REPO / "expectations" / rel
+        assert committed.exists(), f"{rel} is not committed: run expectations/build_suites.py"
+        assert committed.read_bytes() == path.read_bytes(), (
+            f"{rel} is stale: run expectations/build_suites.py"
+        )
+
+
+@pytest.mark.parametrize("name", SOURCE_NAMES)
+def test_every_expectation_names_its_rule(name):
+    ctx = V.ge_context()
+    rows = ctx.suites.get(V.rows_suite(name))
+    reasons = set()
+    for e in rows.expectations:
+        meta = e.meta or {}
+        assert meta.get("level") in ("row", "batch"), e
+        if meta["level"] == "row":
+            assert meta.get("reason"), e
+            reasons.add(meta["reason"])
+        else:
+            assert meta.get("rule"), e
+    contract = V.load_contract(name)
+    for c in contract.columns:
+        if not c.nullable:
+            assert f"null:{c.name}" in reasons
+        if c.type in V.TYPED:
+            assert f"unparseable:{c.name}" in reasons
+    assert "malformed_row" in reasons
+    header = ctx.suites.get(V.contract_suite(name))
+    assert {e.meta["rule"] for e in header.expectations} == {"contract_broken", "added_columns"}
+    cp = ctx.checkpoints.get(V.rows_suite(name))
+    assert (
+        cp.result_format == {"result_format": "COMPLETE"}
+        or cp.result_format.get("result_format") == "COMPLETE"
+    )
+
+
+def test_transactions_rules_match_spec_section_6():
+    ctx = V.ge_context()
+    by_reason = {
+        e.meta.get("reason") or e.meta.get("rule"): e
+        for e in ctx.suites.get("transactions.rows").expectations
+    }
+    rng = by_reason["amount_out_of_range"].configuration.kwargs
+    assert (rng["min_value"], rng["strict_min"], rng["max_value"]) == (0, True, 1_000_000)
+    for reason in ("too_late", "future_event_time", "unknown_merchant", "unknown_currency", "duplicate"):
+        assert reason in by_reason
+    assert "conflicting_duplicate" in by_reason and "naive_timestamp:event_time" in by_reason
+    for rule in ("volume", "volume_warning", "amount_drift", "contract_broken"):
+        assert rule in by_reason
+    assert "warning" in str(by_reason["volume_warning"].severity).lower()
+    assert "critical" in str(by_reason["volume"].severity).lower()
+
+
+def test_validation_writes_nothing_into_the_repository(home):
+    """Results and Data Docs go under ASOF_HOME; the committed context is only read."""
+
+    def snapshot() -> dict[str, str]:
+        root = REPO / "expectations"
+        return {
+            p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts
+        }
+
+    before = snapshot()
+    import datetime as dt
+
+    import pyarrow as pa
+
+    from flows import lake
+    from flows.sources import bronze_schema
+
+    src = get_source("customers")
+    day = dt.date(2024, 5, 1)
+    row = {
+        "customer_id": "1",
+        "op": "c",
+        "updated_at": "2024-05-01T01:00:00Z",
+        "country": "FR",
+        "kyc_level": "1",
+        "signup_date": "2024-04-01",
+    }
+    data = {c: [row[c]] for c in src.column_names}
+    data |= {"_extra": [None], "_raw": [None], "_parse_error": [None], "_batch_date": [day]}
+    data |= {
+        "_ingested_at": [dt.datetime(2024, 5, 2, tzinfo=dt.UTC)],
+        "_source_file": ["f"],
+        "_row_number": [1],
+    }
+    lake.replace(
+        "bronze",
+        "customers",
+        pa.table(data, schema=bronze_schema(src)),
+        predicate=lake.date_predicate("_batch_date", day),
+        partition_by=["_batch_date"],
+        schema=bronze_schema(src),
+    )
+    out = V.validate_date(day, ["customers"])["customers"]
+    assert out.status == "succeeded" and out.rows_silver == 1
+    assert snapshot() == before
+    assert list((home / "ge" / "validations").rglob("*.json"))
+    assert (home / "docs" / "index.html").exists()
+    assert json.loads((home / "ge" / "index.json").read_text())
