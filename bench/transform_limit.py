@@ -172,17 +172,29 @@ def synthesize_silver(
 # ------------------------------------------------------------------------------------------------
 # the hand-written queries (same definitions as the dbt models, one statement per gold table)
 
-CUSTOMER_SQL = """
-with deliveries as (
-    select * from silver_transactions
+TXNS_SQL = """
+create or replace temp table txns as
+with deliveries as materialized (
+    select txn_id, customer_id, merchant_id, amount, currency, event_time, _batch_date, _row_number
+    from silver_transactions
     where _batch_date between date '{start}' - {lookback} and date '{end}'
-), txns as (
-    select customer_id, merchant_id, amount * usd_rate as amount_usd, epoch_us(event_time) as ts,
-           (epoch_us(event_time) // 86400000000)::integer as e,
-           greatest((epoch_us(event_time) // 86400000000)::integer, (_batch_date - date '1970-01-01')::integer) as k
-    from deliveries left join fx using (currency)
+), dup as (
+    select txn_id from deliveries group by txn_id having count(*) > 1
+), first as (
+    select deliveries.* from deliveries anti join dup using (txn_id)
+    union all
+    select * from (select deliveries.* from deliveries semi join dup using (txn_id))
     qualify row_number() over (partition by txn_id order by _batch_date, _row_number) = 1
-), w as (
+)
+select txn_id, customer_id, merchant_id, amount * usd_rate as amount_usd, epoch_us(event_time) as ts,
+       (epoch_us(event_time) // 86400000000)::integer as e,
+       greatest((epoch_us(event_time) // 86400000000)::integer, (_batch_date - date '1970-01-01')::integer) as k
+from first left join fx using (currency)
+where (epoch_us(event_time) // 86400000000)::integer between {s} - {lookback} and {e_}
+"""
+
+CUSTOMER_SQL = """
+with w as (
     select * from txns where e between {s} - 29 and {e_} and k <= e + 29
 ), cells as (
     select customer_id, e, k, count(*) as n, sum(amount_usd::decimal(18, 8)) as s,
@@ -237,15 +249,7 @@ from days left join late using (customer_id, as_of)
 """
 
 MERCHANT_SQL = """
-with deliveries as (
-    select * from silver_transactions
-    where _batch_date between date '{start}' - {lookback} and date '{end}'
-), txns as (
-    select txn_id, merchant_id, (epoch_us(event_time) // 86400000000)::integer as e,
-           greatest((epoch_us(event_time) // 86400000000)::integer, (_batch_date - date '1970-01-01')::integer) as k
-    from deliveries
-    qualify row_number() over (partition by txn_id order by _batch_date, _row_number) = 1
-), w as (
+with w as (
     select * from txns where e between {s} - {lookback} and {e_} and k <= e + {lookback}
 ), cbs as (
     select txn_id, (_batch_date - date '1970-01-01')::integer as cb from silver_chargebacks
@@ -324,6 +328,7 @@ def handwritten_features(start: dt.date, end: dt.date) -> dict[str, pa.Table]:
         "e_": (end - EPOCH).days,
         "lookback": LOOKBACK,
     }
+    con.execute(TXNS_SQL.format(**params))
     out = {name: con.sql(sql.format(**params)).to_arrow_table() for name, sql in QUERIES.items()}
     con.close()
     return out

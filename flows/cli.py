@@ -179,6 +179,11 @@ def _run_flow(kind: str, days: int, **params) -> list[dict]:
         try:
             flow_fn = pipeline.backfill if kind == "backfill" else pipeline.daily_pipeline
             return flow_fn(**params)
+        except pipeline.monitor.MonitoringFailure as exc:
+            # The data path finished; monitoring marked the run failed. Show the dates, then fail.
+            _print_results(exc.data)
+            fail(str(exc))
+            raise
         finally:
             pipeline.PROGRESS_HOOK = None
 
@@ -297,6 +302,12 @@ def _register_optional() -> None:
         from flows import cli_features
 
         cli_features.register(app)
+    except ImportError:
+        pass
+    try:
+        from flows import cli_monitor
+
+        cli_monitor.register(app)
     except ImportError:
         pass
 

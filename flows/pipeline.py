@@ -21,7 +21,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows import lake, runs
+from flows import lake, monitor, runs
 from flows.dates import date_range, parse_date, parse_range
 from flows.ingest import IngestOutcome, ingest
 from flows.runs import ALL_SOURCES, StageRecord
@@ -97,6 +97,11 @@ def materialize_features(day: dt.date):
     from flows.featurestore import materialize_date
 
     return materialize_date(day)
+
+
+@task(name="monitor-dates", cache_policy=NO_CACHE, task_run_name="monitor {label}")
+def monitor_dates(days: list[dt.date], label: str) -> list:
+    return monitor.compute_and_store(days)
 
 
 # ---------------------------------------------------------------- orchestration
@@ -359,6 +364,21 @@ def _publish(title: str, results: list[DateResult]) -> None:
         get_run_logger().warning("could not publish artifacts: %s", exc)
 
 
+def _monitor(results: list[DateResult], title: str) -> monitor.Verdict:
+    """Metrics for every attempted date, failed ones included (that is how a failed or missing
+    day shows up as a freshness breach). Monitoring never breaks the data path: its own errors
+    are logged and the verdict is empty."""
+    days = [r.day for r in results if r.status not in ("not run", "skipped")]
+    if not days:
+        return monitor.verdict_of([])
+    try:
+        breaches = monitor_dates(days, f"{days[0]}..{days[-1]}")
+    except Exception as exc:
+        get_run_logger().warning("monitoring failed: %s", exc)
+        return monitor.verdict_of([])
+    return monitor.publish(breaches, f"monitoring: {title}", days=days)
+
+
 def catch_up_dates(day: dt.date, max_days: int | None = None) -> list[dt.date]:
     """Dates a scheduled run should process: `day`, preceded by the dates missed since the newest
     succeeded one (the server or worker was down), oldest first, at most `max_days` in all."""
@@ -402,8 +422,9 @@ def daily_pipeline(execution_date: str | None = None) -> list[dict]:
     with pipeline_lock():
         days = [day] if execution_date else catch_up_dates(day)
         results = process_dates(days, continue_on_failure=False, chunk_days=DEFAULT_CHUNK_DAYS)
+        verdict = _monitor(results, f"daily run {day.isoformat()}")
     _publish(f"daily run {day.isoformat()}", results)
-    return [r.to_dict() for r in results]
+    return monitor.flow_state(verdict, [r.to_dict() for r in results])
 
 
 @flow(name="backfill", log_prints=True)
@@ -428,6 +449,7 @@ def backfill(
         if todo:
             for r in process_dates(todo, continue_on_failure, max(1, chunk_days)):
                 results[r.day] = r
-    ordered = [results[d] for d in days]
+        ordered = [results[d] for d in days]
+        verdict = _monitor(ordered, f"backfill {d1.isoformat()}..{d2.isoformat()}")
     _publish(f"backfill {d1.isoformat()}..{d2.isoformat()}", ordered)
-    return [r.to_dict() for r in ordered]
+    return monitor.flow_state(verdict, [r.to_dict() for r in ordered])

@@ -13,7 +13,7 @@ import pytest
 
 from flows import lake, monitor
 from flows.config import REPO_ROOT
-from tests.test_monitor_helpers import (
+from tests.monitor_data import (
     customer_gold_sql,
     days_between,
     delete_gold_day,

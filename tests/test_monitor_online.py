@@ -12,7 +12,7 @@ import pytest
 
 from flows import lake, monitor
 from flows.runs import ALL_SOURCES, StageRecord
-from tests.test_monitor_helpers import (
+from tests.monitor_data import (
     details,
     synthetic_customer_gold,
     synthetic_merchant_gold,

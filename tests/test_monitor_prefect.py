@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from flows import monitor
-from tests.test_monitor_helpers import (
+from tests.monitor_data import (
     days_between,
     delete_gold_day,
     synthetic_customer_gold,

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from flows import monitor, monitor_report
 from flows.cli_monitor import MonitorArgumentError, monitor_app, monitor_command
-from tests.test_monitor_helpers import (
+from tests.monitor_data import (
     days_between,
     delete_gold_day,
     synthetic_customer_gold,

@@ -15,20 +15,39 @@
 {%- set r = asof_range() -%}
 {%- set lookback = merchant_window_days() - 1 -%}
 
-with deliveries as (
+with deliveries as materialized (
 
-    select * from {{ ref('stg_silver__transactions') }}
+    select txn_id, customer_id, merchant_id, amount, currency, channel, event_time, batch_date, source_row_number
+    from {{ ref('stg_silver__transactions') }}
     where batch_date between date '{{ r.start }}' - {{ lookback }} and date '{{ r.end }}'
+
+),
+
+-- silver should hold none: find them with a cheap hash aggregate, rank only those
+redelivered_ids as (
+
+    select txn_id
+    from deliveries
+    group by txn_id
+    having count(*) > 1
 
 ),
 
 first_deliveries as (
 
-    select *
+    select deliveries.*
     from deliveries
-    qualify row_number() over (
-        partition by txn_id order by batch_date, source_row_number
-    ) = 1
+    anti join redelivered_ids using (txn_id)
+
+    union all
+
+    select *
+    from (
+        select deliveries.*
+        from deliveries
+        semi join redelivered_ids using (txn_id)
+    ) as redelivered
+    qualify row_number() over (partition by txn_id order by batch_date, source_row_number) = 1
 
 ),
 
