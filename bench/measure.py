@@ -112,6 +112,19 @@ def daily_loop(args) -> dict:
     return {"seconds": time.perf_counter() - t, "days": len(days), "statuses": sorted(statuses)}
 
 
+def _feature_store(fn_name: str):
+    def run(args) -> dict:
+        from bench import feature_store
+
+        return getattr(feature_store, fn_name)(args)
+
+    return run
+
+
+for _name in ("retrieval_ours", "retrieval_raw", "retrieval_stock"):
+    MEASUREMENTS[_name] = _feature_store(_name)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("name", choices=sorted(MEASUREMENTS))

@@ -21,7 +21,6 @@ import os
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -107,7 +106,9 @@ def synthesize_silver(
         pa.table(
             {
                 "txn_id": txn_id.take(pa.array(cb_idx)),
-                "chargeback_time": pa.array(cb_batch * 86_400_000_000 + 3600_000_000, pa.timestamp("us", tz="UTC")),
+                "chargeback_time": pa.array(
+                    cb_batch * 86_400_000_000 + 3600_000_000, pa.timestamp("us", tz="UTC")
+                ),
                 "reason_code": pa.array(np.full(m, "10.4")),
                 "_extra": pa.nulls(m, pa.string()),
                 "_batch_date": pa.array(cb_batch.astype(np.int32), pa.date32()),
@@ -130,7 +131,10 @@ def synthesize_silver(
             {
                 "customer_id": c_ids.astype(np.int64),
                 "op": pa.array(np.where(np.arange(k) < customers, "c", "u")),
-                "updated_at": pa.array(c_batch * 86_400_000_000 + rng.integers(0, 86_400_000_000, k), pa.timestamp("us", tz="UTC")),
+                "updated_at": pa.array(
+                    c_batch * 86_400_000_000 + rng.integers(0, 86_400_000_000, k),
+                    pa.timestamp("us", tz="UTC"),
+                ),
                 "country": np.array(["US", "GB", "DE", "FR"])[rng.integers(0, 4, k)],
                 "kyc_level": rng.integers(0, 4, k).astype(np.int64),
                 "signup_date": pa.array((base_day - rng.integers(0, 1000, k)).astype(np.int32), pa.date32()),
@@ -313,7 +317,9 @@ def handwritten_features(start: dt.date, end: dt.date) -> dict[str, pa.Table]:
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
     con.execute("set preserve_insertion_order = false")
-    con.execute("create table fx as select * from (values ('USD', 1.0), ('EUR', 1.08), ('GBP', 1.27)) t(currency, usd_rate)")
+    con.execute(
+        "create table fx as select * from (values ('USD', 1.0), ('EUR', 1.08), ('GBP', 1.27)) t(currency, usd_rate)"
+    )
     for name in ("transactions", "customers", "chargebacks"):
         data = (
             lake.dataset("silver", name)
