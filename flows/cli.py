@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from flows.dates import DateError, parse_date, parse_range
+from flows.usage import Refused
 
 app = typer.Typer(
     name="asof",
@@ -29,8 +30,6 @@ app = typer.Typer(
 )
 
 
-class Refused(Exception):
-    """Bad input: reported as one line on stderr with exit status 2, before anything runs."""
 
 
 def fail(message: str, code: int = 1) -> None:

@@ -20,7 +20,7 @@ SERVICES = ("fraud_v1", "fraud_v2")
 def _refuse(message: str) -> None:
     """Bad arguments: `asof` reports them as one line on stderr with exit status 2."""
     try:
-        from flows.cli import Refused
+        from flows.usage import Refused
     except ImportError:  # pragma: no cover - standalone use without the main CLI
         raise typer.BadParameter(message) from None
     raise Refused(message)

@@ -24,7 +24,7 @@ class MonitorArgumentError(ValueError):
 
 def _refuse(message: str) -> None:
     try:
-        from flows.cli import Refused
+        from flows.usage import Refused
     except ImportError:  # pragma: no cover - standalone use without the main CLI
         raise typer.BadParameter(message) from None
     raise Refused(message)

@@ -43,7 +43,7 @@ RuleOpt = Annotated[
 def _refuse(message: str) -> None:
     """Bad arguments: one line on stderr, exit status 2 (flows.cli.main reports `Refused` that way)."""
     try:
-        from flows.cli import Refused
+        from flows.usage import Refused
     except ImportError:  # pragma: no cover - cli.py always exists in the project
         raise typer.BadParameter(message) from None
     raise Refused(message)

@@ -11,12 +11,17 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import fcntl
+import json
 import logging
 import os
 import random
+import re
+import signal
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
@@ -36,10 +41,78 @@ class LakeError(RuntimeError):
     pass
 
 
+# ---------------------------------------------------------------- crash points (kill tests)
+#
+# `ASOF_CRASH_AT=<label>[:<n>]` makes this process SIGKILL itself the n-th time (default: the first)
+# it reaches `label`; `ASOF_CRASH_TRACE=<file>` appends every label reached ("<pid> <label> <n>").
+# Labels: `open:<layer>/<table>` (a table is opened for reading or writing), `before_commit:`,
+# `during_commit:` (the writer dies after part of the data files are written: orphans), and
+# `after_commit:` + `<layer>/<table>`. With neither variable set a crash point is two dict lookups.
+
+_CRASH_LOCK = threading.Lock()
+_CRASH_COUNTS: dict[str, int] = {}
+
+
+def _crash_spec() -> tuple[str, int] | None:
+    spec = os.environ.get("ASOF_CRASH_AT")
+    if not spec:
+        return None
+    label, sep, nth = spec.rpartition(":")
+    if sep and nth.isdigit():
+        return label, int(nth)
+    return spec, 1
+
+
+def _hit(label: str) -> bool:
+    """Count a crash-point hit; True if this hit is the one ASOF_CRASH_AT names."""
+    with _CRASH_LOCK:
+        n = _CRASH_COUNTS[label] = _CRASH_COUNTS.get(label, 0) + 1
+    trace = os.environ.get("ASOF_CRASH_TRACE")
+    if trace:
+        with open(trace, "a") as fh:
+            fh.write(f"{os.getpid()} {label} {n}\n")
+    return _crash_spec() == (label, n)
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+    time.sleep(60)  # SIGKILL is asynchronous: never run another line
+
+
+def _armed() -> bool:
+    return "ASOF_CRASH_AT" in os.environ or "ASOF_CRASH_TRACE" in os.environ
+
+
+def crash_point(label: str) -> None:
+    """Kill tests: die here when ASOF_CRASH_AT names this label (and this occurrence)."""
+    if _armed() and _hit(label):
+        _die()
+
+
+def _dying_stream(data: pa.Table) -> pa.RecordBatchReader:
+    """The data as a stream that kills the process after most of it was handed to the writer: delta-rs
+    has written some data files by then (for a large enough table) and committed none."""
+    batches = data.to_batches(max_chunksize=max(1, data.num_rows // 16))
+    cut = max(1, (len(batches) * 3) // 4)
+
+    def gen():
+        for i, batch in enumerate(batches):
+            if i == cut:
+                time.sleep(0.5)  # let the writer flush what it has
+                _die()
+            yield batch
+        _die()
+
+    return pa.RecordBatchReader.from_batches(data.schema, gen())
+
+
+_NAME = re.compile(r"[A-Za-z0-9_]+")
+
+
 def _check_name(layer: str, table: str) -> None:
     if layer not in LAYERS:
         raise LakeError(f"unknown lake layer {layer!r}")
-    if not table.replace("_", "").isalnum():
+    if not isinstance(table, str) or not _NAME.fullmatch(table):
         raise LakeError(f"invalid table name {table!r}")
 
 
@@ -57,6 +130,7 @@ def exists(layer: str, table: str) -> bool:
 
 
 def table(layer: str, name: str, version: int | None = None) -> DeltaTable:
+    crash_point(f"open:{layer}/{name}")
     try:
         return DeltaTable(uri(layer, name), version=version, storage_options=_opts())
     except TableNotFoundError:
@@ -101,7 +175,7 @@ def _literal(day: dt.date) -> str:
 
 def date_predicate(column: str, start: dt.date, end: dt.date | None = None) -> str:
     """A delta-rs predicate over validated dates only (never user text)."""
-    if not column.replace("_", "").isalnum():
+    if not isinstance(column, str) or not _NAME.fullmatch(column):
         raise LakeError(f"invalid column name {column!r}")
     end = end or start
     if start == end:
@@ -158,6 +232,17 @@ def _with_retries(what: str, fn) -> None:
             time.sleep(delay)
 
 
+def _commit(layer: str, name: str, data: pa.Table, write) -> None:
+    """One Delta commit of `data` through `write(payload, **options)`, with retries and crash points."""
+    what = f"{layer}/{name}"
+    crash_point(f"before_commit:{what}")
+    if _armed() and _hit(f"during_commit:{what}"):
+        # small target files: the writer flushes data files before it has read the whole stream
+        write(_dying_stream(data), target_file_size=1)
+    _with_retries(what, lambda: write(data))
+    crash_point(f"after_commit:{what}")
+
+
 def _conform(data: pa.Table, schema: pa.Schema | None) -> pa.Table:
     if schema is None:
         return data
@@ -185,18 +270,19 @@ def replace(
     if settings().is_local_lake:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
 
-    def write() -> None:
+    def write(payload, **extra) -> None:
         write_deltalake(
             target,
-            data,
+            payload,
             mode="overwrite",
             predicate=predicate,
             partition_by=partition_by,
             storage_options=_opts(),
+            **extra,
         )
 
     with lock(layer, name):
-        _with_retries(f"{layer}/{name}", write)
+        _commit(layer, name, data, write)
         return table(layer, name).version()
 
 
@@ -212,11 +298,13 @@ def append(
     if settings().is_local_lake:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
 
-    def write() -> None:
-        write_deltalake(target, data, mode="append", partition_by=partition_by, storage_options=_opts())
+    def write(payload, **extra) -> None:
+        write_deltalake(
+            target, payload, mode="append", partition_by=partition_by, storage_options=_opts(), **extra
+        )
 
     with lock(layer, name):
-        _with_retries(f"{layer}/{name}", write)
+        _commit(layer, name, data, write)
         return table(layer, name).version()
 
 
@@ -224,20 +312,134 @@ def delete(layer: str, name: str, predicate: str) -> None:
     if not exists(layer, name):
         return
     with lock(layer, name):
+        crash_point(f"before_commit:{layer}/{name}")
         _with_retries(f"{layer}/{name}", lambda: table(layer, name).delete(predicate))
+        crash_point(f"after_commit:{layer}/{name}")
 
 
-def vacuum(layer: str, name: str, retention_hours: int = 0, dry_run: bool = False) -> list[str]:
-    """Remove files no live version references (orphans of failed commits, old versions).
+def _log_referenced(table_uri: str) -> set[str]:
+    """Every data file any version still in the Delta log refers to (added or removed): the files
+    time travel to those versions needs. Local lakes only."""
+    log_dir = Path(table_uri.removeprefix("file://")) / "_delta_log"
+    paths: set[str] = set()
+    for entry in log_dir.iterdir():
+        if entry.suffix == ".json" and entry.stem.isdigit():
+            for line in entry.read_text().splitlines():
+                if not line.strip():
+                    continue
+                action = json.loads(line)
+                for kind in ("add", "remove", "cdc"):
+                    if kind in action and action[kind].get("path"):
+                        paths.add(unquote(action[kind]["path"]))
+        elif entry.name.endswith(".checkpoint.parquet") or ".checkpoint." in entry.name:
+            import pyarrow.parquet as pq
 
-    retention 0 is only safe while no reader holds an old version; the lock keeps writers out.
+            schema_names = pq.read_schema(entry).names
+            cols = [c for c in ("add", "remove") if c in schema_names]
+            tbl = pq.read_table(entry, columns=cols)
+            for c in cols:
+                for v in tbl.column(c).to_pylist():
+                    if v and v.get("path"):
+                        paths.add(unquote(v["path"]))
+    return paths
+
+
+def orphan_files(layer: str, name: str) -> list[str]:
+    """Data files under the table that no version of its log refers to: what a writer that died
+    (SIGKILL, lost machine) or failed before committing leaves behind. Readers never see them."""
+    if not exists(layer, name):
+        return []
+    with lock(layer, name):
+        return _orphans(layer, name)
+
+
+def _orphans(layer: str, name: str) -> list[str]:
+    t = table(layer, name)
+    # full vacuum candidates: every file not referenced by the *current* version (orphans and the
+    # files of older versions); keep only those no version in the log refers to
+    candidates = t.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True, full=True)
+    if not settings().is_local_lake:
+        raise LakeError("orphan detection needs a local lake; use vacuum(..., retention_hours=N) instead")
+    referenced = _log_referenced(uri(layer, name))
+    return sorted(p for p in candidates if unquote(p) not in referenced)
+
+
+def vacuum(layer: str, name: str, retention_hours: int | None = None, dry_run: bool = False) -> list[str]:
+    """Remove unreferenced files; returns what was (or, with dry_run, would be) removed.
+
+    Default (`retention_hours=None`): **orphans only**, the data files of commits that never happened
+    (a killed or failed writer). Every version stays readable: time travel, `restore` and
+    `asof reproduce` keep working. Safe at any time: writers of this table are locked out meanwhile.
+
+    `retention_hours=N`: also remove the files of versions superseded more than N hours ago (and
+    orphans older than that); those versions can no longer be read, restored or reproduced.
     """
     if not exists(layer, name):
         return []
     with lock(layer, name):
-        return table(layer, name).vacuum(
-            retention_hours=retention_hours, enforce_retention_duration=False, dry_run=dry_run
+        if retention_hours is not None:
+            if retention_hours < 0:
+                raise LakeError(f"retention_hours must be >= 0, got {retention_hours}")
+            return table(layer, name).vacuum(
+                retention_hours=int(retention_hours),
+                enforce_retention_duration=False,
+                dry_run=dry_run,
+                full=True,
+            )
+        if not settings().is_local_lake:
+            t = table(layer, name)
+            versions = [h["version"] for h in t.history()]
+            return t.vacuum(
+                retention_hours=0,
+                enforce_retention_duration=False,
+                dry_run=dry_run,
+                full=True,
+                keep_versions=versions,
+            )
+        orphans = _orphans(layer, name)
+        if not dry_run:
+            root = Path(uri(layer, name).removeprefix("file://")).resolve()
+            for rel in orphans:
+                path = (root / unquote(rel)).resolve()
+                if root not in path.parents or "_delta_log" in path.parts:
+                    raise LakeError(f"refusing to delete {path}: not a data file of {layer}/{name}")
+                path.unlink(missing_ok=True)
+        return orphans
+
+
+def history(layer: str, name: str, limit: int | None = None) -> list[dict]:
+    """The table's commits, newest first: version, timestamp, operation, predicate, rows added."""
+    out = []
+    for h in table(layer, name).history(limit):
+        params = h.get("operationParameters") or {}
+        metrics = h.get("operationMetrics") or {}
+        ts = h.get("timestamp")
+        out.append(
+            {
+                "version": h.get("version"),
+                "timestamp": dt.datetime.fromtimestamp(ts / 1000, dt.UTC).isoformat() if ts else None,
+                "operation": h.get("operation"),
+                "predicate": params.get("predicate"),
+                "rows_added": metrics.get("num_added_rows"),
+                "rows_removed": metrics.get("num_removed_rows") or metrics.get("num_deleted_rows"),
+            }
         )
+    return out
+
+
+def restore(layer: str, name: str, version: int) -> int:
+    """Make `version` the table's current content again (a new commit: later versions stay
+    readable, so a restore can itself be undone). Returns the new version."""
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise LakeError(f"version must be a non-negative integer, got {version!r}")
+    with lock(layer, name):
+        t = table(layer, name)
+        if version > t.version():
+            raise LakeError(f"{layer}/{name} has no version {version} (current: {t.version()})")
+        crash_point(f"before_commit:{layer}/{name}")
+        t.restore(version)
+        crash_point(f"after_commit:{layer}/{name}")
+        return table(layer, name).version()
 
 
 def list_tables(layer: str) -> list[str]:
