@@ -335,7 +335,12 @@ def handwritten_features(start: dt.date, end: dt.date) -> dict[str, pa.Table]:
         "lookback": LOOKBACK,
     }
     con.execute(TXNS_SQL.format(**params))
-    out = {name: con.sql(sql.format(**params)).to_arrow_table() for name, sql in QUERIES.items()}
+    out = {
+        name: con.sql(
+            f"select * from ({sql.format(**params)}) order by as_of_date, {name.split('_')[0]}_id"
+        ).to_arrow_table()
+        for name, sql in QUERIES.items()
+    }
     con.close()
     return out
 
@@ -362,32 +367,40 @@ def publish(tables: dict[str, pa.Table], start: dt.date, end: dt.date) -> dict[s
 
 
 def measure_transform(args) -> dict:
-    from flows.transform import transform_range
+    from flows.transform import prepare, transform_range
 
-    t = time.perf_counter()
+    parse_seconds = None
+    if json.loads(getattr(args, "extra", "{}") or "{}").get("warm", False):
+        t = time.perf_counter()
+        prepare()  # the once-per-process dbt parse, outside the timed range run
+        parse_seconds = time.perf_counter() - t
+    t, cpu = time.perf_counter(), time.process_time()
     res = transform_range(args.start, args.end)
-    secs = time.perf_counter() - t
+    secs, cpu = time.perf_counter() - t, time.process_time() - cpu
     if not res.succeeded:
         raise SystemExit(f"transform failed: {res.message}")
     return {
         "seconds": secs,
+        "cpu_seconds": cpu,
         "rows": res.rows_written,
         "dbt_seconds": res.dbt_elapsed_s,
         "publish_seconds": res.publish_elapsed_s,
         "parsed_manifest": res.parsed_manifest,
+        "parse_seconds": parse_seconds,
     }
 
 
 def measure_transform_limit(args) -> dict:
     start, end = dt.date.fromisoformat(str(args.start)), dt.date.fromisoformat(str(args.end))
     do_publish = json.loads(getattr(args, "extra", "{}") or "{}").get("publish", True)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     tables = handwritten_features(start, end)
     compute = time.perf_counter() - t
     if do_publish:
         publish(tables, start, end)
     return {
         "seconds": time.perf_counter() - t,
+        "cpu_seconds": time.process_time() - cpu,
         "compute_seconds": compute,
         "rows": {k: v.num_rows for k, v in tables.items()},
     }
@@ -405,12 +418,14 @@ def main() -> None:
     p.add_argument("--merchants", type=int, default=5_000)
     p.add_argument("--which", choices=["both", "dbt", "sql", "none"], default="both")
     p.add_argument("--no-publish", action="store_true", help="hand-written path: compute only")
+    p.add_argument("--warm", action="store_true", help="dbt path: parse the project before timing")
+    p.add_argument("--sql-first", action="store_true", help="run the hand-written path first")
     args = p.parse_args()
     os.environ["ASOF_HOME"] = args.home
     start = dt.date.fromisoformat(args.start)
     end = dt.date.fromisoformat(args.end) if args.end else start + dt.timedelta(days=args.days - 1)
     args.start, args.end = start.isoformat(), end.isoformat()
-    args.extra = json.dumps({"publish": not args.no_publish})
+    args.extra = json.dumps({"publish": not args.no_publish, "warm": args.warm})
     report: dict = {"start": args.start, "end": args.end}
     if args.synthesize:
         first = start - dt.timedelta(days=LOOKBACK)
@@ -423,10 +438,12 @@ def main() -> None:
             merchants=args.merchants,
         )
         report["synthesize_seconds"] = round(time.perf_counter() - t, 2)
-    if args.which in ("both", "dbt"):
-        report["dbt"] = measure_transform(args)
-    if args.which in ("both", "sql"):
-        report["handwritten"] = measure_transform_limit(args)
+    order = ["sql", "dbt"] if args.sql_first else ["dbt", "sql"]
+    for which in order:
+        if which == "dbt" and args.which in ("both", "dbt"):
+            report["dbt"] = measure_transform(args)
+        if which == "sql" and args.which in ("both", "sql"):
+            report["handwritten"] = measure_transform_limit(args)
     if "dbt" in report and "handwritten" in report:
         report["ratio"] = round(report["dbt"]["seconds"] / report["handwritten"]["seconds"], 3)
     report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

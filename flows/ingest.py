@@ -404,7 +404,10 @@ def ingest(source_name: str, day: dt.date) -> IngestOutcome:
     bad = [r for r in outcome.files if r.status == "malformed"]
     if bad:
         outcome.status = "malformed"
-        outcome.message = "; ".join(r.message for r in bad)
+        # every message names its file (some file-level reasons do not say which file on their own)
+        outcome.message = "; ".join(
+            r.message if r.file in r.message else f"{r.file}: {r.message}" for r in bad
+        )
     elif outcome.status == "succeeded":
         outcome.message = f"{outcome.rows} rows from {len(entries)} file(s)"
         notes = [f"{r.file}: {r.message}" for r in outcome.files if r.message]

@@ -44,10 +44,12 @@ class LakeError(RuntimeError):
 # ---------------------------------------------------------------- crash points (kill tests)
 #
 # `ASOF_CRASH_AT=<label>[:<n>]` makes this process SIGKILL itself the n-th time (default: the first)
-# it reaches `label`; `ASOF_CRASH_TRACE=<file>` appends every label reached ("<pid> <label> <n>").
+# it reaches `label`; `ASOF_CRASH_TRACE=<file>` appends every label reached ("<pid> <label> <n> <time>").
 # Labels: `open:<layer>/<table>` (a table is opened for reading or writing), `before_commit:`,
-# `during_commit:` (the writer dies after part of the data files are written: orphans), and
-# `after_commit:` + `<layer>/<table>`. With neither variable set a crash point is two dict lookups.
+# `during_commit:` (the writer dies after part of the data files are written: orphans),
+# `after_commit:`, `lock_wait:` (another process holds the write lock) and `locked:` +
+# `<layer>/<table>` (`ops/pipeline` is the whole-run lock). With neither variable set, a crash
+# point costs two dict lookups.
 
 _CRASH_LOCK = threading.Lock()
 _CRASH_COUNTS: dict[str, int] = {}
@@ -70,7 +72,7 @@ def _hit(label: str) -> bool:
     trace = os.environ.get("ASOF_CRASH_TRACE")
     if trace:
         with open(trace, "a") as fh:
-            fh.write(f"{os.getpid()} {label} {n}\n")
+            fh.write(f"{os.getpid()} {label} {n} {time.time():.3f}\n")
     return _crash_spec() == (label, n)
 
 
@@ -211,9 +213,11 @@ def lock(layer: str, name: str, timeout_s: float | None = None) -> Iterator[None
                     ) from None
                 if not waited:
                     log.info("waiting for the write lock on %s/%s", layer, name)
+                    crash_point(f"lock_wait:{layer}/{name}")
                     waited = True
                 time.sleep(0.2)
         try:
+            crash_point(f"locked:{layer}/{name}")
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)

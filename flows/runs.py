@@ -14,6 +14,7 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -89,7 +90,25 @@ def mark_running(run_id: str, flow_run_id: str | None, days: Iterable[dt.date]) 
     )
 
 
-def _pid_alive(host: str | None, pid: int | None) -> bool:
+def _proc_start(pid: int) -> tuple[float, str] | None:
+    """(start time as a Unix timestamp, state letter) of a local process, from /proc (Linux)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat.rsplit(")", 1)[1].split()
+        state, start_ticks = fields[0], int(fields[19])
+        with open("/proc/stat") as fh:
+            btime = next(int(line.split()[1]) for line in fh if line.startswith("btime"))
+        return btime + start_ticks / os.sysconf("SC_CLK_TCK"), state
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _pid_alive(host: str | None, pid: int | None, since: dt.datetime | None = None) -> bool:
+    """Is the process that wrote a record (host, pid, at `since`) still running?
+
+    A pid is reused once its process is gone, so a live pid only counts if that process started
+    before the record was written (Linux: /proc); a zombie (killed, not yet reaped) is gone.
+    """
     if host != socket.gethostname() or not pid:
         return True  # cannot tell for another host: trust the record
     try:
@@ -97,7 +116,14 @@ def _pid_alive(host: str | None, pid: int | None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
+        pass
+    info = _proc_start(pid)
+    if info is not None:
+        started, state = info
+        if state in ("Z", "X"):
+            return False
+        if since is not None and started > since.timestamp() + 2.0:
+            return False  # a newer process got the pid
     return True
 
 
@@ -130,7 +156,7 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
         ]
         if stage_times:
             continue
-        alive = _pid_alive(marker["host"], marker["pid"])
+        alive = _pid_alive(marker["host"], marker["pid"], marker["recorded_at"])
         out.append(
             {
                 **marker,

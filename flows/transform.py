@@ -91,6 +91,16 @@ class TransformResult:
         return self.status == "succeeded"
 
     @property
+    def rows(self) -> dict[str, int]:
+        """Alias of rows_written (the name the run records use)."""
+        return self.rows_written
+
+    @property
+    def versions(self) -> dict[str, int | None]:
+        """Alias of table_versions."""
+        return self.table_versions
+
+    @property
     def days(self) -> int:
         return (self.end - self.start).days + 1
 
@@ -144,7 +154,7 @@ class _Dbt:
         except Exception:  # a logging callback must never break dbt
             pass
 
-    def common_args(self) -> list[str]:
+    def common_args(self, target_path: Path | None = None) -> list[str]:
         cache = dbt_cache_dir()
         return [
             "--project-dir",
@@ -152,7 +162,7 @@ class _Dbt:
             "--profiles-dir",
             str(DBT_PROJECT_DIR),
             "--target-path",
-            str(cache / "target"),
+            str(target_path or cache / "target"),
             "--log-path",
             str(cache / "logs"),
         ]
@@ -172,17 +182,42 @@ class _Dbt:
         self._manifest, self._fingerprint = res.result, fp
         return self._manifest, True
 
-    def invoke(self, args: list[str]):
+    def invoke(self, args: list[str], target_path: Path | None = None):
         from dbt.cli.main import dbtRunner
 
         manifest, parsed = self.manifest()
         self._events = []
+        _reset_compiled_state(manifest)
         runner = dbtRunner(manifest=manifest, callbacks=[self._callback])
-        res = runner.invoke(["--quiet", "--no-use-colors", "--no-write-json", *args, *self.common_args()])
+        # run_results/manifest JSON are not needed (results come back in process): --no-write-json
+        # saves ~0.5 s per invocation; `docs generate` writes its own files.
+        write_json = [] if args[:1] == ["docs"] else ["--no-write-json"]
+        res = runner.invoke(
+            ["--quiet", "--no-use-colors", *write_json, *args, *self.common_args(target_path)]
+        )
         return res, parsed, list(self._events)
 
 
 _DBT = _Dbt()
+
+
+def _reset_compiled_state(manifest) -> None:
+    """Make a reused manifest compile afresh.
+
+    Compiling mutates the manifest's nodes: the compiled SQL is kept and ephemeral models' CTEs are
+    injected once and flagged. Reused as is, the next invocation would skip the injection (the mart
+    then misses its `__dbt__cte__` definitions) or inline SQL rendered with the previous run's vars.
+    """
+    from dbt.contracts.graph.nodes import SeedNode
+
+    for node in manifest.nodes.values():
+        if hasattr(node, "extra_ctes_injected") and not isinstance(node, SeedNode):
+            node.compiled = False
+            node.compiled_code = None
+            node.extra_ctes_injected = False
+            node.extra_ctes = []
+            if hasattr(node, "_pre_injected_sql"):
+                node._pre_injected_sql = None
 
 
 def dbt_cache_dir() -> Path:
@@ -247,7 +282,8 @@ def transform_range(
 
     start_d, end_d = parse_range(start, end if end is not None else start)
     t0 = time.perf_counter()
-    dbt_vars = {"start_date": start_d.isoformat(), "end_date": end_d.isoformat()}
+    # asof_release_tables: drop the run's DuckDB tables once published (memory, long backfills)
+    dbt_vars = {"start_date": start_d.isoformat(), "end_date": end_d.isoformat(), "asof_release_tables": True}
     with _DBT.lock:
         lake_io.reset_run_record()
         try:
@@ -280,7 +316,9 @@ def transform_range(
     else:
         message = _failure_message(models, tests, res, events)
 
-    versions = {t: (published[t]["version"] if t in published else lake.version("gold", t)) for t in GOLD_TABLES}
+    versions = {
+        t: (published[t]["version"] if t in published else lake.version("gold", t)) for t in GOLD_TABLES
+    }
     result = TransformResult(
         start=start_d,
         end=end_d,
@@ -296,12 +334,36 @@ def transform_range(
         publish_elapsed_s=round(sum(p["seconds"] for p in published.values()), 3),
         parsed_manifest=parsed,
     )
-    log.info(
-        "transform %s..%s %s in %.2fs: %s", start_d, end_d, result.status, result.elapsed_s, message
-    )
+    log.info("transform %s..%s %s in %.2fs: %s", start_d, end_d, result.status, result.elapsed_s, message)
     if raise_on_failure and not result.succeeded:
         raise TransformError(result)
     return result
+
+
+def prepare() -> bool:
+    """Parse the dbt project now (once per process; later calls reuse it). True if it parsed."""
+    with _DBT.lock:
+        _, parsed = _DBT.manifest()
+    return parsed
+
+
+def generate_docs(out_dir: Path | None = None) -> Path:
+    """Build the dbt docs site (lineage, models, columns, tests) and return its single-file page.
+
+    `--static` embeds the manifest and catalog in `static_index.html`, which opens from disk in a
+    browser with no server and no network. Default location: `$ASOF_HOME/docs/dbt/`.
+    """
+    out = Path(out_dir) if out_dir else settings().docs_dir / "dbt"
+    out.mkdir(parents=True, exist_ok=True)
+    with _DBT.lock:
+        # an --empty run (zero rows, never published: see publish_gold) creates every relation in
+        # this process's in-memory DuckDB, so the catalog shows each column's type
+        _DBT.invoke(["build", "--empty"], target_path=out)
+        res, _, events = _DBT.invoke(["docs", "generate", "--static"], target_path=out)
+    page = out / "static_index.html"
+    if not res.success or not page.exists():
+        raise RuntimeError(f"dbt docs generate failed: {res.exception or '; '.join(events)}")
+    return page
 
 
 def dbt_command(args: list[str]):

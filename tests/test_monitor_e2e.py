@@ -40,10 +40,12 @@ def test_backfill_faults_show_in_metrics_alerts_and_report(
         seed=7,
         faults=[simulate.parse_fault(f) for f in FAULTS],
     )
-    results = {
-        dt.date.fromisoformat(r["day"]): r
-        for r in pipeline.backfill(START.isoformat(), END.isoformat(), continue_on_failure=True)
-    }
+    # The faults breach failure-severity thresholds, so the flow run ends Failed and the call
+    # raises MonitoringFailure carrying the flow's normal per-date result.
+    with pytest.raises(monitor.MonitoringFailure) as failure:
+        pipeline.backfill(START.isoformat(), END.isoformat(), continue_on_failure=True)
+    assert "freshness_hours" in str(failure.value)
+    results = {dt.date.fromisoformat(r["day"]): r for r in failure.value.data}
     assert results[DROP]["status"] == "rejected", results[DROP]
     assert results[MISSING]["status"] == "not_delivered", results[MISSING]
     clean = [d for d in date_range(START, END) if d not in (DROP, MISSING)]
@@ -54,7 +56,8 @@ def test_backfill_faults_show_in_metrics_alerts_and_report(
     }
     assert not broken, f"clean dates did not succeed (another stage is failing): {broken}"
 
-    wired = lake.exists("ops", "metrics")  # the flow computes the metrics itself once wired
+    wired = lake.exists("ops", "metrics")  # the flow computed the metrics itself
+    assert wired
     days = list(date_range(START, END))
     breaches = monitor.compute_and_store(days)  # idempotent: same metrics as the flow's
     if wired:

@@ -4,12 +4,15 @@ the point-in-time rule (SPEC 5), range = day by day, idempotent reruns, dbt fail
 from __future__ import annotations
 
 import datetime as dt
+import os
 from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
 import pytest
 import reference_features as rf
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flows import lake
 from flows.dbt_plugins.lake_io import GOLD_SCHEMAS
@@ -73,6 +76,13 @@ def test_gold_matches_bruteforce_reference(lakehouse, reference, table):
     rf.assert_frames_match(gold, reference[table], table)
 
 
+def test_vectorized_reference_equals_loop_reference(lakehouse, reference):
+    """The faster reference (used for checks at `small` scale) agrees with the loop reference."""
+    fast = rf.reference_features_vectorized(rf.read_silver(), *RANGE)
+    for table in GOLD_TABLES:
+        rf.assert_frames_match(fast[table], reference[table], table)
+
+
 @pytest.mark.parametrize("table", GOLD_TABLES)
 def test_gold_schema(lakehouse, table):
     assert lake.read("gold", table).schema.equals(GOLD_SCHEMAS[table])
@@ -122,8 +132,7 @@ def test_day_by_day_equals_range_and_reruns_are_identical(lakehouse):
         assert _gold(t).equals(before[t]), f"{t}: rerun of the range is not identical"
 
 
-def test_dbt_test_failure_fails_the_range_with_dbts_message(tmp_path, monkeypatch):
-    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+def test_dbt_test_failure_fails_the_range_with_dbts_message(home):
     silver = rf.generate_silver(START, 12, quarantined_days=())
     rf.write_silver(silver)
     ok = transform_range(START + D(days=8), START + D(days=10))
@@ -141,7 +150,7 @@ def test_dbt_test_failure_fails_the_range_with_dbts_message(tmp_path, monkeypatc
     failed = transform_range(START + D(days=8), START + D(days=10))
     assert failed.status == "failed"
     # dbt's own messages: the failing test and its result; everything downstream skipped
-    assert "relationships_stg_silver__transactions_currency" in failed.message
+    assert "not_null_int_transactions__deduplicated_amount_usd" in failed.message
     assert "Got 1 result, configured to fail if != 0" in failed.message
     statuses = {n.name: n.status for n in failed.failed_nodes}
     assert statuses["customer_txn_features_daily"] == "skipped"
@@ -152,10 +161,20 @@ def test_dbt_test_failure_fails_the_range_with_dbts_message(tmp_path, monkeypatc
         assert _gold(t).equals(rows[t])
 
 
-def test_bad_vars_are_refused_before_dbt(tmp_path, monkeypatch):
+def test_docs_site_builds_offline(lakehouse, tmp_path):
+    from flows.transform import generate_docs
+
+    versions = {t: lake.version("gold", t) for t in GOLD_TABLES}
+    page = generate_docs(tmp_path / "docs")
+    html = page.read_text()
+    assert "customer_txn_features_daily" in html and "int_customer_txns__accumulated" in html
+    # gold is untouched by the --empty build that fills the catalog
+    assert versions == {t: lake.version("gold", t) for t in GOLD_TABLES}
+
+
+def test_bad_vars_are_refused_before_dbt(home):
     from flows.dates import DateError
 
-    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
     with pytest.raises(DateError):
         transform_range(dt.date(2024, 2, 2), dt.date(2024, 2, 1))
     with pytest.raises(DateError):
@@ -168,9 +187,8 @@ def _customer_row(table: pa.Table, customer: int, day: dt.date) -> dict | None:
     return None if rows.empty else rows.iloc[0].to_dict()
 
 
-def test_late_transaction_counts_only_from_its_batch(tmp_path, monkeypatch):
+def test_late_transaction_counts_only_from_its_batch(home):
     """Leakage: a transaction with event_time on D delivered in batch D+3 leaves D..D+2 unchanged."""
-    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
     silver = rf.generate_silver(START, 30, quarantined_days=())
     rf.write_silver(silver)
     d0 = START + D(days=20)
@@ -218,8 +236,7 @@ def test_late_transaction_counts_only_from_its_batch(tmp_path, monkeypatch):
         rf.assert_frames_match(rf.read_gold(t), ref[t], t)
 
 
-def test_late_chargeback_changes_merchant_rate_only_from_its_batch(tmp_path, monkeypatch):
-    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+def test_late_chargeback_changes_merchant_rate_only_from_its_batch(home):
     silver = rf.generate_silver(START, 30, quarantined_days=())
     rf.write_silver(silver)
     d0 = START + D(days=20)
@@ -257,6 +274,120 @@ def test_late_chargeback_changes_merchant_rate_only_from_its_batch(tmp_path, mon
             assert a["merchant_chargeback_count_90d"] == b["merchant_chargeback_count_90d"] + 1
             assert a["merchant_chargeback_rate_90d"] > b["merchant_chargeback_rate_90d"]
     # every other merchant is untouched
-    assert after[after["merchant_id"] != m].reset_index(drop=True).equals(
-        before_df[before_df["merchant_id"] != m].reset_index(drop=True)
+    assert (
+        after[after["merchant_id"] != m]
+        .reset_index(drop=True)
+        .equals(before_df[before_df["merchant_id"] != m].reset_index(drop=True))
     )
+
+
+# ------------------------------------------------------------------------------------------------
+# property: the point-in-time rule on random silver
+
+_txn = st.tuples(
+    st.integers(1, 3),  # customer
+    st.integers(1, 3),  # merchant
+    st.integers(0, 13),  # event day
+    st.integers(0, 86399),  # second of day
+    st.sampled_from([0, 0, 0, 1, 2, 3, 6, 7, 9]),  # days late
+    st.integers(1, 5_000_000),  # amount in cents
+    st.sampled_from(["USD", "EUR", "GBP"]),
+    st.one_of(st.none(), st.integers(0, 12)),  # chargeback delivered this many days after the txn
+)
+
+
+@settings(
+    max_examples=int(os.environ.get("ASOF_PIT_EXAMPLES", "3")),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(rows=st.lists(_txn, min_size=1, max_size=25), cut=st.integers(3, 16))
+def test_point_in_time_property(tmp_path_factory, rows, cut):
+    """On random silver: gold equals the brute-force reference for every day, and the rows as of
+    day D do not change when every batch after D is removed (nothing after D leaks into D)."""
+    start = dt.date(2024, 3, 1)
+    end = start + D(days=16)
+    txns, cbs = [], []
+    for i, (cust, merch, day, sec, late, cents, cur, cb_lag) in enumerate(rows):
+        event = pd.Timestamp((start + D(days=day)).isoformat(), tz="UTC") + pd.Timedelta(seconds=sec)
+        batch = start + D(days=day + late)
+        txns.append(
+            {
+                "txn_id": f"p{i}",
+                "customer_id": cust,
+                "merchant_id": merch,
+                "amount": cents / 100,
+                "currency": cur,
+                "channel": "app",
+                "event_time": event,
+                "_batch_date": batch,
+            }
+        )
+        if cb_lag is not None:
+            cbs.append(
+                {
+                    "txn_id": f"p{i}",
+                    "chargeback_time": event,
+                    "reason_code": "x",
+                    "_batch_date": batch + D(days=cb_lag),
+                }
+            )
+    days = list(rf.date_range(start, end + D(days=12)))
+    silver = rf.Silver(
+        transactions=pd.DataFrame(txns),
+        customers=pd.DataFrame(
+            [
+                {
+                    "customer_id": c,
+                    "op": "c",
+                    "updated_at": pd.Timestamp(start.isoformat(), tz="UTC"),
+                    "country": "US",
+                    "kyc_level": c,
+                    "signup_date": start,
+                    "_batch_date": start,
+                }
+                for c in (1, 2, 3)
+            ]
+        ),
+        merchants=pd.DataFrame(
+            [
+                {
+                    "merchant_id": m,
+                    "name": "m",
+                    "mcc": "5411",
+                    "country": "US",
+                    "risk_tier": "low",
+                    "_batch_date": d,
+                }
+                for d in days
+                for m in (1, 2, 3)
+            ]
+        ),
+        chargebacks=pd.DataFrame(
+            cbs
+            or [
+                {
+                    "txn_id": "none",
+                    "chargeback_time": pd.Timestamp(start.isoformat(), tz="UTC"),
+                    "reason_code": "x",
+                    "_batch_date": start,
+                }
+            ]
+        ),
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ASOF_HOME", str(tmp_path_factory.mktemp("pit")))
+        rf.write_silver(silver)
+        result = transform_range(start, end)
+        assert result.succeeded, result.message
+        ref = rf.reference_features(rf.read_silver(), start, end)
+        for t in GOLD_TABLES:
+            rf.assert_frames_match(rf.read_gold(t), ref[t], t)
+
+        as_of = start + D(days=cut)
+        before = {t: _gold(t, as_of) for t in GOLD_TABLES}
+        for name in ("transactions", "customers", "merchants", "chargebacks"):
+            lake.delete("silver", name, f"_batch_date > '{as_of.isoformat()}'")
+        assert transform_range(as_of, as_of).succeeded
+        for t in GOLD_TABLES:
+            assert _gold(t, as_of).equals(before[t]), f"{t}: batches after {as_of} changed its rows"

@@ -2,8 +2,9 @@
   For distinct_merchants_30d: a merchant counts for a customer on as-of day D when the customer has
   a K(D) transaction with it in the 30-day window, i.e. on the days
       [known_day, event_day + 29]
-  of each such transaction. Overlapping (or adjacent) spans of the same (customer, merchant) are
-  merged, so each merged span adds exactly one to the count while it lasts.
+  of each such transaction. The spans of one (customer, merchant) are swept in order of their first
+  day and cut into disjoint pieces (each span keeps only the days after the furthest end seen so
+  far), so each piece adds exactly one to the count while it lasts, whatever the overlaps.
 -#}
 {%- set r = asof_range() -%}
 {%- set w = customer_window_days() -%}
@@ -22,7 +23,7 @@ with spans as (
 
 ),
 
-flagged as (
+swept as (
 
     select
         *,
@@ -30,29 +31,15 @@ flagged as (
             partition by customer_id, merchant_id
             order by span_start_day, span_end_day
             rows between unbounded preceding and 1 preceding
-        ) as previous_end_day
+        ) as covered_until_day
     from spans
-
-),
-
-numbered as (
-
-    select
-        *,
-        sum(case when previous_end_day is null or span_start_day > previous_end_day + 1 then 1 else 0 end)
-            over (
-                partition by customer_id, merchant_id
-                order by span_start_day, span_end_day
-                rows between unbounded preceding and current row
-            ) as span_number
-    from flagged
 
 )
 
 select
     customer_id,
     merchant_id,
-    min(span_start_day) as active_from_day,
-    max(span_end_day) as active_to_day
-from numbered
-group by customer_id, merchant_id, span_number
+    greatest(span_start_day, coalesce(covered_until_day + 1, span_start_day)) as active_from_day,
+    span_end_day as active_to_day
+from swept
+where covered_until_day is null or span_end_day > covered_until_day

@@ -17,7 +17,7 @@
 
 with deliveries as materialized (
 
-    select txn_id, customer_id, merchant_id, amount, currency, channel, event_time, batch_date, source_row_number
+    select txn_id, customer_id, merchant_id, amount, currency, event_time, batch_date, source_row_number
     from {{ ref('stg_silver__transactions') }}
     where batch_date between date '{{ r.start }}' - {{ lookback }} and date '{{ r.end }}'
 
@@ -63,11 +63,7 @@ with_days as (
         t.txn_id,
         t.customer_id,
         t.merchant_id,
-        t.currency,
-        t.channel,
-        t.amount,
         t.amount * fx_rates.usd_rate as amount_usd,
-        t.event_time,
         epoch_us(t.event_time) as event_time_us,
         {{ day_number('t.event_time') }} as event_day,
         {{ date_day_number('t.batch_date') }} as batch_day
@@ -77,7 +73,12 @@ with_days as (
 )
 
 select
-    *,
+    txn_id,
+    customer_id,
+    merchant_id,
+    amount_usd,
+    event_time_us,
+    event_day,
     greatest(event_day, batch_day) as known_day
 from with_days
 where event_day between {{ r.start_day - lookback }} and {{ r.end_day }}

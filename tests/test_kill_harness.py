@@ -1,0 +1,482 @@
+"""Harness for the kill and concurrency tests: real `asof` processes, killed for real, cheaply.
+
+Every `asof` process pays ~30 s of imports here (Prefect, Great Expectations, dbt, Feast) and ~15 s
+more to start an ephemeral Prefect server. The harness pays both once:
+
+- one Prefect server on 127.0.0.1 (its own PREFECT_HOME) that every run talks to;
+- a *zygote*: a process that imports the whole pipeline once, then `fork()`s one child per
+  requested command. Each child is an ordinary OS process running `flows.cli.main()` with its own
+  environment (ASOF_HOME, ASOF_CRASH_AT, ...), exactly as `.venv/bin/asof ...` would after its
+  imports. A child killed with SIGKILL dies like any `asof` process; its pid is reaped by the zygote.
+
+Also here: landing-data templates and a content snapshot of a data root (every Delta table without
+the columns that legitimately differ between runs, plus the Feast online store), used to compare
+an interrupted-then-rerun lake with an uninterrupted one.
+
+Run `python tests/test_kill_harness.py --zygote` only through `Zygote` (it speaks JSON lines).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import datetime as dt
+import hashlib
+import itertools
+import json
+import os
+import select
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+# Columns whose values legitimately differ between two runs over the same inputs (wall-clock times,
+# run ids and paths derived from them). Everything else must be identical.
+VOLATILE = {
+    "_ingested_at",
+    "_quarantined_at",
+    "_validation_run_id",
+    "ingested_at",
+    "validated_at",
+    "validation_run_id",
+    "data_docs_path",
+    "recorded_at",
+}
+# Logs of what happened (append-only by design), not state.
+LOG_TABLES = {"ops/runs", "ops/releases", "ops/metrics"}
+
+
+# ------------------------------------------------------------------------------------ snapshots
+
+
+def table_rows(path: Path) -> list[str]:
+    from deltalake import DeltaTable
+
+    tbl = DeltaTable(str(path)).to_pyarrow_table()
+    keep = [c for c in tbl.column_names if c not in VOLATILE]
+    return sorted(json.dumps(r, default=str, sort_keys=True) for r in tbl.select(keep).to_pylist())
+
+
+def online_rows(home: Path) -> dict[str, list[str]]:
+    db = home / "feast" / "online.db"
+    if not db.exists():
+        return {}
+    out: dict[str, list[str]] = {}
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        names = [r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for name in sorted(names):
+            cols = [r[1] for r in con.execute(f'PRAGMA table_info("{name}")')]
+            keep = [c for c in cols if c not in ("created_ts",)]
+            sel = ", ".join(f'"{c}"' for c in keep)
+            rows = con.execute(f'SELECT {sel} FROM "{name}"').fetchall()
+            out[f"online/{name}"] = sorted(
+                json.dumps([v.hex() if isinstance(v, bytes) else v for v in r], default=str) for r in rows
+            )
+    finally:
+        con.close()
+    return out
+
+
+def snapshot(home: Path) -> dict[str, list[str]]:
+    """Every Delta table of the data root (minus VOLATILE columns and LOG_TABLES) and the online
+    store, as sorted row lists."""
+    out: dict[str, list[str]] = {}
+    lake = home / "lake"
+    for layer in sorted(p for p in lake.iterdir() if p.is_dir()) if lake.exists() else []:
+        for tbl in sorted(p for p in layer.iterdir() if (p / "_delta_log").exists()):
+            key = f"{layer.name}/{tbl.name}"
+            if key not in LOG_TABLES:
+                out[key] = table_rows(tbl)
+    out.update(online_rows(home))
+    return out
+
+
+def digest(snap: dict[str, list[str]]) -> dict[str, str]:
+    return {k: hashlib.sha256("\n".join(v).encode()).hexdigest()[:16] for k, v in snap.items()}
+
+
+def diff(expected: dict[str, list[str]], got: dict[str, list[str]], limit: int = 3) -> str:
+    """A readable account of how two snapshots differ ('' when equal)."""
+    lines = []
+    for key in sorted(set(expected) | set(got)):
+        a, b = expected.get(key), got.get(key)
+        if a == b:
+            continue
+        if a is None or b is None:
+            lines.append(f"{key}: {'missing' if b is None else 'unexpected'} table")
+            continue
+        sa, sb = set(a), set(b)
+        lines.append(f"{key}: {len(a)} vs {len(b)} rows")
+        lines += [f"  - {r[:300]}" for r in sorted(sa - sb)[:limit]]
+        lines += [f"  + {r[:300]}" for r in sorted(sb - sa)[:limit]]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ run records
+
+
+_ENV_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def asof_home(home: Path):
+    """Point this process's `flows` modules at `home` (serialised: the environment is global)."""
+    with _ENV_LOCK:
+        old = os.environ.get("ASOF_HOME")
+        os.environ["ASOF_HOME"] = str(home)
+        try:
+            yield
+        finally:
+            if old is None:
+                os.environ.pop("ASOF_HOME", None)
+            else:
+                os.environ["ASOF_HOME"] = old
+
+
+def date_statuses(home: Path, start: dt.date, end: dt.date) -> dict[dt.date, str]:
+    from flows import runs
+
+    with asof_home(home):
+        return runs.date_status(runs.latest(start, end))
+
+
+# ------------------------------------------------------------------------------------ the zygote
+
+PRELOAD = (
+    "flows.cli",
+    "flows.pipeline",
+    "flows.validate",
+    "flows.quarantine",
+    "flows.datadocs",
+    "flows.transform",
+    "flows.dbt_plugins.lake_io",
+    "flows.featurestore",
+    "flows.feast_offline",
+    "flows.training",
+    "dbt.cli.main",
+    "great_expectations",
+    "feast",
+)
+
+
+def _zygote_main() -> None:  # pragma: no cover - runs in the zygote process
+    import importlib
+
+    for name in PRELOAD:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    # parse the dbt project once: children reuse the manifest (re-parsed if the project changes)
+    with contextlib.suppress(Exception):
+        importlib.import_module("flows.transform")._DBT.manifest()
+    out = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)  # stray prints must not corrupt the protocol
+
+    def say(msg: dict) -> None:
+        out.write(json.dumps(msg) + "\n")
+        out.flush()
+
+    say({"ready": True, "threads": threading.active_count(), "pid": os.getpid()})
+    children: dict[int, int] = {}
+    buf = b""
+    stdin = sys.stdin.fileno()
+    open_ = True
+    while open_ or children:
+        if open_:
+            ready, _, _ = select.select([stdin], [], [], 0.05)
+            if ready:
+                chunk = os.read(stdin, 65536)
+                if not chunk:
+                    open_ = False
+                buf += chunk
+                while b"\n" in buf:
+                    line, buf = buf.split(b"\n", 1)
+                    req = json.loads(line)
+                    pid = os.fork()
+                    if pid == 0:
+                        _child(req)
+                    children[pid] = req["id"]
+                    say({"id": req["id"], "pid": pid})
+        else:
+            time.sleep(0.05)
+        while children:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+            if pid == 0:
+                break
+            say({"id": children.pop(pid), "rc": os.waitstatus_to_exitcode(status)})
+
+
+def _child(req: dict) -> None:  # pragma: no cover - runs in a forked child
+    code = 1
+    try:
+        fd = os.open(req["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        for k, v in req["env"].items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        os.chdir(req.get("cwd") or str(REPO))
+        sys.argv = ["asof", *req["argv"]]
+        from flows import cli
+
+        cli.main()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+@dataclass
+class Run:
+    """One forked `asof` child."""
+
+    id: int
+    argv: list[str]
+    log: Path
+    pid: int | None = None
+    rc: int | None = None
+    started: float = field(default_factory=time.monotonic)
+    elapsed: float | None = None
+    done: threading.Event = field(default_factory=threading.Event)
+    has_pid: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def killed(self) -> bool:
+        return self.rc == -signal.SIGKILL
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+class Zygote:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._proc = subprocess.Popen(
+            [PY, str(Path(__file__).resolve()), "--zygote"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=open(log, "ab"),  # noqa: SIM115 - lives as long as the zygote
+            env=env,
+            cwd=REPO,
+            start_new_session=True,
+        )
+        self._lock = threading.Lock()
+        self._runs: dict[int, Run] = {}
+        self._ids = itertools.count(1)
+        self._ready = threading.Event()
+        self.info: dict = {}
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self._proc.stdout is not None
+        for line in self._proc.stdout:
+            msg = json.loads(line)
+            if msg.get("ready"):
+                self.info = msg
+                self._ready.set()
+                continue
+            run = self._runs[msg["id"]]
+            if "pid" in msg:
+                run.pid = msg["pid"]
+                run.has_pid.set()
+            if "rc" in msg:
+                run.rc = msg["rc"]
+                run.elapsed = time.monotonic() - run.started
+                run.done.set()
+        self._ready.set()
+        for run in list(self._runs.values()):  # the zygote died: nothing more will finish
+            run.has_pid.set()
+            run.done.set()
+
+    def wait_ready(self, timeout: float = 300) -> None:
+        if not self._ready.wait(timeout) or not self.info:
+            raise RuntimeError(f"zygote did not start; see {self.log}:\n{self.log.read_text()[-3000:]}")
+
+    def start(self, argv: list[str], env: dict[str, str | None], log: Path) -> Run:
+        self.wait_ready()
+        run = Run(next(self._ids), list(argv), log)
+        with self._lock:
+            self._runs[run.id] = run
+            assert self._proc.stdin is not None
+            self._proc.stdin.write(
+                (json.dumps({"id": run.id, "argv": run.argv, "env": env, "log": str(log)}) + "\n").encode()
+            )
+            self._proc.stdin.flush()
+        return run
+
+    def wait(self, run: Run, timeout: float = 300) -> Run:
+        if not run.done.wait(timeout):
+            run.has_pid.wait(5)
+            if run.pid:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(run.pid, signal.SIGKILL)
+            run.done.wait(30)
+            raise TimeoutError(f"asof {' '.join(run.argv)} did not finish in {timeout}s; log {run.log}")
+        return run
+
+    def run(self, argv: list[str], env: dict[str, str | None], log: Path, timeout: float = 300) -> Run:
+        return self.wait(self.start(argv, env, log), timeout)
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(Exception):
+                assert self._proc.stdin is not None
+                self._proc.stdin.close()
+            try:
+                self._proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+                self._proc.wait()
+
+
+# ------------------------------------------------------------------------------------ the harness
+
+
+class Harness:
+    """A Prefect server + a zygote + landing templates, shared by every kill/concurrency test of
+    the session (started on first use, stopped at exit)."""
+
+    def __init__(self) -> None:
+        from flows import serve
+
+        self.root = Path(tempfile.mkdtemp(prefix="asof_kill_"))
+        self.prefect_home = self.root / "prefect_home"
+        self.prefect_home.mkdir()
+        self.port = serve.free_port()
+        api = f"http://127.0.0.1:{self.port}/api"
+        base = {k: v for k, v in os.environ.items() if not k.startswith(("ASOF_", "PREFECT_"))}
+        self.env = {
+            **base,
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_API_URL": api,
+            "PREFECT_SERVER_API_HOST": "127.0.0.1",
+            "PREFECT_SERVER_API_PORT": str(self.port),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_LOGGING_LEVEL": "WARNING",
+            "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+            "GX_ANALYTICS_ENABLED": "false",
+            "ASOF_HOME": str(self.root / "zygote_home"),
+            "ASOF_LOCK_TIMEOUT_S": "300",
+        }
+        self.server = serve.start_server(self.port, self.env, self.root / "prefect_server.log")
+        self.zygote = Zygote(self.env, self.root / "zygote.log")
+        self.templates: dict[tuple, Path] = {}
+        self._tlock = threading.Lock()
+        try:
+            serve.wait_healthy(self.port, timeout_s=180, proc=self.server)
+            self.zygote.wait_ready()
+        except BaseException:
+            self.close()
+            raise
+
+    def landing(self, start: dt.date, end: dt.date, scale: str, seed: int, faults: tuple = ()) -> Path:
+        """A generated landing tree (cached): copy it into a home with `new_home`."""
+        key = (start, end, scale, seed, faults)
+        with self._tlock:
+            if key not in self.templates:
+                from flows import simulate
+
+                dest = self.root / f"landing_{len(self.templates)}"
+                simulate.generate(
+                    dest,
+                    start,
+                    end,
+                    simulate.parse_scale(scale),
+                    seed=seed,
+                    faults=[simulate.parse_fault(f) for f in faults],
+                )
+                self.templates[key] = dest
+            return self.templates[key]
+
+    def new_home(self, name: str, landing: Path | None = None, copy_from: Path | None = None) -> Path:
+        home = self.root / name
+        if home.exists():
+            shutil.rmtree(home)
+        if copy_from is not None:
+            shutil.copytree(copy_from, home, symlinks=True)
+            shutil.rmtree(home / "locks", ignore_errors=True)
+        else:
+            home.mkdir()
+        if landing is not None and not (home / "landing").exists():
+            shutil.copytree(landing, home / "landing")
+        return home
+
+    def asof(
+        self,
+        home: Path,
+        *argv: str,
+        crash_at: str | None = None,
+        trace: Path | None = None,
+        timeout: float = 300,
+        wait: bool = True,
+    ) -> Run:
+        env: dict[str, str | None] = {
+            "ASOF_HOME": str(home),
+            "ASOF_CRASH_AT": crash_at,
+            "ASOF_CRASH_TRACE": str(trace) if trace else None,
+        }
+        logs = home.parent / f"{home.name}_logs"
+        logs.mkdir(exist_ok=True)
+        tag = (crash_at or "run").replace("/", "_").replace(":", "_")
+        log = logs / f"{len(list(logs.iterdir())):03d}_{argv[0]}_{tag}.log"
+        if wait:
+            return self.zygote.run(list(argv), env, log, timeout)
+        return self.zygote.start(list(argv), env, log)
+
+    def close(self) -> None:
+        from flows import serve
+
+        self.zygote.close()
+        serve.stop(self.server)
+        if not os.environ.get("ASOF_KEEP_KILL_HOMES"):
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+_HARNESS: Harness | None = None
+_HLOCK = threading.Lock()
+
+
+def harness() -> Harness:
+    global _HARNESS
+    with _HLOCK:
+        if _HARNESS is None:
+            _HARNESS = Harness()
+            atexit.register(_HARNESS.close)
+        return _HARNESS
+
+
+def read_trace(path: Path) -> list[tuple[str, int]]:
+    """(label, occurrence) in the order a run reached them (one process)."""
+    out = []
+    for line in path.read_text().splitlines():
+        _pid, label, n, _when = line.split(" ")
+        out.append((label, int(n)))
+    return out
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--zygote"]:
+    sys.path.insert(0, str(REPO))
+    _zygote_main()
