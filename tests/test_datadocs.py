@@ -16,17 +16,6 @@ from flows.simulate import generate, parse_fault, parse_scale
 from flows.sources import SOURCE_NAMES
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -100,55 +89,49 @@ def test_docs_command_builds(site):
     assert "index.html" in out
 
 
-@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium not installed")
-def test_browser_renders_index_and_failing_page_offline(site, tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_browser_renders_index_and_failing_page_offline(site, tmp_path, browser):
     home, outs = site
     bad = outs[D2]["transactions"]
     server, base = datadocs.start_server()
     requests: list[str] = []
     failures: list[str] = []
     try:
-        with sync_playwright() as p:
-            # Playwright gives every launch a fresh temporary profile (it refuses --user-data-dir)
-            browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.on("request", lambda r: requests.append(r.url))
-            page.on("requestfailed", lambda r: failures.append(r.url))
-            page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.on("request", lambda r: requests.append(r.url))
+        page.on("requestfailed", lambda r: failures.append(r.url))
+        page.on("response", lambda r: failures.append(f"{r.status} {r.url}") if r.status >= 400 else None)
 
-            page.goto(base + "index.html")
-            page.wait_for_load_state("networkidle")
-            # the run list is filled in by bootstrap-table (jQuery): only works if the scripts loaded
-            page.wait_for_selector("table tbody tr td:has-text('transactions.rows')", timeout=15000)
-            text = page.inner_text("body")
-            assert f"{D1.isoformat()}-transactions" in text or "transactions.rows" in text
-            assert page.locator("table tbody tr").count() >= 8
-            # status icons are Font Awesome glyphs: the web font must have loaded
-            icon = page.locator("table tbody tr i.fas").first
-            assert "Font Awesome" in icon.evaluate("e => getComputedStyle(e).fontFamily")
-            loaded = page.evaluate(
-                "async () => { await document.fonts.ready; return Array.from(document.fonts)"
-                ".filter(f => f.family.includes('Font Awesome') && f.status === 'loaded').length }"
-            )
-            assert loaded >= 1
-            # Bootstrap applied: .container-fluid has pl-5 (3rem) padding, an unstyled div has none
-            pad = page.evaluate("getComputedStyle(document.querySelector('.container-fluid')).paddingLeft")
-            assert pad == "48px"
+        page.goto(base + "index.html")
+        page.wait_for_load_state("networkidle")
+        # the run list is filled in by bootstrap-table (jQuery): only works if the scripts loaded
+        page.wait_for_selector("table tbody tr td:has-text('transactions.rows')", timeout=15000)
+        text = page.inner_text("body")
+        assert f"{D1.isoformat()}-transactions" in text or "transactions.rows" in text
+        assert page.locator("table tbody tr").count() >= 8
+        # status icons are Font Awesome glyphs: the web font must have loaded
+        icon = page.locator("table tbody tr i.fas").first
+        assert "Font Awesome" in icon.evaluate("e => getComputedStyle(e).fontFamily")
+        loaded = page.evaluate(
+            "async () => { await document.fonts.ready; return Array.from(document.fonts)"
+            ".filter(f => f.family.includes('Font Awesome') && f.status === 'loaded').length }"
+        )
+        assert loaded >= 1
+        # Bootstrap applied: .container-fluid has pl-5 (3rem) padding, an unstyled div has none
+        pad = page.evaluate("getComputedStyle(document.querySelector('.container-fluid')).paddingLeft")
+        assert pad == "48px"
 
-            # the failing validation page, reached from the index like a user would
-            page.goto(base + bad.data_docs_path)
-            page.wait_for_load_state("networkidle")
-            body = page.inner_text("body")
-            assert "transactions.rows" in body and "Failed" in body
-            assert "values must never be null" in body
-            assert "unexpected values found" in body
-            failed_cells = page.locator("text=unexpected values found")
-            assert failed_cells.count() >= 1
-            color = failed_cells.first.evaluate("e => getComputedStyle(e).color")
-            assert color != "rgb(0, 0, 0)"  # rendered as an error (red), i.e. styled
-            browser.close()
+        # the failing validation page, reached from the index like a user would
+        page.goto(base + bad.data_docs_path)
+        page.wait_for_load_state("networkidle")
+        body = page.inner_text("body")
+        assert "transactions.rows" in body and "Failed" in body
+        assert "values must never be null" in body
+        assert "unexpected values found" in body
+        failed_cells = page.locator("text=unexpected values found")
+        assert failed_cells.count() >= 1
+        color = failed_cells.first.evaluate("e => getComputedStyle(e).color")
+        assert color != "rgb(0, 0, 0)"  # rendered as an error (red), i.e. styled
+        browser.close()
     finally:
         server.shutdown()
         server.server_close()

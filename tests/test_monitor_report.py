@@ -8,7 +8,6 @@ import functools
 import http.server
 import os
 import re
-import shutil
 import threading
 from pathlib import Path
 
@@ -35,16 +34,6 @@ FIRST = END - dt.timedelta(days=13)  # the monitored fortnight
 CENTS = END - dt.timedelta(days=3)
 SKIPPED = END - dt.timedelta(days=8)
 DROP = END - dt.timedelta(days=5)
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 
 
 @pytest.fixture(scope="module")
@@ -175,26 +164,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def _chromium() -> str:
-    path = "/usr/bin/chromium" if Path("/usr/bin/chromium").exists() else shutil.which("chromium")
-    if path:
-        return path
-    if os.environ.get("ASOF_REQUIRE_SERVICES") == "1":
-        pytest.fail("chromium is required in CI but not installed")
-    pytest.skip("chromium not installed")
-
-
 @pytest.mark.timeout(120)
 def test_html_report_renders_offline_in_chromium(
-    monitored: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    monitored: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, browser
 ) -> None:
-    browser_path = _chromium()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        if os.environ.get("ASOF_REQUIRE_SERVICES") == "1":
-            pytest.fail("playwright (python) is required in CI")
-        pytest.skip("playwright not installed")
     monkeypatch.setenv("ASOF_HOME", str(monitored))
     site = tmp_path / "site"
     report = site / "report.html"
@@ -207,42 +180,40 @@ def test_html_report_renders_offline_in_chromium(
     port = server.server_address[1]
     requests: list[str] = []
     try:
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=browser_path, args=CHROMIUM_ARGS)
-            try:
-                page = browser.new_page()
-                page.on("request", lambda r: requests.append(r.url))
+        page = browser.new_page()
+        try:
+            page.on("request", lambda r: requests.append(r.url))
 
-                def guard(route):
-                    url = route.request.url
-                    if url.startswith(f"http://127.0.0.1:{port}/") or url.startswith(("data:", "file:")):
-                        route.continue_()
-                    else:
-                        route.abort()
+            def guard(route):
+                url = route.request.url
+                if url.startswith(f"http://127.0.0.1:{port}/") or url.startswith(("data:", "file:")):
+                    route.continue_()
+                else:
+                    route.abort()
 
-                page.route("**/*", guard)
-                page.goto(f"http://127.0.0.1:{port}/report.html", wait_until="load")
-                page.wait_for_timeout(300)
-                charts = page.evaluate(
-                    """() => [...document.querySelectorAll('svg.chart')].map(s => {
-                        const b = s.getBoundingClientRect();
-                        return {id: s.dataset.chart, w: b.width, h: b.height,
-                                paths: s.querySelectorAll('path.series').length,
-                                cells: s.querySelectorAll('rect.cell').length,
-                                bars: s.querySelectorAll('rect.bar').length,
-                                breachDays: [...s.querySelectorAll('rect.breach-day')].map(
-                                    r => (r.querySelector('title') || {}).textContent || ''),
-                                breachPoints: s.querySelectorAll('circle.breach-point').length};
-                    })"""
-                )
-                # every drawn series path has a non-empty rendered box
-                path_boxes = page.evaluate(
-                    """() => [...document.querySelectorAll('path.series')].map(p => {
-                        const b = p.getBoundingClientRect(); return b.width * (b.height + 1); })"""
-                )
-                alerts = page.inner_text("table")
-            finally:
-                browser.close()
+            page.route("**/*", guard)
+            page.goto(f"http://127.0.0.1:{port}/report.html", wait_until="load")
+            page.wait_for_timeout(300)
+            charts = page.evaluate(
+                """() => [...document.querySelectorAll('svg.chart')].map(s => {
+                    const b = s.getBoundingClientRect();
+                    return {id: s.dataset.chart, w: b.width, h: b.height,
+                            paths: s.querySelectorAll('path.series').length,
+                            cells: s.querySelectorAll('rect.cell').length,
+                            bars: s.querySelectorAll('rect.bar').length,
+                            breachDays: [...s.querySelectorAll('rect.breach-day')].map(
+                                r => (r.querySelector('title') || {}).textContent || ''),
+                            breachPoints: s.querySelectorAll('circle.breach-point').length};
+                })"""
+            )
+            # every drawn series path has a non-empty rendered box
+            path_boxes = page.evaluate(
+                """() => [...document.querySelectorAll('path.series')].map(p => {
+                    const b = p.getBoundingClientRect(); return b.width * (b.height + 1); })"""
+            )
+            alerts = page.inner_text("table")
+        finally:
+            page.close()
     finally:
         server.shutdown()
         thread.join(5)
