@@ -3,7 +3,9 @@
 Records are append-only. A chunk of dates is first marked `running`, then its final records are
 appended; the newest record per (date, stage, source) is the truth. A `running` record that is
 never followed by a final one belongs to a run that died (killed, crashed): readers report it as
-`interrupted`, never as succeeded.
+`interrupted`, never as succeeded. A succeeded date whose earlier dates were re-processed with
+different results afterwards (a re-delivery, a release from quarantine) is reported `stale`: its
+features were computed from data that has changed since, and a non-forced backfill reruns it.
 """
 
 from __future__ import annotations
@@ -128,25 +130,33 @@ def _pid_alive(host: str | None, pid: int | None, since: dt.datetime | None = No
 
 
 def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dict]:
-    """Newest record per (date, stage, source) in the range, with dead `running` runs shown as
-    `interrupted`."""
+    """Newest record per (date, stage, source) in the range, plus one `run` record for a date that
+    is not what its stage records say: `running` / `interrupted` (a run started and never finished;
+    its process is alive / gone) or `stale` (it succeeded, but an earlier date was re-processed with
+    different results, or had rows released from quarantine, after it: its features are out of date).
+    """
     if not lake.exists("ops", "runs"):
         return []
-    flt = None
-    if start is not None:
-        flt = (pc.field("execution_date") >= pa.scalar(start, pa.date32())) & (
-            pc.field("execution_date") <= pa.scalar(end or start, pa.date32())
-        )
-    rows = lake.read("ops", "runs", filter=flt).to_pylist()
-    rows.sort(key=lambda r: r["recorded_at"])
+    everything = lake.read("ops", "runs").to_pylist()  # staleness needs earlier dates too
+    everything.sort(key=lambda r: r["recorded_at"])
+    lo, hi = start, (end or start)
+    rows = [r for r in everything if lo is None or lo <= r["execution_date"] <= hi]
+    # The newest run that recorded a stage of a date is the truth for that stage, all its sources at
+    # once: an older run may have recorded it at another granularity (`validate *: not run` when an
+    # earlier date failed, per source when it ran), and its records must not outlive it.
+    stage_run: dict[tuple, str] = {}
+    for r in rows:
+        if r["stage"] != "run":
+            stage_run[(r["execution_date"], r["stage"])] = r["run_id"]
     newest: dict[tuple, dict] = {}
     run_marker: dict[dt.date, dict] = {}
     for r in rows:
         if r["stage"] == "run":
             run_marker[r["execution_date"]] = r
-        else:
+        elif stage_run[(r["execution_date"], r["stage"])] == r["run_id"]:
             newest[(r["execution_date"], r["stage"], r["source"])] = r
     out = list(newest.values())
+    flagged: set[dt.date] = set()
     # A run marker newer than every stage record of its date means a run started and never finished.
     for day, marker in run_marker.items():
         if marker["status"] != "running":
@@ -157,6 +167,7 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
         if stage_times:
             continue
         alive = _pid_alive(marker["host"], marker["pid"], marker["recorded_at"])
+        flagged.add(day)
         out.append(
             {
                 **marker,
@@ -170,8 +181,95 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
                 ),
             }
         )
+    succeeded = {d for d, st in date_status(out).items() if st == FINAL_OK and d not in flagged}
+    for marker, why in _stale(everything, succeeded).values():
+        out.append({**marker, "stage": "run", "source": ALL_SOURCES, "status": "stale", "message": why})
     out.sort(key=lambda r: (r["execution_date"], r["stage"], r["source"]))
     return out
+
+
+def _fingerprint(records: list[dict]) -> tuple:
+    """What a run made of one date, as later dates see it: per source, the landed files (sha256)
+    and the validation split. Equal fingerprints mean the rerun changed nothing downstream."""
+    parts = []
+    for r in records:
+        if r["stage"] == "ingest":
+            try:
+                files = json.loads(r["details"] or "{}").get("files") or []
+            except ValueError:
+                files = []
+            parts.append(
+                ("ingest", r["source"], r["status"], tuple(sorted(str(f.get("sha256")) for f in files)))
+            )
+        elif r["stage"] == "validate":
+            parts.append(
+                ("validate", r["source"], r["status"], r["rows_in"], r["rows_out"], r["rows_quarantined"])
+            )
+    return tuple(sorted(parts, key=repr))
+
+
+def _stale(everything: list[dict], succeeded: set[dt.date]) -> dict[dt.date, tuple[dict, str]]:
+    """Succeeded dates whose inputs from earlier dates changed after they were computed."""
+    if not succeeded:
+        return {}
+    # per date: the runs that wrote final records for it, oldest first, with their fingerprint
+    by_run: dict[tuple[dt.date, str], list[dict]] = {}
+    for r in everything:
+        if r["stage"] != "run":
+            by_run.setdefault((r["execution_date"], r["run_id"]), []).append(r)
+    history: dict[dt.date, list[tuple[dt.datetime, str, tuple]]] = {}
+    for (day, run_id), recs in by_run.items():
+        when = max(r["recorded_at"] for r in recs)
+        history.setdefault(day, []).append((when, run_id, _fingerprint(recs)))
+    for h in history.values():
+        h.sort(key=lambda x: x[0])
+    releases = _releases()
+    out: dict[dt.date, tuple[dict, str]] = {}
+    for day in sorted(succeeded):
+        runs_of_day = history.get(day)
+        if not runs_of_day:
+            continue
+        when, run_id, _ = runs_of_day[-1]
+        marker = next(r for r in by_run[(day, run_id)])
+        for earlier in sorted(d for d in history if d < day):
+            later = [x for x in history[earlier] if x[0] > when and x[1] != run_id]
+            if not later:
+                continue
+            before = [x for x in history[earlier] if x[0] <= when or x[1] == run_id]
+            then = before[-1][2] if before else None
+            now = history[earlier][-1][2]
+            if now != then:
+                out[day] = (
+                    marker,
+                    f"{earlier.isoformat()} was re-processed with different results (run "
+                    f"{history[earlier][-1][1]}) after this date was computed; rerun it: "
+                    f"asof backfill --start {day.isoformat()} --end {day.isoformat()} --force",
+                )
+                break
+        else:
+            for rel_day, rel_at, source in releases:
+                if rel_day < day and rel_at > when:
+                    out[day] = (
+                        marker,
+                        f"rows of {source} {rel_day.isoformat()} were released from quarantine "
+                        f"after this date was computed; rerun it: asof backfill --start "
+                        f"{day.isoformat()} --end {day.isoformat()} --force",
+                    )
+                    break
+    return out
+
+
+def _releases() -> list[tuple[dt.date, dt.datetime, str]]:
+    """(batch date, when, source) of every quarantine release that moved rows to silver."""
+    try:
+        tbl = lake.read("ops", "releases", columns=["_batch_date", "released_at", "source", "rows_released"])
+    except lake.LakeError:
+        return []
+    return [
+        (r["_batch_date"], r["released_at"], r["source"])
+        for r in tbl.to_pylist()
+        if (r["rows_released"] or 0) > 0
+    ]
 
 
 def date_status(records: list[dict]) -> dict[dt.date, str]:

@@ -448,7 +448,9 @@ def reference_features_vectorized(
         )
         c["txn_count_7d"] = w7.groupby("customer_id").size().reindex(c.index, fill_value=0)
         c["txn_count_1d"] = w1.groupby("customer_id").size().reindex(c.index, fill_value=0)
-        c["amount_usd_sum_7d"] = w7.groupby("customer_id")["amount_usd"].sum().reindex(c.index, fill_value=0.0)
+        c["amount_usd_sum_7d"] = (
+            w7.groupby("customer_id")["amount_usd"].sum().reindex(c.index, fill_value=0.0)
+        )
         c["amount_usd_max_7d"] = w7.groupby("customer_id")["amount_usd"].max().reindex(c.index)
         c["amount_usd_avg_30d"] = c["amount_usd_sum_30d"] / c["txn_count_30d"]
         last = known.groupby("customer_id")["event_time"].max().reindex(c.index)
@@ -461,7 +463,10 @@ def reference_features_vectorized(
         m = pd.DataFrame(
             {
                 "merchant_txn_count_90d": g90.size(),
-                "merchant_chargeback_count_90d": w90["txn_id"].isin(known_cbs).groupby(w90["merchant_id"]).sum(),
+                "merchant_chargeback_count_90d": w90["txn_id"]
+                .isin(known_cbs)
+                .groupby(w90["merchant_id"])
+                .sum(),
             }
         )
         m["merchant_txn_count_7d"] = w7.groupby("merchant_id").size().reindex(m.index, fill_value=0)
@@ -471,7 +476,9 @@ def reference_features_vectorized(
         changed = cdc.loc[cdc["_batch_date"] == day, "customer_id"].unique()
         if len(changed):
             k = cdc[(cdc["_batch_date"] <= day) & cdc["customer_id"].isin(changed)]
-            latest = k.sort_values(["updated_at", "_batch_date", "_row_number"]).groupby("customer_id").tail(1)
+            latest = (
+                k.sort_values(["updated_at", "_batch_date", "_row_number"]).groupby("customer_id").tail(1)
+            )
             prof_parts.append(
                 latest[["customer_id", "country", "kyc_level", "signup_date"]].assign(
                     as_of_date=day, feature_timestamp=ft

@@ -204,18 +204,28 @@ def _vacuum_everything(home: Path, before: dict) -> tuple[int, str]:
     return removed, diff(before, snapshot(home))
 
 
-def _real_process_chain(chain: Chain, home: Path, reference: dict) -> Chain:
-    """One kill of a real `.venv/bin/asof` process (exec'd, not forked from the zygote)."""
+def _start_real_process(chain: Chain, home: Path) -> subprocess.Popen:
+    """One kill of a real `.venv/bin/asof` process (exec'd, not forked from the zygote). Started
+    first: its ~30 s of imports overlap the reference runs."""
+    h = harness()
+    env = {**h.env, "ASOF_HOME": str(home), "ASOF_CRASH_AT": chain.kills[0].spec}
+    exe = str(Path(sys.executable).parent / "asof")
+    return subprocess.Popen(
+        [exe, *BACKFILL], env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+
+
+def _finish_real_process(chain: Chain, proc: subprocess.Popen, home: Path, reference: dict) -> Chain:
     h = harness()
     t0 = time.monotonic()
     kill = chain.kills[0]
-    env = {**h.env, "ASOF_HOME": str(home), "ASOF_CRASH_AT": kill.spec}
-    exe = str(Path(sys.executable).parent / "asof")
     try:
-        proc = subprocess.run([exe, *BACKFILL], env=env, cwd=REPO, capture_output=True, timeout=300)
+        _, err = proc.communicate(timeout=300)
         kill.rc = proc.returncode
-        kill.seconds = time.monotonic() - t0
         kill.statuses = date_statuses(home, D1, D2)
+        if kill.rc != -signal.SIGKILL:
+            chain.error = f"the real process was not killed (rc {kill.rc}): {err.decode()[-2000:]}"
+            return chain
         final = h.asof(home, *BACKFILL)
         chain.final_rc = final.rc
         chain.final_statuses = date_statuses(home, D1, D2)
@@ -230,6 +240,10 @@ def _real_process_chain(chain: Chain, home: Path, reference: dict) -> Chain:
 def kills() -> dict:
     h = harness()
     landing = h.landing(D1, D2, SCALE, SEED)
+    real = Chain("real_process", [Kill("after_commit:silver/transactions:1", "validate",
+                                       expect={D1: "interrupted", D2: "interrupted"})])  # fmt: skip
+    real_home = h.new_home("kill_e", landing)
+    real_proc = _start_real_process(real, real_home)
 
     # the uninterrupted reference, traced
     ref_home = h.new_home("kill_reference", landing)
@@ -276,13 +290,10 @@ def kills() -> dict:
             (*BACKFILL, "--chunk-days", "1"),
         ),
     }
-    real = Chain("real_process", [Kill("after_commit:silver/transactions:1", "validate",
-                                       expect={D1: "interrupted", D2: "interrupted"})])  # fmt: skip
-    real_home = h.new_home("kill_e", landing)
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = [pool.submit(_real_process_chain, real, real_home, reference)]
-        futures += [pool.submit(_run_chain, c, home, argv, reference) for c, home, argv in chains.values()]
+        futures = [pool.submit(_run_chain, c, home, argv, reference) for c, home, argv in chains.values()]
+        futures.append(pool.submit(_finish_real_process, real, real_proc, real_home, reference))
         done = [f.result() for f in futures]
     return {
         "chains": {c.name: c for c in done},
@@ -339,3 +350,17 @@ def test_vacuum_after_kills_removes_no_live_data(kills, name) -> None:
     chain = kills["chains"][name]
     assert not chain.error, chain.error
     assert chain.vacuum_diff == ""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="flows/cli.py main(): app(standalone_mode=False) *returns* the code of typer.Exit (fail()) "
+    "instead of raising it, and main() drops it, so a failed run exits 0; fix: "
+    "`code = app(standalone_mode=False)` then `sys.exit(code if isinstance(code, int) else 0)`",
+)
+def test_a_failed_run_exits_non_zero() -> None:
+    h = harness()
+    home = h.new_home("exit_code")
+    run = h.asof(home, *RUN_D2)
+    assert "not delivered" in run.output()
+    assert run.rc not in (0, None)

@@ -75,12 +75,17 @@ GOLD_PARTITION_BY = ["as_of_date"]
 
 _lock = threading.Lock()
 LAST_RUN: dict[str, Any] = {"sources": {}, "published": {}}
+# datasets opened during the current invocation: every model of a run sees the same silver version
+# (dbt-duckdb calls load() again for each reference), and each Delta log is read once per run
+_DATASETS: dict[tuple[str, str], Any] = {}
 
 
 def reset_run_record() -> None:
+    """Start a new invocation: forget what was read and written (flows/transform.py calls this)."""
     with _lock:
         LAST_RUN["sources"] = {}
         LAST_RUN["published"] = {}
+        _DATASETS.clear()
 
 
 def _iso(value: Any, what: str) -> dt.date:
@@ -110,6 +115,10 @@ class Plugin(BasePlugin):
     def load(self, source_config: SourceConfig):
         layer = source_config.get("layer", source_config.schema)
         name = source_config.get("table", source_config.identifier)
+        with _lock:
+            cached = _DATASETS.get((layer, name))
+        if cached is not None:
+            return cached
         if lake.exists(layer, name):
             table = lake.table(layer, name)
             version = table.version()
@@ -118,7 +127,8 @@ class Plugin(BasePlugin):
             version = None
             data = silver_schema(get_source(name)).empty_table()
         with _lock:
-            LAST_RUN["sources"][f"{layer}/{name}"] = version
+            data = _DATASETS.setdefault((layer, name), data)
+            LAST_RUN["sources"].setdefault(f"{layer}/{name}", version)
         return data
 
     def store(self, target_config: TargetConfig) -> None:

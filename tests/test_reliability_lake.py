@@ -1,0 +1,332 @@
+"""`flows.lake` and `flows.runs` under crashes (issue 7), without the pipeline.
+
+- Crash points: `ASOF_CRASH_AT=<label>:<n>` kills the process exactly there, `ASOF_CRASH_TRACE`
+  records every point reached, and with neither set nothing is counted.
+- A writer killed in the middle of a commit leaves orphan data files and no new version; `vacuum`
+  removes exactly those files, the table reads the same, every old version still reads (time
+  travel, restore, `asof reproduce`); only an explicit retention removes old versions' files.
+- Rollback: `restore` makes an old version current again as a new commit (undoable).
+- Run records: a run whose process is gone is `interrupted`, even if its pid was reused since.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from flows import lake, runs
+from tests.test_kill_harness import REPO
+
+D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
+
+
+def rows(day: dt.date, n: int, offset: int = 0) -> pa.Table:
+    return pa.table(
+        {
+            "_batch_date": pa.array([day] * n, pa.date32()),
+            "x": pa.array(range(offset, offset + n), pa.int64()),
+            "s": pa.array([f"value-{i:08d}" for i in range(offset, offset + n)]),
+        }
+    )
+
+
+def put(day: dt.date, n: int, offset: int = 0) -> int:
+    return lake.replace(
+        "silver",
+        "t",
+        rows(day, n, offset),
+        lake.date_predicate("_batch_date", day),
+        partition_by=["_batch_date"],
+    )
+
+
+WRITE = textwrap.dedent(
+    """
+    import datetime as dt, sys
+    import pyarrow as pa
+    from flows import lake
+    day, n, times = dt.date.fromisoformat(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    data = pa.table({
+        "_batch_date": pa.array([day] * n, pa.date32()),
+        "x": pa.array(range(n), pa.int64()),
+        "s": pa.array([f"value-{i:08d}" for i in range(n)]),
+    })
+    for _ in range(times):
+        pred = lake.date_predicate("_batch_date", day)
+        lake.replace("silver", "t", data, pred, partition_by=["_batch_date"])
+    print("done", flush=True)
+    """
+)
+
+
+def writer(
+    home: Path, crash_at: str | None, day: dt.date, n: int, times: int = 1
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ASOF_HOME": str(home)}
+    env.pop("ASOF_CRASH_TRACE", None)
+    if crash_at:
+        env["ASOF_CRASH_AT"] = crash_at
+    return subprocess.run(
+        [sys.executable, "-c", WRITE, day.isoformat(), str(n), str(times)],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def version_content(version: int | None = None) -> list[tuple]:
+    return sorted(tuple(r.values()) for r in lake.read("silver", "t", version=version).to_pylist())
+
+
+def content() -> list[tuple]:
+    return version_content(None)
+
+
+# ---------------------------------------------------------------- crash points
+
+
+def test_crash_points_cost_nothing_when_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ASOF_CRASH_AT", raising=False)
+    monkeypatch.delenv("ASOF_CRASH_TRACE", raising=False)
+    before = dict(lake._CRASH_COUNTS)
+    for _ in range(1000):
+        lake.crash_point("after_commit:silver/t")
+    assert before == lake._CRASH_COUNTS
+
+
+def test_crash_spec_parsing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASOF_CRASH_AT", "after_commit:silver/transactions:3")
+    assert lake._crash_spec() == ("after_commit:silver/transactions", 3)
+    monkeypatch.setenv("ASOF_CRASH_AT", "open:gold/customer_profile")
+    assert lake._crash_spec() == ("open:gold/customer_profile", 1)
+
+
+def test_trace_records_every_point_in_order(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trace = home / "trace"
+    monkeypatch.setenv("ASOF_CRASH_TRACE", str(trace))
+    monkeypatch.setattr(lake, "_CRASH_COUNTS", {})
+    put(D1, 3)
+    put(D1, 3)
+    labels = [line.split()[1:3] for line in trace.read_text().splitlines()]
+    assert ["before_commit:silver/t", "2"] in labels and ["after_commit:silver/t", "2"] in labels
+    assert labels.index(["before_commit:silver/t", "1"]) < labels.index(["after_commit:silver/t", "1"])
+    assert ["locked:silver/t", "1"] in labels
+
+
+@pytest.mark.parametrize(
+    "point, versions",
+    [("before_commit:silver/t:2", 1), ("during_commit:silver/t:2", 1), ("after_commit:silver/t:2", 2)],
+)
+def test_a_crash_point_kills_exactly_there(home: Path, point: str, versions: int) -> None:
+    res = writer(home, point, D1, 10, times=3)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert "done" not in res.stdout
+    assert lake.version("silver", "t") == versions - 1  # commits that happened before the kill
+    assert len(lake.read("silver", "t")) == 10
+    # the lock died with the process: the next writer is not blocked
+    assert writer(home, None, D1, 5).returncode == 0
+    assert len(lake.read("silver", "t")) == 5
+
+
+# ---------------------------------------------------------------- orphans and vacuum
+
+
+def test_vacuum_after_a_kill_mid_commit_removes_only_orphans(home: Path) -> None:
+    put(D1, 100)
+    put(D2, 50)
+    put(D1, 80, offset=1000)  # version 2: version 0's D1 file is now only needed by time travel
+    live = content()
+    old = [
+        sorted(tuple(r.values()) for r in lake.read("silver", "t", version=v).to_pylist()) for v in range(3)
+    ]
+
+    # a writer dies half-way through a large commit of D2
+    res = writer(home, "during_commit:silver/t", D2, 60_000)
+    assert res.returncode == -signal.SIGKILL, res.stderr
+    assert lake.version("silver", "t") == 2 and content() == live  # readers see nothing of it
+    orphans = lake.orphan_files("silver", "t")
+    assert orphans, "the killed writer left no data file: nothing to test"
+    assert all(o.startswith("_batch_date=2024-01-02/") and o.endswith(".parquet") for o in orphans)
+
+    assert lake.vacuum("silver", "t", dry_run=True) == orphans
+    table_dir = Path(lake.uri("silver", "t"))
+    assert all((table_dir / o).exists() for o in orphans)
+    assert lake.vacuum("silver", "t") == orphans
+    assert not any((table_dir / o).exists() for o in orphans)
+    assert content() == live
+    for v in range(3):  # every version still reads: time travel and restore keep working
+        assert version_content(v) == old[v]
+    assert lake.vacuum("silver", "t") == []  # idempotent
+    assert lake.orphan_files("silver", "t") == []
+    # and the table takes writes as before
+    put(D2, 7)
+    assert len(lake.read("silver", "t", filter=lake.date_filter("_batch_date", [D2]))) == 7
+
+
+def test_vacuum_with_retention_drops_old_versions_only_when_asked(home: Path) -> None:
+    put(D1, 10)
+    put(D1, 20, offset=100)
+    assert lake.vacuum("silver", "t") == []  # no orphans: the old version's file is kept
+    assert len(lake.read("silver", "t", version=0)) == 10
+    removed = lake.vacuum("silver", "t", retention_hours=0)
+    assert len(removed) == 1
+    assert len(lake.read("silver", "t")) == 20
+    with pytest.raises(Exception):  # noqa: B017 - delta-rs raises its own I/O error type
+        lake.read("silver", "t", version=0)
+
+
+# ---------------------------------------------------------------- rollback
+
+
+def test_restore_and_history(home: Path) -> None:
+    put(D1, 10)
+    put(D2, 5)
+    put(D1, 3, offset=50)  # a bad rerun of D1
+    hist = lake.history("silver", "t")
+    assert [h["version"] for h in hist] == [2, 1, 0]
+    assert "2024-01-01" in hist[0]["predicate"] and hist[0]["rows_added"] == 3
+    new = lake.restore("silver", "t", 1)
+    assert new == 3
+    assert len(lake.read("silver", "t")) == 15
+    assert len(lake.read("silver", "t", version=2)) == 8  # the undone version is still readable
+    lake.restore("silver", "t", 2)  # and the restore can itself be undone
+    assert len(lake.read("silver", "t")) == 8
+    for bad in (-1, 99, "1", True):
+        with pytest.raises(lake.LakeError):
+            lake.restore("silver", "t", bad)
+
+
+# ---------------------------------------------------------------- run records of dead processes
+
+
+def _marker(home: Path, pid: int, when: dt.datetime | None = None) -> None:
+    runs.mark_running("r1", None, [D1])
+    if pid != os.getpid() or when is not None:
+        tbl = lake.read("ops", "runs")
+        idx = tbl.schema.get_field_index("pid")
+        tbl = tbl.set_column(idx, "pid", pa.array([pid] * len(tbl), pa.int64()))
+        if when is not None:
+            i2 = tbl.schema.get_field_index("recorded_at")
+            tbl = tbl.set_column(i2, "recorded_at", pa.array([when] * len(tbl), pa.timestamp("us", tz="UTC")))
+        lake.replace("ops", "runs", tbl.cast(runs.RUNS_SCHEMA), "execution_date = '2024-01-01'")
+
+
+def test_a_run_whose_process_is_gone_is_interrupted(home: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    _marker(home, proc.pid)
+    assert runs.date_status(runs.latest(D1, D1)) == {D1: "interrupted"}
+    [rec] = runs.latest(D1, D1)
+    assert "interrupted" in rec["message"] and "rerun" in rec["message"]
+    assert D1 not in runs.succeeded_dates(D1, D1)
+
+
+def test_a_live_run_is_running(home: Path) -> None:
+    _marker(home, os.getpid())
+    assert runs.date_status(runs.latest(D1, D1)) == {D1: "running"}
+
+
+def test_a_reused_pid_does_not_revive_a_dead_run(home: Path) -> None:
+    # this test process is alive, but it started long after a marker recorded an hour ago
+    _marker(home, os.getpid(), when=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1))
+    assert runs.date_status(runs.latest(D1, D1)) == {D1: "interrupted"}
+
+
+def test_a_killed_unreaped_process_counts_as_gone() -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        for _ in range(100):  # wait until it is a zombie (killed, not yet reaped by us)
+            if runs._proc_start(proc.pid) and runs._proc_start(proc.pid)[1] == "Z":
+                break
+        assert not runs._pid_alive(socket.gethostname(), proc.pid, dt.datetime.now(dt.UTC))
+    finally:
+        proc.wait()
+
+
+# ---------------------------------------------------------------- stale dates
+
+
+def _run(run_id: str, day: dt.date, sha: str = "a", rows_out: int = 10) -> None:
+    details = {"files": [{"file": f"landing/transactions/{day}/t.csv", "sha256": sha}]}
+    recs = [runs.StageRecord(day, "ingest", "transactions", "succeeded", rows_out=10, details=details)]
+    recs.append(runs.StageRecord(day, "validate", "transactions", "succeeded", 10, rows_out, 10 - rows_out))
+    recs += [runs.StageRecord(day, s, runs.ALL_SOURCES, "succeeded") for s in ("transform", "materialize")]
+    runs.append(run_id, None, recs)
+
+
+def _status() -> dict:
+    return runs.date_status(runs.latest(D1, D2))
+
+
+def test_reruns_with_the_same_results_leave_later_dates_succeeded(home: Path) -> None:
+    _run("a", D1)
+    _run("a", D2)
+    assert _status() == {D1: "succeeded", D2: "succeeded"}
+    _run("b", D1)  # the same files, the same split
+    assert _status() == {D1: "succeeded", D2: "succeeded"}
+    assert runs.succeeded_dates(D1, D2) == {D1, D2}
+
+
+def test_a_redelivered_earlier_date_makes_later_dates_stale(home: Path) -> None:
+    _run("a", D1)
+    _run("a", D2)
+    _run("b", D1, sha="corrected")  # re-delivery of D1, rerun
+    assert _status() == {D1: "succeeded", D2: "stale"}
+    [marker] = [r for r in runs.latest(D2, D2) if r["stage"] == "run"]
+    assert "2024-01-01 was re-processed" in marker["message"] and "--force" in marker["message"]
+    assert runs.succeeded_dates(D1, D2) == {D1}  # a non-forced backfill reruns D2
+    assert runs.date_status(runs.latest(D2, D2)) == {D2: "stale"}  # seen from D2 alone too
+    _run("c", D2)
+    assert _status() == {D1: "succeeded", D2: "succeeded"}
+
+
+def test_a_date_computed_before_its_predecessor_is_stale(home: Path) -> None:
+    _run("a", D2)  # e.g. a backfill starting at D2 won the pipeline lock
+    _run("b", D1)
+    assert _status() == {D1: "succeeded", D2: "stale"}
+
+
+def test_a_release_from_quarantine_makes_later_dates_stale(home: Path) -> None:
+    from flows.quarantine import RELEASES_SCHEMA
+
+    _run("a", D1, rows_out=8)
+    _run("a", D2)
+    row = {f.name: [None] for f in RELEASES_SCHEMA}
+    row.update(
+        release_id=["r"], _batch_date=[D1], source=["transactions"], released_at=[dt.datetime.now(dt.UTC)],
+        rows_considered=[2], rows_released=[2], rows_still_quarantined=[0],
+    )  # fmt: skip
+    lake.append("ops", "releases", pa.table(row, schema=RELEASES_SCHEMA), schema=RELEASES_SCHEMA)
+    assert _status() == {D1: "succeeded", D2: "stale"}
+
+
+def test_a_later_run_supersedes_every_record_of_an_earlier_one(home: Path) -> None:
+    """A stage recorded as `validate *: not run` (an earlier date failed) and later run per source
+    must read as the later run's outcome, not as a leftover `not run`."""
+    runs.append(
+        "old",
+        None,
+        [
+            runs.StageRecord(D2, "ingest", "transactions", "succeeded"),
+            *[
+                runs.StageRecord(D2, s, runs.ALL_SOURCES, "not run")
+                for s in ("validate", "transform", "materialize")
+            ],
+        ],
+    )
+    assert runs.date_status(runs.latest(D2, D2)) == {D2: "incomplete"}
+    _run("new", D2)
+    assert runs.date_status(runs.latest(D2, D2)) == {D2: "succeeded"}
+    assert [r["source"] for r in runs.latest(D2, D2) if r["stage"] == "validate"] == ["transactions"]
