@@ -245,6 +245,19 @@ for _name in ("retrieval_ours", "retrieval_raw", "retrieval_stock"):
     MEASUREMENTS[_name] = _feature_store(_name)
 
 
+def _transform(fn_name: str):
+    def run(args) -> dict:
+        from bench import transform_limit
+
+        return getattr(transform_limit, fn_name)(args)
+
+    return run
+
+
+MEASUREMENTS["transform"] = _transform("measure_transform")
+MEASUREMENTS["transform_limit"] = _transform("measure_transform_limit")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("name", choices=sorted(MEASUREMENTS))

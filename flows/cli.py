@@ -30,8 +30,6 @@ app = typer.Typer(
 )
 
 
-
-
 def fail(message: str, code: int = 1) -> None:
     typer.echo(f"asof: error: {message}", err=True)
     raise typer.Exit(code)
@@ -316,7 +314,9 @@ _register_optional()
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        # With standalone_mode=False click *returns* the code of a typer.Exit instead of raising.
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
     except Refused as exc:
         typer.echo(f"asof: error: {exc}", err=True)
         sys.exit(2)

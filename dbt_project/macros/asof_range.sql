@@ -14,6 +14,9 @@
   {%- set start = var('start_date', execution_date) -%}
   {%- set end = var('end_date', start) -%}
   {%- set configured = start is not none -%}
+  {%- if not configured and var('end_date', none) is not none -%}
+    {{ exceptions.raise_compiler_error("asof: end_date given without start_date (or execution_date)") }}
+  {%- endif -%}
   {%- if not configured -%}
     {%- set start = '1970-01-01' -%}
     {%- set end = '1970-01-01' -%}

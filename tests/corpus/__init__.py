@@ -284,9 +284,6 @@ SIMULATOR = [
     sim("missing_file", **NOT_DELIVERED, message=("not delivered", "transactions")),
     sim("empty_file", "customers"),  # an empty CDC file: a valid batch with no changes
     sim("missing_file", "merchants", **NOT_DELIVERED, message=("not delivered", "merchants")),
-    sim("schema_drop_column", "customers", **REJECTED, rule="contract_broken"),
-    sim("nulls", "merchants", reasons={"null:": None}),
-    sim("dupes", "chargebacks", reasons={"duplicate": None}),
 ]
 
 HANDMADE = [
