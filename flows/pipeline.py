@@ -411,8 +411,15 @@ def resolve_execution_date(execution_date: str | dt.date | None, lag_days: int =
     when = None
     if ctx and ctx.flow_run and ctx.flow_run.expected_start_time:
         when = ctx.flow_run.expected_start_time
-    when = (when or dt.datetime.now(dt.UTC)).astimezone(dt.UTC)
-    return when.date() - dt.timedelta(days=lag_days)
+    return execution_date_for(when or dt.datetime.now(dt.UTC), lag_days)
+
+
+def execution_date_for(scheduled: dt.datetime, lag_days: int = 1) -> dt.date:
+    """The UTC calendar day `lag_days` before a scheduled start. A naive time is refused rather
+    than guessed: the same wall-clock time means different days in different zones."""
+    if scheduled.tzinfo is None:
+        raise ValueError(f"scheduled start {scheduled!r} has no time zone")
+    return scheduled.astimezone(dt.UTC).date() - dt.timedelta(days=lag_days)
 
 
 @flow(name="daily-pipeline", log_prints=True)
