@@ -179,7 +179,7 @@ judged as (
       case when mid not in (select merchant_id from known_m) then 'unknown_merchant' end,
       case when txn_id in (select txn_id from earlier)
              or row_number() over (partition by txn_id order by _row_number) > 1 then 'duplicate' end
-    ], x -> x is not null) as reasons
+    ], lambda x: x is not null) as reasons
   from parsed p)
 select * from judged
 """
