@@ -185,6 +185,12 @@ def apply(store: FeatureStore | None = None, force: bool = False) -> bool:
     key = {"definitions_sha256": digest, "lake_uri": settings().lake_uri}
     registry_path = Path(store.config.registry.path)
     with _lock:
+        if registry_path.exists() and not _registry_readable(store):
+            # Feast writes registry.db in place: a process killed mid-write leaves a truncated
+            # file that every later call would trip on. It is derived state: rebuild it.
+            log.warning("feast registry %s is unreadable (interrupted write); re-applying", registry_path)
+            registry_path.unlink()
+            marker.unlink(missing_ok=True)
         if not force and registry_path.exists() and marker.exists():
             try:
                 if json.loads(marker.read_text()) == key:
@@ -197,6 +203,16 @@ def apply(store: FeatureStore | None = None, force: bool = False) -> bool:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(json.dumps(key, indent=2) + "\n")
     log.info("applied feature_repo definitions (%s) to %s", digest[:12], registry_path)
+    return True
+
+
+def _registry_readable(store: FeatureStore) -> bool:
+    from google.protobuf.message import DecodeError
+
+    try:
+        store.registry  # noqa: B018 - Feast parses registry.db on first access
+    except DecodeError:
+        return False
     return True
 
 

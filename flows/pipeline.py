@@ -422,6 +422,19 @@ def execution_date_for(scheduled: dt.datetime, lag_days: int = 1) -> dt.date:
     return scheduled.astimezone(dt.UTC).date() - dt.timedelta(days=lag_days)
 
 
+def _newly_stale(
+    days: list[dt.date], skipped: set[dt.date], ran: set[dt.date], results: dict[dt.date, DateResult]
+) -> list[dt.date]:
+    """Skipped dates that are no longer succeeded now: stale, because an earlier date of this
+    backfill was re-processed with different results. Only when every date run so far succeeded,
+    otherwise the re-run would stop (or fail) on the same problem."""
+    if not skipped or any(results[d].status != "succeeded" for d in ran):
+        return []
+    first = min(ran)
+    now_ok = runs.succeeded_dates(days[0], days[-1])
+    return [d for d in days if d in skipped and d > first and d not in now_ok]
+
+
 @flow(name="daily-pipeline", log_prints=True)
 def daily_pipeline(execution_date: str | None = None) -> list[dict]:
     """Every stage for one execution date (always runs: a daily run is also how a date is redone)."""
@@ -456,6 +469,15 @@ def backfill(
         if todo:
             for r in process_dates(todo, continue_on_failure, max(1, chunk_days)):
                 results[r.day] = r
+            # Re-processing a date with different results makes the succeeded dates after it
+            # stale (their features saw the old data): redo them now rather than leave the range
+            # half repaired for the next backfill to find.
+            stale = [] if force else _newly_stale(days, done, set(todo), results)
+            if stale:
+                log = get_run_logger()
+                log.info("re-running %d dates made stale by this backfill: %s", len(stale), stale)
+                for r in process_dates(stale, continue_on_failure, max(1, chunk_days)):
+                    results[r.day] = r
         ordered = [results[d] for d in days]
         verdict = _monitor(ordered, f"backfill {d1.isoformat()}..{d2.isoformat()}")
     _publish(f"backfill {d1.isoformat()}..{d2.isoformat()}", ordered)

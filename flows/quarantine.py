@@ -155,7 +155,16 @@ def _row_ids(tbl: pa.Table) -> list[str]:
 
 
 def release(source: str, day: dt.date, rule: str | None = None, *, build_docs: bool = True) -> ReleaseResult:
-    """Re-validate quarantined rows of (source, day) with the current rules; promote those that pass."""
+    """Re-validate quarantined rows of (source, day) with the current rules; promote those that pass.
+
+    Taken under the pipeline lock: a release rewrites silver and quarantine partitions that a
+    concurrent run of the same date would also rewrite, and one of the two would silently win.
+    """
+    with lake.lock("ops", "pipeline"):
+        return _release(source, day, rule, build_docs=build_docs)
+
+
+def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -> ReleaseResult:
     src = get_source(source)
     contract = V.load_contract(src.name)
     res = ReleaseResult(src.name, day, rule)

@@ -362,9 +362,30 @@ def _cast_or_coerce(values: pa.ChunkedArray, target: pa.DataType, fallback) -> p
 
 
 def _coerce_timestamps(arr: pa.Array) -> pa.Array:
+    """Element-wise parse to timestamp[us, UTC], invalid -> null. pandas (datetime64[ns]) stops at
+    1677-2262; a valid ISO time beyond that (9999-12-31, 0001-01-01) is still a time, parsed by
+    Python, so the time rules judge it (future_event_time, too_late) instead of calling it
+    unparseable."""
     s = pd.Series(arr.to_pandas(), dtype=object)
-    out = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce")
-    return pa.array(out.dt.floor("us"), pa.timestamp("ns", tz="UTC"), from_pandas=True)
+    parsed = pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce").dt.floor("us")
+    out: list[dt.datetime | None] = [None if pd.isna(t) else t.to_pydatetime() for t in parsed]
+    for i, (text, t) in enumerate(zip(s, parsed, strict=True)):
+        if isinstance(text, str) and pd.isna(t) and not 1678 <= int(text[:4]) <= 2261:
+            out[i] = _parse_wide_timestamp(text)
+    return pa.array(out, pa.timestamp("us", tz="UTC"))
+
+
+def _parse_wide_timestamp(text: str) -> dt.datetime | None:
+    try:
+        value = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return None
+    if value.tzinfo is None:  # naive values arrive with "Z" appended; keep the guard anyway
+        value = value.replace(tzinfo=dt.UTC)
+    try:
+        return value.astimezone(dt.UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        return None
 
 
 def _coerce_dates(arr: pa.Array) -> pa.Array:
@@ -393,8 +414,11 @@ def parse_column(raw: pa.ChunkedArray, ctype: str) -> tuple[pa.ChunkedArray, pa.
         # naive_timestamp anyway
         text = pc.if_else(naive, pc.binary_join_element_wise(raw, "Z", ""), raw)
         text = pc.if_else(ok, text, pa.scalar(None, pa.string()))
-        ns = _cast_or_coerce(text, pa.timestamp("ns", tz="UTC"), _coerce_timestamps)
-        typed = pc.cast(pc.floor_temporal(ns, unit="microsecond"), pa.timestamp("us", tz="UTC"))
+        try:
+            ns = pc.cast(text, pa.timestamp("ns", tz="UTC"))
+            typed = pc.cast(pc.floor_temporal(ns, unit="microsecond"), pa.timestamp("us", tz="UTC"))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # bad or beyond-ns values: slow path
+            typed = pa.chunked_array([_coerce_timestamps(text.combine_chunks())])
     elif ctype == "date":
         ok = _regex_mask(raw, DATE_RE)
         text = pc.if_else(ok, raw, pa.scalar(None, pa.string()))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import datetime as dt
+import faulthandler
 import hashlib
 import itertools
 import json
@@ -184,7 +185,8 @@ def _zygote_main() -> None:  # pragma: no cover - runs in the zygote process
         out.write(json.dumps(msg) + "\n")
         out.flush()
 
-    say({"ready": True, "threads": threading.active_count(), "pid": os.getpid()})
+    native = len(os.listdir(f"/proc/{os.getpid()}/task")) if Path("/proc").exists() else None
+    say({"ready": True, "threads": threading.active_count(), "native_threads": native, "pid": os.getpid()})
     children: dict[int, int] = {}
     buf = b""
     stdin = sys.stdin.fileno()
@@ -228,6 +230,8 @@ def _child(req: dict) -> None:  # pragma: no cover - runs in a forked child
             else:
                 os.environ[k] = v
         os.chdir(req.get("cwd") or str(REPO))
+        # `kill -USR1 <pid>` writes every thread's stack to the log (the harness does it on timeout)
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         sys.argv = ["asof", *req["argv"]]
         from flows import cli
 
@@ -329,9 +333,14 @@ class Zygote:
             run.has_pid.wait(5)
             if run.pid:
                 with contextlib.suppress(ProcessLookupError):
+                    os.kill(run.pid, signal.SIGUSR1)  # stacks into the log
+                    time.sleep(2)
                     os.kill(run.pid, signal.SIGKILL)
             run.done.wait(30)
-            raise TimeoutError(f"asof {' '.join(run.argv)} did not finish in {timeout}s; log {run.log}")
+            raise TimeoutError(
+                f"asof {' '.join(run.argv)} did not finish in {timeout}s; log {run.log}; its end:\n"
+                + run.output()[-6000:]
+            )
         return run
 
     def run(self, argv: list[str], env: dict[str, str | None], log: Path, timeout: float = 300) -> Run:
@@ -377,6 +386,12 @@ class Harness:
             "GX_ANALYTICS_ENABLED": "false",
             "ASOF_HOME": str(self.root / "zygote_home"),
             "ASOF_LOCK_TIMEOUT_S": "300",
+            # fork() copies only the forking thread: no worker pool may exist in the zygote. dbt's
+            # static parser (dbt_extractor) starts a rayon pool whose threads a forked child would
+            # wait for forever when it re-parses a changed project; BLAS starts idle servers.
+            "DBT_STATIC_PARSER": "false",
+            "OPENBLAS_NUM_THREADS": "1",
+            "OMP_NUM_THREADS": "1",
         }
         self.server = serve.start_server(self.port, self.env, self.root / "prefect_server.log")
         self.zygote = Zygote(self.env, self.root / "zygote.log")

@@ -253,3 +253,22 @@ def test_serve_over_http_on_loopback(lake_data):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_a_truncated_registry_is_rebuilt(home):
+    """Feast writes registry.db in place; a run killed mid-write must not break every later run."""
+    from pathlib import Path
+
+    from flows import featurestore as F
+
+    F.reset_store_cache()
+    registry = Path(F.get_store().config.registry.path)
+    whole = registry.read_bytes()
+    registry.write_bytes(whole[: len(whole) // 2])
+    F.reset_store_cache()
+    try:
+        views = {fv.name for fv in F.get_store().list_feature_views()}
+    finally:
+        F.reset_store_cache()
+    assert views == set(VIEWS)
+    assert registry.stat().st_size > len(whole) // 2

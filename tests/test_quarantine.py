@@ -147,6 +147,18 @@ def test_release_promotes_exactly_the_rows_that_now_pass_and_twice_changes_nothi
     assert (out.rows_silver, out.rows_quarantined) == (204, 2)
 
 
+def test_release_waits_for_a_running_pipeline(batch, fx, monkeypatch):
+    """A release rewrites the partitions a run of the same date rewrites: it queues on the
+    pipeline lock instead of racing it, and gives up with a clear message, writing nothing."""
+    fx.write_text(fx.read_text() + "JPY,0.0067\n")
+    before = _state()
+    monkeypatch.setattr(lake, "LOCK_TIMEOUT_S", 0.5)
+    with lake.lock("ops", "pipeline"), pytest.raises(lake.LakeError, match="ops/pipeline"):
+        Q.release("transactions", D1, build_docs=False)
+    assert _state() == before
+    assert Q.release("transactions", D1, build_docs=False).rows_released == 4  # lock free: it runs
+
+
 def test_release_by_rule_only_considers_matching_rows(batch, fx):
     fx.write_text(fx.read_text() + "JPY,0.0067\n")
     res = Q.release("transactions", D1, rule="amount_out_of_range", build_docs=False)

@@ -27,7 +27,7 @@ from flows import lake
 from flows.ingest import GZIP_MAGIC, read_file
 from flows.sources import SOURCE_NAMES, get_source
 
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TXN = get_source("transactions")
 CUSTOMERS = get_source("customers")
 
