@@ -10,10 +10,12 @@ partitions it owns, so rerunning any date or range converges to the same lake.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 from prefect import flow, get_run_logger, task
@@ -31,6 +33,19 @@ DEFAULT_CHUNK_DAYS = int(os.environ.get("ASOF_CHUNK_DAYS", "31"))
 
 # The CLI sets this to draw a progress bar; flows run in-process, so a plain callable is enough.
 PROGRESS_HOOK: Callable[[dt.date, str], None] | None = None
+
+# Wall seconds per stage, summed over the runs of this process: where a backfill's time goes (the
+# bench reports it; the run summary shows it).
+STAGE_SECONDS: dict[str, float] = {}
+
+
+@contextlib.contextmanager
+def _timed(stage: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS[stage] = STAGE_SECONDS.get(stage, 0.0) + time.perf_counter() - t
 
 
 @dataclass
@@ -280,14 +295,17 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
         records: list[StageRecord] = []
         try:
             log.info("chunk %s..%s: ingest %d dates", chunk[0], chunk[-1], len(chunk))
-            _ingest_stage(chunk, results, records)
+            with _timed("ingest"):
+                _ingest_stage(chunk, results, records)
             good: list[dt.date] = []
             for day in chunk:
                 res = results[day]
                 # Malformed files still go through validation, so their rows land in quarantine
                 # with a reason; a source not delivered at all stops the date here.
                 if res.stages.get("ingest") in ("succeeded", "malformed"):
-                    if _validate_stage(day, res, records):
+                    with _timed("validate"):
+                        ok = _validate_stage(day, res, records)
+                    if ok:
                         good.append(day)
                         _progress(day, "validated")
                         continue
@@ -301,9 +319,11 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
                             later
                         ].message = f"stopped: {day.isoformat()} failed (use --continue-on-failure)"
                     break
-            _transform_stage(good, results, records)
+            with _timed("transform"):
+                _transform_stage(good, results, records)
             transformed = [d for d in good if results[d].stages.get("transform") == "succeeded"]
-            _materialize_stage(transformed, results, records)
+            with _timed("materialize"):
+                _materialize_stage(transformed, results, records)
         except BaseException as exc:
             crash = f"interrupted: {type(exc).__name__}: {exc}"
             for day in chunk:
@@ -372,7 +392,8 @@ def _monitor(results: list[DateResult], title: str) -> monitor.Verdict:
     if not days:
         return monitor.verdict_of([])
     try:
-        breaches = monitor_dates(days, f"{days[0]}..{days[-1]}")
+        with _timed("monitor"):
+            breaches = monitor_dates(days, f"{days[0]}..{days[-1]}")
     except Exception as exc:
         get_run_logger().warning("monitoring failed: %s", exc)
         return monitor.verdict_of([])
@@ -477,6 +498,7 @@ def backfill(
                 log = get_run_logger()
                 log.info("re-running %d dates made stale by this backfill: %s", len(stale), stale)
                 for r in process_dates(stale, continue_on_failure, max(1, chunk_days)):
+                    r.message = r.message or "re-run: made stale by this backfill's earlier dates"
                     results[r.day] = r
         ordered = [results[d] for d in days]
         verdict = _monitor(ordered, f"backfill {d1.isoformat()}..{d2.isoformat()}")

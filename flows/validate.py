@@ -75,7 +75,9 @@ PARAM_FX_CURRENCIES = "fx_currencies"
 
 # Syntax of the contract types (a value must match and convert to be "parseable").
 INT_RE = r"^-?[0-9]{1,18}$"
-DECIMAL_RE = r"^-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)$"
+# SPEC 4: amounts are decimals with 2 dp. More significant places ("12.345") is not an amount the
+# contract allows (it would be rounded silently); trailing zeros ("12.340") are the same value.
+DECIMAL_RE = r"^-?(?:[0-9]+(?:\.[0-9]{0,2}0*)?|\.[0-9]{1,2}0*)$"
 TIMESTAMP_RE = (
     r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]{1,9})?)?"
     r"(?:Z|[+-][0-9]{2}(?::?[0-9]{2})?)?$"
@@ -896,6 +898,15 @@ def _observed(value: Any) -> str:
     return str(value)
 
 
+def _tidy_malformed(reasons: dict[int, list[str]]) -> dict[int, list[str]]:
+    """A line ingest could not split has no fields, so every not-null and parse rule fires on it too;
+    `malformed_row` alone says what happened (the line is kept whole in `_raw`)."""
+    for i, rs in reasons.items():
+        if "malformed_row" in rs:
+            reasons[i] = [r for r in rs if not r.startswith(("null:", "unparseable:"))]
+    return reasons
+
+
 def _describe_batch_failure(r, notes: dict[str, str], n_rows: int) -> tuple[str, str]:
     meta = r.expectation_config.meta or {}
     rule = meta.get("rule", "batch")
@@ -1023,7 +1034,7 @@ def _evaluate(
         ev.message = "validation could not evaluate row rules: " + "; ".join(errors[:3])
         return ev
 
-    ev.row_reasons = reasons
+    ev.row_reasons = _tidy_malformed(reasons)
     if reasons:
         ev.failing[np.fromiter(reasons.keys(), dtype=np.int64)] = True
     fr = contract.batch.get("failing_rows") or {}

@@ -309,6 +309,8 @@ HANDMADE = [
          reasons={"unparseable:amount": 2}, only_reasons=True),
     Case("nan_inf_huge_amounts", "transactions", _txn_values("amount", "NaN", "inf", "-inf", "1e308", "1E5"),
          reasons={"unparseable:amount": 5}, only_reasons=True),
+    Case("amounts_beyond_two_decimals", "transactions", _txn_values("amount", "12.345", "0.001", "7.5000"),
+         reasons={"unparseable:amount": 2}, only_reasons=True),  # 7.5000 is 7.50: kept
     Case("naive_timestamps", "transactions", _txn_values("event_time", "{day}T10:00:00", "{day} 11:30:00"),
          reasons={"naive_timestamp:event_time": 2}, only_reasons=True),
     Case("offset_timestamps", "transactions",
