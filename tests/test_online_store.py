@@ -145,6 +145,21 @@ def _check_online(gold: dict[str, pa.Table], first_day: dt.date) -> int:
     return checked
 
 
+def test_materialize_span_writes_what_the_dates_one_by_one_write(backend, lake_data):
+    """A backfill materializes a chunk in one pass: each entity once, with its newest row of the span
+    (runs first in this module, on an empty online store)."""
+    from flows.featurestore import materialize_span
+
+    first, last = min(MATERIALIZE), max(MATERIALIZE)
+    out = materialize_span(first, last)
+    assert out["status"] == "succeeded" and (out["date"], out["last_date"]) == (str(first), str(last))
+    want = _expected(lake_data["gold"], first)
+    assert out["rows"] == sum(len(v) for v in want.values()) > 0
+    assert _check_online(lake_data["gold"], first) > 500
+    with pytest.raises(ValueError, match="before"):
+        materialize_span(last, first)
+
+
 def test_materialize_backfill_leaves_latest_values(backend, lake_data, caplog):
     from flows.featurestore import materialize_date
 
