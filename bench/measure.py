@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -85,31 +86,101 @@ def ingest_limit(args) -> dict:
     return {"seconds": time.perf_counter() - t, "rows": rows, "days": len(days)}
 
 
+@contextlib.contextmanager
+def _prefect_server(args):
+    """A real Prefect server on 127.0.0.1 for the pipeline measurements (started before the clock,
+    as in production where it is always up); its own PREFECT_HOME under the bench home."""
+    from flows import serve
+
+    port = serve.free_port()
+    env = serve.server_env(port)
+    proc = serve.start_server(port, env, Path(args.home) / "prefect" / "bench-server.log")
+    try:
+        serve.wait_healthy(port, proc=proc)
+        for k in ("PREFECT_API_URL", "PREFECT_HOME", "PREFECT_SERVER_ALLOW_EPHEMERAL_MODE"):
+            os.environ[k] = env[k]
+        yield
+    finally:
+        serve.stop(proc)
+
+
 @measurement("backfill")
 def backfill(args) -> dict:
-    """`asof backfill` over the range (in-process flow, ephemeral Prefect), stage times from run records."""
+    """`asof backfill` over the range (in-process flow, ephemeral Prefect), wall time per stage."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows import pipeline
+    with _prefect_server(args):
+        from flows import pipeline  # after the API URL is set: Prefect reads its settings on import
 
-    t = time.perf_counter()
-    results = pipeline.backfill(args.start, args.end, force=True, chunk_days=args.chunk_days)
-    secs = time.perf_counter() - t
-    return {"seconds": secs, "days": len(results), "statuses": sorted({r["status"] for r in results})}
+        t = time.perf_counter()
+        results = pipeline.backfill(args.start, args.end, force=True, chunk_days=args.chunk_days)
+        secs = time.perf_counter() - t
+    stages = {k: round(v, 2) for k, v in pipeline.STAGE_SECONDS.items()}
+    return {
+        "seconds": secs,
+        "days": len(results),
+        "seconds_per_day": secs / max(1, len(results)),
+        "stages": stages,
+        "statuses": sorted({r["status"] for r in results}),
+    }
 
 
 @measurement("daily_loop")
 def daily_loop(args) -> dict:
-    """The naive way: one daily flow run per date (each pays dbt/GE/Feast per day)."""
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    from flows import pipeline
+    """The naive way: one daily flow run per date, each in its own process, as a Prefect process
+    worker runs a deployment (so each run pays the imports, the dbt parse and GE/Feast setup)."""
+    import subprocess
+
+    import psutil
 
     days = _days(args)
-    t = time.perf_counter()
-    statuses = set()
-    for d in days:
-        for r in pipeline.daily_pipeline(execution_date=d.isoformat()):
-            statuses.add(r["status"])
-    return {"seconds": time.perf_counter() - t, "days": len(days), "statuses": sorted(statuses)}
+    with _prefect_server(args):
+        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        asof = str(Path(sys.executable).parent / "asof")
+        t = time.perf_counter()
+        failed, peak_mb, per_day = [], 0.0, []
+        for d in days:
+            t_day = time.perf_counter()
+            proc = psutil.Popen(
+                [asof, "run", "--date", d.isoformat()],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            while proc.poll() is None:
+                with contextlib.suppress(psutil.Error):
+                    peak_mb = max(peak_mb, proc.memory_info().rss / 2**20)
+                time.sleep(0.2)
+            per_day.append(time.perf_counter() - t_day)
+            if proc.returncode != 0:
+                failed.append(d.isoformat())
+        secs = time.perf_counter() - t
+    return {
+        "seconds": secs,
+        "days": len(days),
+        "seconds_per_day": sum(per_day) / len(days),
+        "child_peak_rss_mb": round(peak_mb),
+        "failed_days": failed,
+    }
+
+
+@measurement("daily_one")
+def daily_one(args) -> dict:
+    """One daily run at bench scale, end to end, in a fresh process (imports included) against a
+    running Prefect server: the last day of the range, so its history (drift, volume) exists."""
+    import subprocess
+
+    day = _days(args)[-1]
+    with _prefect_server(args):
+        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        asof = str(Path(sys.executable).parent / "asof")
+        t = time.perf_counter()
+        proc = subprocess.run(
+            [asof, "run", "--date", day.isoformat()], env=env, capture_output=True, text=True
+        )
+        secs = time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"daily run of {day} failed: {proc.stderr[-1500:]}")
+    return {"seconds": secs, "days": 1, "date": day.isoformat()}
 
 
 def _validation_setup(days: list[dt.date]) -> None:
@@ -241,7 +312,14 @@ def _feature_store(fn_name: str):
     return run
 
 
-for _name in ("retrieval_ours", "retrieval_raw", "retrieval_stock"):
+for _name in (
+    "retrieval_ours",
+    "retrieval_raw",
+    "retrieval_stock",
+    "materialize_ours",
+    "materialize_stock",
+    "online_latency",
+):
     MEASUREMENTS[_name] = _feature_store(_name)
 
 
@@ -270,11 +348,13 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["ASOF_HOME"] = args.home
     os.environ.setdefault("PREFECT_HOME", str(Path(args.home) / "prefect"))
+    load = os.getloadavg()
     wall = time.perf_counter()
     out = MEASUREMENTS[args.name](args)
     out.update(
         name=args.name,
         wall_seconds=time.perf_counter() - wall,
+        load_avg_at_start=[round(x, 2) for x in load],
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     )
     sys.stdout.write("\n" + json.dumps(out, default=str) + "\n")
