@@ -115,10 +115,12 @@ def backfill(args) -> dict:
         results = pipeline.backfill(args.start, args.end, force=True, chunk_days=args.chunk_days)
         secs = time.perf_counter() - t
     stages = {k: round(v, 2) for k, v in pipeline.STAGE_SECONDS.items()}
+    per_day = secs / max(1, len(results))
     return {
         "seconds": secs,
         "days": len(results),
-        "seconds_per_day": secs / max(1, len(results)),
+        "seconds_per_day": per_day,
+        "summary": f"{per_day:.2f} s/day; " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()),
         "stages": stages,
         "statuses": sorted({r["status"] for r in results}),
     }
@@ -158,6 +160,8 @@ def daily_loop(args) -> dict:
         "seconds": secs,
         "days": len(days),
         "seconds_per_day": sum(per_day) / len(days),
+        "summary": f"{sum(per_day) / len(days):.2f} s/day, one process per date "
+        f"(peak {peak_mb:.0f} MB per run); failed: {len(failed)}",
         "child_peak_rss_mb": round(peak_mb),
         "failed_days": failed,
     }
