@@ -50,6 +50,8 @@ clean:
 	rm -rf $(DEMO_HOME) .pytest_cache .ruff_cache .hypothesis dbt_project/target dbt_project/logs
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
-# Prefect server (127.0.0.1) + work pool + deployments + worker, in the foreground; Ctrl-C stops all.
+# Prefect server (127.0.0.1:$ASOF_PREFECT_PORT, default 4200) + work pool + deployments + worker, and the
+# Data Docs / monitoring report on 127.0.0.1:$ASOF_DOCS_PORT (default 4201), in the foreground; Ctrl-C
+# stops all. See docs/deployments.md.
 serve: setup
 	ASOF_HOME=$${ASOF_HOME:-$(DEMO_HOME)} $(BIN)/python -m flows.serve

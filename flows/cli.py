@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from flows.dates import DateError, parse_date, parse_range
+from flows.runners import DEFAULT_WORKERS, DaskOptions, Runner, RunnerError, task_runner
 from flows.usage import Refused
 
 app = typer.Typer(
@@ -167,7 +168,7 @@ def _print_results(results: list[dict]) -> None:
     typer.echo("summary: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
-def _run_flow(kind: str, days: int, **params) -> list[dict]:
+def _run_flow(kind: str, days: int, task_runner: object | None = None, **params) -> list[dict]:
     _prefect_env()
     from flows import pipeline
 
@@ -175,6 +176,8 @@ def _run_flow(kind: str, days: int, **params) -> list[dict]:
         pipeline.PROGRESS_HOOK = advance
         try:
             flow_fn = pipeline.backfill if kind == "backfill" else pipeline.daily_pipeline
+            if task_runner is not None:
+                flow_fn = flow_fn.with_options(task_runner=task_runner)
             return flow_fn(**params)
         except pipeline.monitor.MonitoringFailure as exc:
             # The data path finished; monitoring marked the run failed. Show the dates, then fail.
@@ -205,22 +208,73 @@ def backfill(
         bool, typer.Option("--continue-on-failure", help="Keep going after a failed date.")
     ] = False,
     chunk_days: Annotated[int, typer.Option(help="Dates per dbt invocation / chunk.", min=1, max=366)] = 31,
+    runner: Annotated[
+        Runner,
+        typer.Option(
+            help="Where the per-source ingest tasks run: threads (this process) or dask "
+            "(worker processes of a Dask cluster). Validation, dbt and Feast stay in this process.",
+            case_sensitive=False,
+        ),
+    ] = Runner.threads,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --runner dask: scheduler of an existing cluster (tcp://host:port). Its workers "
+            "must have asof installed and the same ASOF_HOME, ASOF_LAKE_URI and ASOF_STORAGE_OPTIONS "
+            "(shared landing files and lake; checked before the run), and PREFECT_API_URL must name a "
+            "Prefect server they can reach. Without it a local cluster is started on 127.0.0.1.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help=f"Local Dask cluster: worker processes (default {DEFAULT_WORKERS}).", min=1, max=64
+        ),
+    ] = None,
+    dashboard_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Local Dask cluster: serve the Dask dashboard on 127.0.0.1:PORT (0 = any free port; "
+            "needs the bokeh package). Default: no dashboard.",
+            min=0,
+            max=65535,
+        ),
+    ] = None,
 ) -> None:
     """Run a date range in order, in chunks (one dbt invocation per chunk).
 
     Skips dates that already succeeded unless --force; stops at the first failed date unless
     --continue-on-failure; shows progress and ends with a per-date status table.
+
+    --runner dask runs the ingest tasks on Dask workers (a local cluster or --address): docs/scaling.md.
     """
     d1, d2 = _range(start, end)
-    results = _run_flow(
-        "backfill",
-        (d2 - d1).days + 1,
-        start=d1.isoformat(),
-        end=d2.isoformat(),
-        force=force,
-        continue_on_failure=continue_on_failure,
-        chunk_days=chunk_days,
-    )
+    if runner is Runner.threads and (address or workers is not None or dashboard_port is not None):
+        raise Refused("--address, --workers and --dashboard-port need --runner dask")
+    if address and (workers is not None or dashboard_port is not None):
+        raise Refused("--workers and --dashboard-port apply to a local cluster, not to --address")
+    try:
+        options = DaskOptions(
+            address=address, n_workers=workers or DEFAULT_WORKERS, dashboard_port=dashboard_port
+        )
+    except RunnerError as exc:
+        raise Refused(str(exc)) from None
+    _prefect_env()
+    try:
+        with task_runner(runner, options if runner is Runner.dask else None) as flow_runner:
+            results = _run_flow(
+                "backfill",
+                (d2 - d1).days + 1,
+                task_runner=flow_runner,
+                start=d1.isoformat(),
+                end=d2.isoformat(),
+                force=force,
+                continue_on_failure=continue_on_failure,
+                chunk_days=chunk_days,
+            )
+    except RunnerError as exc:
+        fail(str(exc))
+        raise
     _print_results(results)
     bad = [r for r in results if r["status"] not in ("succeeded", "skipped")]
     if bad:

@@ -15,7 +15,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 class Settings:
     home: Path
     lake_uri: str
-    storage_options: dict[str, str] = field(default_factory=dict)
+    # credentials: never in a repr, a log line or a run record
+    storage_options: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def landing(self) -> Path:
@@ -31,18 +32,71 @@ class Settings:
 
     @property
     def is_local_lake(self) -> bool:
-        return "://" not in self.lake_uri or self.lake_uri.startswith("file://")
+        return "://" not in self.lake_uri
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _storage_options(raw: str) -> dict[str, str]:
+    """`ASOF_STORAGE_OPTIONS`: a JSON object of delta-rs / object_store options (string values;
+    JSON booleans and numbers are accepted and passed as strings, `true` -> "true").
+
+    Errors name the problem, never the content: the object holds credentials."""
+    if not raw.strip():
+        return {}
+    try:
+        opts = json.loads(raw)
+    except ValueError as exc:
+        raise ConfigError(
+            f"ASOF_STORAGE_OPTIONS is not valid JSON (line {getattr(exc, 'lineno', '?')}, "
+            f"column {getattr(exc, 'colno', '?')})"
+        ) from None
+    if not isinstance(opts, dict):
+        raise ConfigError("ASOF_STORAGE_OPTIONS must be a JSON object of option names to values")
+    out: dict[str, str] = {}
+    for key, value in opts.items():
+        if isinstance(value, bool):
+            out[key] = "true" if value else "false"
+        elif isinstance(value, str | int | float):
+            out[key] = str(value)
+        else:
+            raise ConfigError(f"ASOF_STORAGE_OPTIONS[{key!r}] must be a string, number or boolean")
+    if any(k.upper() == "AWS_S3_LOCKING_PROVIDER" for k in out):
+        # deltalake 1.x logs an error and carries on without it: refuse rather than look safe
+        raise ConfigError(
+            "ASOF_STORAGE_OPTIONS: AWS_S3_LOCKING_PROVIDER (DynamoDB log store) is not supported by "
+            "deltalake 1.x; S3 commits use conditional put (put-if-absent) instead (docs/scaling.md)"
+        )
+    return out
+
+
+def _lake_uri(raw: str | None, home: Path) -> str:
+    if not raw:
+        return str(home / "lake")
+    raw = raw.strip().rstrip("/")
+    if raw.startswith("file://"):
+        raw = raw.removeprefix("file://")
+    if "://" in raw:
+        return raw
+    return str(Path(raw).expanduser().resolve())  # a local path: absolute, as every worker must see it
 
 
 def settings() -> Settings:
     """Read the environment each call: tests and the CLI change `ASOF_HOME` at run time.
 
-    `ASOF_LAKE_URI` (e.g. `s3://bucket/asof/lake`) moves only the Delta tables to object storage;
-    `ASOF_STORAGE_OPTIONS` is a JSON object handed to delta-rs (credentials stay in the environment,
-    never in run records or logs).
+    `ASOF_LAKE_URI` (e.g. `s3://bucket/asof/lake`) moves only the Delta tables to object storage
+    (landing files, locks, Feast's registry and online store and Data Docs stay under ASOF_HOME);
+    `ASOF_STORAGE_OPTIONS` is a JSON object handed to delta-rs, e.g. for S3 or an S3-compatible
+    store `{"AWS_ENDPOINT_URL": ..., "AWS_REGION": ..., "AWS_ACCESS_KEY_ID": ...,
+    "AWS_SECRET_ACCESS_KEY": ..., "AWS_ALLOW_HTTP": "true"}` (docs/scaling.md). Without it delta-rs
+    also reads the standard `AWS_*` environment variables. Credentials stay in the environment,
+    never in run records or logs. A `file://` URI or a relative path is a local lake (made absolute).
     """
     home = Path(os.environ.get("ASOF_HOME", "data")).resolve()
-    lake_uri = os.environ.get("ASOF_LAKE_URI") or str(home / "lake")
-    raw_opts = os.environ.get("ASOF_STORAGE_OPTIONS", "")
-    opts = json.loads(raw_opts) if raw_opts else {}
-    return Settings(home=home, lake_uri=lake_uri.rstrip("/"), storage_options=opts)
+    return Settings(
+        home=home,
+        lake_uri=_lake_uri(os.environ.get("ASOF_LAKE_URI"), home),
+        storage_options=_storage_options(os.environ.get("ASOF_STORAGE_OPTIONS", "")),
+    )

@@ -25,6 +25,8 @@ from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.dataset as ds
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
@@ -190,9 +192,12 @@ def lock(layer: str, name: str, timeout_s: float | None = None) -> Iterator[None
     """One writer per table at a time, across processes on this host.
 
     delta-rs lets two writers of the same partition race (one fails with CommitFailedError, and a
-    replace-then-append sequence could interleave), so writers queue on an OS file lock. For object
-    storage shared by several hosts, configure a shared lock directory (ASOF_HOME on shared disk) or
-    a DynamoDB locking provider in the storage options.
+    replace-then-append sequence could interleave), so writers queue on an OS file lock under
+    ASOF_HOME/locks. The lock is per host. On object storage each single commit is still atomic
+    across hosts (delta-rs writes the log entry with a conditional put on S3; stores without it need
+    the DynamoDB locking provider in ASOF_STORAGE_OPTIONS), but writers of the same table on two
+    hosts are not serialised: run them from one host or give them ASOF_HOME/locks on a shared disk
+    with working flock (docs/scaling.md).
     """
     _check_name(layer, name)
     lock_dir = settings().locks
@@ -321,26 +326,46 @@ def delete(layer: str, name: str, predicate: str) -> None:
         crash_point(f"after_commit:{layer}/{name}")
 
 
-def _log_referenced(table_uri: str) -> set[str]:
+def _table_fs(layer: str, name: str) -> tuple[pafs.FileSystem, str]:
+    """The table's directory (data files and `_delta_log`) as a pyarrow filesystem, and the table
+    root in it. Object storage goes through delta-rs's own store (same URI, same storage options),
+    so listing and deleting files needs no second set of credentials or client library."""
+    if settings().is_local_lake:
+        return pafs.LocalFileSystem(), str(Path(uri(layer, name)).resolve())
+    from deltalake.fs import DeltaStorageHandler
+
+    return pafs.PyFileSystem(DeltaStorageHandler(uri(layer, name), options=_opts())), ""
+
+
+def _join(root: str, rel: str) -> str:
+    return f"{root}/{rel}" if root else rel
+
+
+def _log_referenced(fs: pafs.FileSystem, root: str) -> set[str]:
     """Every data file any version still in the Delta log refers to (added or removed): the files
-    time travel to those versions needs. Local lakes only."""
-    log_dir = Path(table_uri.removeprefix("file://")) / "_delta_log"
+    time travel to those versions needs."""
     paths: set[str] = set()
-    for entry in log_dir.iterdir():
-        if entry.suffix == ".json" and entry.stem.isdigit():
-            for line in entry.read_text().splitlines():
+    entries = fs.get_file_info(pafs.FileSelector(_join(root, "_delta_log"), allow_not_found=True))
+    for entry in entries:
+        if entry.type != pafs.FileType.File:
+            continue
+        base = entry.base_name
+        stem, _, suffix = base.partition(".")
+        if suffix == "json" and stem.isdigit():
+            with fs.open_input_stream(entry.path) as fh:
+                text = fh.read().decode()
+            for line in text.splitlines():
                 if not line.strip():
                     continue
                 action = json.loads(line)
                 for kind in ("add", "remove", "cdc"):
                     if kind in action and action[kind].get("path"):
                         paths.add(unquote(action[kind]["path"]))
-        elif entry.name.endswith(".checkpoint.parquet") or ".checkpoint." in entry.name:
-            import pyarrow.parquet as pq
-
-            schema_names = pq.read_schema(entry).names
-            cols = [c for c in ("add", "remove") if c in schema_names]
-            tbl = pq.read_table(entry, columns=cols)
+        elif ".checkpoint." in base and base.endswith(".parquet"):
+            with fs.open_input_file(entry.path) as fh:
+                pf = pq.ParquetFile(fh)
+                cols = [c for c in ("add", "remove") if c in pf.schema_arrow.names]
+                tbl = pf.read(columns=cols)
             for c in cols:
                 for v in tbl.column(c).to_pylist():
                     if v and v.get("path"):
@@ -362,10 +387,27 @@ def _orphans(layer: str, name: str) -> list[str]:
     # full vacuum candidates: every file not referenced by the *current* version (orphans and the
     # files of older versions); keep only those no version in the log refers to
     candidates = t.vacuum(retention_hours=0, enforce_retention_duration=False, dry_run=True, full=True)
-    if not settings().is_local_lake:
-        raise LakeError("orphan detection needs a local lake; use vacuum(..., retention_hours=N) instead")
-    referenced = _log_referenced(uri(layer, name))
+    referenced = _log_referenced(*_table_fs(layer, name))
     return sorted(p for p in candidates if unquote(p) not in referenced)
+
+
+def _remove_files(layer: str, name: str, rel_paths: list[str]) -> None:
+    """Delete data files of the table (paths relative to its root, as vacuum lists them)."""
+    fs, root = _table_fs(layer, name)
+    local_root = Path(root).resolve() if root else None
+    for rel in rel_paths:
+        clean = unquote(rel)
+        parts = clean.split("/")
+        if not clean or clean.startswith("/") or ".." in parts or "_delta_log" in parts:
+            raise LakeError(f"refusing to delete {clean!r}: not a data file of {layer}/{name}")
+        if local_root is not None:
+            path = (local_root / clean).resolve()
+            if local_root not in path.parents:
+                raise LakeError(f"refusing to delete {path}: not a data file of {layer}/{name}")
+            path.unlink(missing_ok=True)
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_file(_join(root, clean))
 
 
 def vacuum(layer: str, name: str, retention_hours: int | None = None, dry_run: bool = False) -> list[str]:
@@ -373,7 +415,8 @@ def vacuum(layer: str, name: str, retention_hours: int | None = None, dry_run: b
 
     Default (`retention_hours=None`): **orphans only**, the data files of commits that never happened
     (a killed or failed writer). Every version stays readable: time travel, `restore` and
-    `asof reproduce` keep working. Safe at any time: writers of this table are locked out meanwhile.
+    `asof reproduce` keep working. Safe at any time: writers of this table are locked out meanwhile
+    (on object storage shared by several hosts, only writers on this host: see `lock`).
 
     `retention_hours=N`: also remove the files of versions superseded more than N hours ago (and
     orphans older than that); those versions can no longer be read, restored or reproduced.
@@ -390,24 +433,9 @@ def vacuum(layer: str, name: str, retention_hours: int | None = None, dry_run: b
                 dry_run=dry_run,
                 full=True,
             )
-        if not settings().is_local_lake:
-            t = table(layer, name)
-            versions = [h["version"] for h in t.history()]
-            return t.vacuum(
-                retention_hours=0,
-                enforce_retention_duration=False,
-                dry_run=dry_run,
-                full=True,
-                keep_versions=versions,
-            )
         orphans = _orphans(layer, name)
         if not dry_run:
-            root = Path(uri(layer, name).removeprefix("file://")).resolve()
-            for rel in orphans:
-                path = (root / unquote(rel)).resolve()
-                if root not in path.parents or "_delta_log" in path.parts:
-                    raise LakeError(f"refusing to delete {path}: not a data file of {layer}/{name}")
-                path.unlink(missing_ok=True)
+            _remove_files(layer, name, orphans)
         return orphans
 
 
@@ -447,8 +475,18 @@ def restore(layer: str, name: str, version: int) -> int:
 
 
 def list_tables(layer: str) -> list[str]:
-    """Tables present in a layer (local lakes only; object-store listing goes through the catalogue)."""
-    root = Path(settings().lake_uri) / layer
-    if not settings().is_local_lake or not root.exists():
-        return []
-    return sorted(p.name for p in root.iterdir() if (p / "_delta_log").exists())
+    """Tables present in a layer (directories holding a `_delta_log`), local or on object storage."""
+    if layer not in LAYERS:
+        raise LakeError(f"unknown lake layer {layer!r}")
+    s = settings()
+    if s.is_local_lake:
+        root = Path(s.lake_uri) / layer
+        if not root.exists():
+            return []
+        return sorted(p.name for p in root.iterdir() if (p / "_delta_log").exists())
+    from deltalake.fs import DeltaStorageHandler
+
+    fs = pafs.PyFileSystem(DeltaStorageHandler(f"{s.lake_uri}/{layer}", options=_opts()))
+    dirs = fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
+    names = [d.base_name for d in dirs if d.type == pafs.FileType.Directory and _NAME.fullmatch(d.base_name)]
+    return sorted(n for n in names if exists(layer, n))

@@ -12,24 +12,75 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
+import logging
 import os
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows import lake, monitor, runs
+from flows import lake, monitor, notify, runs
+from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range
 from flows.ingest import IngestOutcome, ingest
 from flows.runs import ALL_SOURCES, StageRecord
 from flows.sources import SOURCE_NAMES
 
 DEFAULT_CHUNK_DAYS = int(os.environ.get("ASOF_CHUNK_DAYS", "31"))
+
+# Per-attempt limits of each stage task, in seconds (ASOF_TIMEOUT_<STAGE>_S; 0 = no limit). A stage
+# that hangs (a stuck NFS read, a lock never released) must fail its date with a message instead of
+# holding the daily run and, through the pipeline lock, every run queued behind it. The defaults are
+# many times what a 31-day chunk takes at bench scale (transform 20-40 s, validate ~3 s per 100k-row
+# day, materialize ~15 s per day), so only a hang trips them. Read at import: a worker starts a new
+# process per flow run, so changing the worker's (or the deployment's job_variables) environment
+# applies from the next run.
+# Enforcement is Prefect's and differs by thread (docs/deployments.md): tasks called in the flow's
+# main thread (validate, transform, materialize, monitor) are interrupted by SIGALRM, even in a
+# sleep; submitted tasks (ingest, in the thread pool) get an exception at their next Python
+# bytecode, so a call blocked inside C code ends first. A timeout counts as a failed attempt, so
+# the tasks with retries (ingest, validate, materialize) try again before failing the date.
+STAGE_TIMEOUT_DEFAULTS_S = {
+    "ingest": 600.0,
+    "validate": 900.0,
+    "transform": 1800.0,
+    "materialize": 3600.0,  # a whole span (up to a chunk): ~15 s per bench day into SQLite
+    "monitor": 3600.0,  # every date of the run at once; a timeout only loses the metrics
+}
+
+
+def stage_timeout(stage: str) -> float | None:
+    """Timeout of `stage` in seconds from `ASOF_TIMEOUT_<STAGE>_S` (None = no limit)."""
+    name = f"ASOF_TIMEOUT_{stage.upper()}_S"
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return STAGE_TIMEOUT_DEFAULTS_S[stage]
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r}: expected a number of seconds (0 = no limit)") from None
+    return value if value > 0 else None
+
+
+class _ThreadTimeoutNotice(logging.Filter):
+    """Drops Prefect's warning that a timeout cannot interrupt a blocking call in a thread: it is
+    logged for every submitted task run with a timeout (4 per date for ingest), and would bury a
+    backfill's real warnings. The behaviour is documented once, in docs/deployments.md."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (isinstance(record.msg, str) and "running in a worker thread" in record.msg)
+
+
+logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
+
 
 # The CLI sets this to draw a progress bar; flows run in-process, so a plain callable is enough.
 PROGRESS_HOOK: Callable[[dt.date, str], None] | None = None
@@ -76,6 +127,7 @@ def _progress(day: dt.date, what: str) -> None:
     retry_delay_seconds=[1, 5],
     cache_policy=NO_CACHE,
     task_run_name="ingest {source} {day}",
+    timeout_seconds=stage_timeout("ingest"),
 )
 def ingest_batch(source: str, day: dt.date) -> IngestOutcome:
     return ingest(source, day)
@@ -87,6 +139,7 @@ def ingest_batch(source: str, day: dt.date) -> IngestOutcome:
     retry_delay_seconds=[2],
     cache_policy=NO_CACHE,
     task_run_name="validate {day}",
+    timeout_seconds=stage_timeout("validate"),
 )
 def validate_batch(day: dt.date) -> dict:
     from flows.validate import validate_date
@@ -94,7 +147,12 @@ def validate_batch(day: dt.date) -> dict:
     return validate_date(day)
 
 
-@task(name="transform-features", cache_policy=NO_CACHE, task_run_name="dbt {start}..{end}")
+@task(
+    name="transform-features",
+    cache_policy=NO_CACHE,
+    task_run_name="dbt {start}..{end}",
+    timeout_seconds=stage_timeout("transform"),
+)
 def transform_features(start: dt.date, end: dt.date):
     from flows.transform import transform_range
 
@@ -106,15 +164,21 @@ def transform_features(start: dt.date, end: dt.date):
     retries=2,
     retry_delay_seconds=[1, 5],
     cache_policy=NO_CACHE,
-    task_run_name="materialize {day}",
+    task_run_name="materialize {start}..{end}",
+    timeout_seconds=stage_timeout("materialize"),
 )
-def materialize_features(day: dt.date):
-    from flows.featurestore import materialize_date
+def materialize_features(start: dt.date, end: dt.date):
+    from flows.featurestore import materialize_span
 
-    return materialize_date(day)
+    return materialize_span(start, end)
 
 
-@task(name="monitor-dates", cache_policy=NO_CACHE, task_run_name="monitor {label}")
+@task(
+    name="monitor-dates",
+    cache_policy=NO_CACHE,
+    task_run_name="monitor {label}",
+    timeout_seconds=stage_timeout("monitor"),
+)
 def monitor_dates(days: list[dt.date], label: str) -> list:
     return monitor.compute_and_store(days)
 
@@ -251,18 +315,25 @@ def _transform_stage(
 def _materialize_stage(
     days: list[dt.date], results: dict[dt.date, DateResult], records: list[StageRecord]
 ) -> None:
-    for day in days:
+    """One Feast pass per contiguous span of dates (the online store ends up the same as with one
+    pass per date); each date gets the span's outcome."""
+    for start, end in _contiguous(days):
         try:
-            out = materialize_features(day)
+            out = materialize_features(start, end)
             status, message = _attr(out, "status", "succeeded"), _attr(out, "message", "")
             rows = _attr(out, "rows")
         except Exception as exc:
             status, message, rows = "failed", f"{type(exc).__name__}: {exc}", None
-        records.append(StageRecord(day, "materialize", ALL_SOURCES, status, rows_out=rows, message=message))
-        results[day].stages["materialize"] = status
-        if status != "succeeded":
-            results[day].message = results[day].message or f"materialize: {message}"
-        _progress(day, "materialized")
+        if start != end:
+            message = f"{start}..{end}: {message}"
+        for day in date_range(start, end):
+            records.append(
+                StageRecord(day, "materialize", ALL_SOURCES, status, rows_out=rows, message=message)
+            )
+            results[day].stages["materialize"] = status
+            if status != "succeeded":
+                results[day].message = results[day].message or f"materialize: {message}"
+            _progress(day, "materialized")
 
 
 def _finish(res: DateResult) -> None:
@@ -362,7 +433,78 @@ def _close_chunk(
         _finish(res)
 
 
+MAX_LINKED_DATES = 31  # per-date Data Docs links in a run's report; the index links every run
+
+
+def _served(path: Path, root: Path, env: str) -> str:
+    """URL of `path` (under `root`): below `$env` when that says where `root` is served (make serve
+    sets it: a browser will not follow a file:// link from the Prefect UI), else a file:// URL."""
+    base = os.environ.get(env, "").strip()
+    if base:
+        if base.endswith(".html"):
+            base = base.rsplit("/", 1)[0]
+        try:
+            return base.rstrip("/") + "/" + path.resolve().relative_to(root.resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.resolve().as_uri()
+
+
+def _validation_pages(results: list[DateResult]) -> dict[dt.date, dict[str, str]]:
+    """{date: {source: URL of its Data Docs validation page}}, from the run records of `results`."""
+    days = {r.day for r in results if r.stages.get("validate") not in (None, "skipped", "not run")}
+    if not days:
+        return {}
+    docs = settings().docs_dir
+    pages: dict[dt.date, dict[str, str]] = {}
+    for rec in runs.latest(min(days), max(days)):
+        if rec["stage"] != "validate" or rec["execution_date"] not in days:
+            continue
+        try:
+            url = json.loads(rec["details"] or "{}").get("data_docs")
+        except ValueError:
+            url = None
+        if url and url.startswith("file://"):
+            path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
+            pages.setdefault(rec["execution_date"], {})[rec["source"]] = _served(path, docs, "ASOF_DOCS_URL")
+    return pages
+
+
+def _report_markdown(title: str, results: list[DateResult]) -> tuple[str, str | None]:
+    """The run's markdown report and the Data Docs index URL (None before any validation ran)."""
+    ok = sum(r.status in ("succeeded", "skipped") for r in results)
+    lines = [f"## {title}", "", f"{ok}/{len(results)} dates succeeded (or had already succeeded)."]
+    docs = settings().docs_dir
+    index = docs / "index.html"
+    index_url = _served(index, docs, "ASOF_DOCS_URL") if index.exists() else None
+    lines += ["", "### Validation reports (Great Expectations Data Docs)", ""]
+    if index_url:
+        lines.append(f"- every validation run: [Data Docs index]({index_url})")
+    else:
+        lines.append("- no Data Docs yet: every validation builds its pages (`asof docs` builds the site)")
+    pages = _validation_pages(results)
+    with_pages = [r for r in results if r.day in pages]
+    for r in with_pages[-MAX_LINKED_DATES:]:
+        links = ", ".join(f"[{src}]({url})" for src, url in sorted(pages[r.day].items()))
+        lines.append(f"- {r.day.isoformat()} ({r.status}): {links}")
+    if len(with_pages) > MAX_LINKED_DATES:
+        lines.append(f"- earlier dates: see the index (the last {MAX_LINKED_DATES} are listed here)")
+    report = monitor.report_path()
+    lines += ["", "### Monitoring", ""]
+    if report.exists():
+        url = _served(report, report.parent, "ASOF_REPORTS_URL")
+        lines.append(f"- [monitoring report (HTML)]({url}): rows, pass rate, drift, freshness, coverage")
+    lines.append("- any range: `asof monitor --start D1 --end D2 --html report.html`")
+    if not (os.environ.get("ASOF_DOCS_URL") and os.environ.get("ASOF_REPORTS_URL")):
+        lines += ["", "Browsers do not follow file:// links from a web page: copy them, or use make serve."]
+    return "\n".join(lines), index_url
+
+
 def _publish(title: str, results: list[DateResult]) -> None:
+    """The run's Prefect artifacts (SPEC 9): the per-date status table, a markdown report linking
+    the Data Docs page of each date's validation and the monitoring report, and a link artifact to
+    the Data Docs index. URLs are served ones when `make serve` runs (ASOF_DOCS_URL /
+    ASOF_REPORTS_URL), file:// ones otherwise."""
     rows = [
         {
             "date": r.day.isoformat(),
@@ -374,12 +516,15 @@ def _publish(title: str, results: list[DateResult]) -> None:
     ]
     try:
         create_table_artifact(rows, key="asof-run-summary", description=title)
-        ok = sum(r.status == "succeeded" for r in results)
-        docs = os.environ.get("ASOF_DOCS_URL", "")
-        link = f"\n\nValidation reports (Data Docs): {docs}" if docs else ""
-        create_markdown_artifact(
-            f"## {title}\n\n{ok}/{len(results)} dates succeeded.{link}", key="asof-run-report"
-        )
+        markdown, index_url = _report_markdown(title, results)
+        create_markdown_artifact(markdown, key="asof-run-report", description=title)
+        if index_url:
+            create_link_artifact(
+                index_url,
+                link_text="validation reports (Data Docs)",
+                key="asof-data-docs",
+                description="Great Expectations Data Docs: every validation run, per source and date",
+            )
     except Exception as exc:  # artifacts are a convenience; never fail a run on them
         get_run_logger().warning("could not publish artifacts: %s", exc)
 
@@ -456,7 +601,12 @@ def _newly_stale(
     return [d for d in days if d in skipped and d > first and d not in now_ok]
 
 
-@flow(name="daily-pipeline", log_prints=True)
+@flow(
+    name="daily-pipeline",
+    log_prints=True,
+    on_failure=[notify.on_flow_failure],
+    on_crashed=[notify.on_flow_crashed],
+)
 def daily_pipeline(execution_date: str | None = None) -> list[dict]:
     """Every stage for one execution date (always runs: a daily run is also how a date is redone)."""
     day = resolve_execution_date(execution_date, int(os.environ.get("ASOF_EXECUTION_LAG_DAYS", "1")))
@@ -468,7 +618,12 @@ def daily_pipeline(execution_date: str | None = None) -> list[dict]:
     return monitor.flow_state(verdict, [r.to_dict() for r in results])
 
 
-@flow(name="backfill", log_prints=True)
+@flow(
+    name="backfill",
+    log_prints=True,
+    on_failure=[notify.on_flow_failure],
+    on_crashed=[notify.on_flow_crashed],
+)
 def backfill(
     start: str,
     end: str,

@@ -1,5 +1,11 @@
 """`make serve`: a local Prefect server (127.0.0.1), the work pool, the deployments of
-`prefect.yaml` and a worker, all in the foreground; Ctrl-C stops everything cleanly.
+`prefect.yaml` and a worker, all in the foreground; Ctrl-C (or SIGTERM) stops everything cleanly.
+
+It also serves the run artifacts' targets over HTTP on 127.0.0.1 (`--docs-port`, default the
+Prefect port + 1): the validation Data Docs (`$ASOF_HOME/docs`) under `/docs/` and the monitoring
+report (`$ASOF_HOME/reports`) under `/reports/`, and hands the worker `ASOF_DOCS_URL` /
+`ASOF_REPORTS_URL` so every flow run's artifacts link there: a browser does not follow a file://
+link from the Prefect UI.
 
 State (Prefect's database, logs) stays under `$ASOF_HOME/prefect`.
 """
@@ -7,11 +13,14 @@ State (Prefect's database, logs) stays under `$ASOF_HOME/prefect`.
 from __future__ import annotations
 
 import argparse
+import functools
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -85,6 +94,70 @@ def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.P
     )
 
 
+class _ArtifactHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves `/docs/...` from the Data Docs site and `/reports/...` from the reports directory,
+    nothing else of ASOF_HOME (the lake stays off the network, even on 127.0.0.1)."""
+
+    roots: dict[str, Path] = {}
+
+    def translate_path(self, path: str) -> str:
+        for prefix, root in self.roots.items():
+            if path == f"/{prefix}" or path.startswith(f"/{prefix}/"):
+                self.directory = str(root)
+                return super().translate_path(path[len(prefix) + 1 :] or "/")
+        return str(Path(os.devnull) / "not-served")  # -> 404
+
+    def do_GET(self) -> None:
+        if self.path in ("/", "/index.html"):
+            body = (
+                b"<!DOCTYPE html><html><head><meta charset='utf-8'><title>asof artifacts</title></head>"
+                b"<body><h1>asof</h1><ul>"
+                b"<li><a href='/docs/index.html'>validation reports (Data Docs)</a></li>"
+                b"<li><a href='/reports/monitoring.html'>monitoring report</a></li>"
+                b"</ul></body></html>"
+            )
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        super().do_GET()
+
+    def end_headers(self) -> None:
+        self.send_header("Cache-Control", "no-cache")  # pages are rewritten by every run
+        super().end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - base class signature
+        pass
+
+
+class _ArtifactServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):  # the browser went away mid-page
+            return
+        super().handle_error(request, client_address)  # type: ignore[arg-type]
+
+
+def start_artifact_server(home: Path, port: int = 0, host: str = "127.0.0.1"):
+    """Serve the Data Docs and the monitoring report of `home` from a background thread.
+
+    Returns (server, base URL); `artifact_env(base)` is what a worker needs for its runs' links.
+    Stop with `server.shutdown()`."""
+    roots = {"docs": home / "docs", "reports": home / "reports"}
+    handler = type("Handler", (_ArtifactHandler,), {"roots": roots})
+    server = _ArtifactServer((host, port), functools.partial(handler, directory=str(home)))
+    threading.Thread(target=server.serve_forever, name="asof-artifacts", daemon=True).start()
+    return server, f"http://{host}:{server.server_address[1]}/"
+
+
+def artifact_env(base_url: str) -> dict[str, str]:
+    """Where the flows' artifacts link to (read by `flows.pipeline._publish`)."""
+    return {"ASOF_DOCS_URL": base_url + "docs/", "ASOF_REPORTS_URL": base_url + "reports/"}
+
+
 def deploy(env: dict[str, str]) -> None:
     prefect(env, "work-pool", "create", POOL, "--type", "process", "--overwrite")
     res = prefect(env, "--no-prompt", "deploy", "--all", check=False)
@@ -116,15 +189,42 @@ def stop(proc: subprocess.Popen | None, timeout_s: float = 20.0) -> None:
         proc.wait()
 
 
+def _stop_on_signal(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main() -> None:
+    # `kill` (SIGTERM) and Ctrl-C of a backgrounded `make serve` (SIGINT ignored by the shell) must
+    # stop the server and the worker too: they run in their own sessions and would outlive us.
+    signal.signal(signal.SIGTERM, _stop_on_signal)
+    signal.signal(signal.SIGINT, _stop_on_signal)
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("ASOF_PREFECT_PORT", "4200")))
+    parser.add_argument(
+        "--docs-port",
+        type=int,
+        default=int(os.environ.get("ASOF_DOCS_PORT", "0")) or None,
+        help="port serving Data Docs and the monitoring report (default: --port + 1)",
+    )
     args = parser.parse_args()
     env = server_env(args.port)
-    logs = settings().home / "prefect" / "logs"
+    home = settings().home
+    logs = home / "prefect" / "logs"
     server = worker = None
+    artifacts = None
     try:
         print(f"starting Prefect server on http://127.0.0.1:{args.port} (logs: {logs})", flush=True)
+        if "ASOF_DOCS_URL" in os.environ:  # served elsewhere (a team docs host): keep the user's URLs
+            print(f"artifact links: {os.environ['ASOF_DOCS_URL']} (ASOF_DOCS_URL)", flush=True)
+        else:
+            artifacts, base = start_artifact_server(home, args.docs_port or args.port + 1)
+            env.update(artifact_env(base))
+            print(
+                f"validation reports (Data Docs): {base}docs/index.html  (files: {home / 'docs'})\n"
+                f"monitoring report:              {base}reports/monitoring.html  "
+                f"(files: {home / 'reports'}; any range: asof monitor --html FILE)",
+                flush=True,
+            )
         server = start_server(args.port, env, logs / "server.log")
         wait_healthy(args.port, proc=server)
         deploy(env)
@@ -145,8 +245,12 @@ def main() -> None:
     except KeyboardInterrupt:
         print("\nstopping worker and server...", flush=True)
     finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # a second Ctrl-C must not cut the cleanup short
+            signal.signal(sig, signal.SIG_IGN)
         stop(worker)
         stop(server)
+        if artifacts is not None:
+            artifacts.shutdown()
 
 
 if __name__ == "__main__":
