@@ -83,7 +83,7 @@ def profile(name: str) -> list[Pair]:
         pairs.append(
             Pair(
                 "range backfill vs per-day loop (every stage)",
-                ("backfill", {}),
+                ("backfill", {"fresh_home": True}),
                 ("daily_loop", {}),
                 "backfill >= 10x faster",
                 days=30,
@@ -104,7 +104,7 @@ def profile(name: str) -> list[Pair]:
         scaling = [
             Pair(
                 f"scaling: backfill {n} days",
-                ("backfill", {}),
+                ("backfill", {"fresh_home": True}),
                 None,
                 "time/day flat, RSS < 4 GB; 365 days < 15 min",
                 days=n,
@@ -220,11 +220,16 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--home", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "asof-bench"))
     parser.add_argument("--start", default="2024-01-01")
-    parser.add_argument("--only", default="", help="run only pairs whose title contains this text")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="run only pairs whose title contains this text (several: separate them with '|')",
+    )
     args = parser.parse_args()
     start = dt.date.fromisoformat(args.start)
     command = "python -m bench.run " + " ".join(sys.argv[1:])
-    pairs = [p for p in profile(args.profile) if args.only.lower() in p.title.lower()]
+    wanted = [w.strip().lower() for w in args.only.split("|")]
+    pairs = [p for p in profile(args.profile) if any(w in p.title.lower() for w in wanted)]
     started = dt.datetime.now(dt.UTC)
     load_at_start = os.getloadavg()
     for p in pairs:

@@ -145,9 +145,31 @@ def version(layer: str, name: str) -> int | None:
     return table(layer, name).version() if exists(layer, name) else None
 
 
-def dataset(layer: str, name: str, version: int | None = None) -> ds.Dataset:
-    """An Arrow dataset over the table: DuckDB and pyarrow scan it lazily with filter pushdown."""
-    return table(layer, name, version).to_pyarrow_dataset()
+def dataset(
+    layer: str,
+    name: str,
+    version: int | None = None,
+    dates: tuple[dt.date | None, dt.date] | None = None,
+    date_column: str = "_batch_date",
+) -> ds.Dataset:
+    """An Arrow dataset over the table: DuckDB and pyarrow scan it lazily with filter pushdown.
+
+    `dates=(first or None, last)` keeps only the files of those `date_column` partitions. Why: the
+    dataset holds one fragment per live file, and building it costs about 0.5 ms per file, so on a
+    table of a year of daily partitions a read of one date paid for all 365 (0.1 s per open, 4 s
+    per validated date at 180 days). A table not partitioned by `date_column` is read whole; the
+    caller's row filter decides either way."""
+    tbl = table(layer, name, version)
+    parts = None
+    if dates is not None and date_column in tbl.metadata().partition_columns:
+        first, last = dates
+        if first == last:
+            parts = [(date_column, "=", last.isoformat())]
+        else:
+            parts = [(date_column, "<=", last.isoformat())]
+            if first is not None:
+                parts.append((date_column, ">=", first.isoformat()))
+    return tbl.to_pyarrow_dataset(file_pruning_predicate=parts)
 
 
 def read(

@@ -329,17 +329,23 @@ class SourceValidation:
 # ------------------------------------------------------------------------------------ lake reads
 
 
-def _dataset(layer: str, name: str) -> ds.Dataset | None:
-    """The table's Arrow dataset, or None if the table does not exist (one Delta log replay, where
-    `lake.exists` + `lake.read` cost two: it matters on tables with many small commits)."""
+Dates = tuple[dt.date | None, dt.date]  # the `_batch_date` partitions a read needs (first None: all up to)
+
+
+def _dataset(layer: str, name: str, dates: Dates | None = None) -> ds.Dataset | None:
+    """The table's Arrow dataset (only the files of `dates`), or None if the table does not exist
+    (one Delta log replay, where `lake.exists` + `lake.read` cost two: it matters on tables with
+    many small commits)."""
     try:
-        return lake.dataset(layer, name)
+        return lake.dataset(layer, name, dates=dates)
     except lake.LakeError:
         return None
 
 
-def _scan(layer: str, name: str, filter: ds.Expression | None, columns: list[str]) -> pa.Table | None:
-    dset = _dataset(layer, name)
+def _scan(
+    layer: str, name: str, filter: ds.Expression | None, columns: list[str], dates: Dates | None = None
+) -> pa.Table | None:
+    dset = _dataset(layer, name, dates)
     return None if dset is None else dset.to_table(filter=filter, columns=columns)
 
 
@@ -486,7 +492,7 @@ class _Batch:
 
 def _bronze_rows(source: Source, day: dt.date) -> pa.Table:
     names = bronze_schema(source).names
-    tbl = _scan("bronze", source.name, lake.date_filter("_batch_date", [day]), names)
+    tbl = _scan("bronze", source.name, lake.date_filter("_batch_date", [day]), names, (day, day))
     if tbl is None:
         tbl = bronze_schema(source).empty_table()
     return _ordered(tbl.select(names).cast(bronze_schema(source)))
@@ -525,7 +531,7 @@ def _known(batch: _Batch, rule: dict, day: dt.date) -> np.ndarray:
         return out
     wanted = pc.unique(pc.drop_null(values.combine_chunks()))
     flt = _silver_filter(day, include_day=True, lookback_days=None) & ds.field(key).isin(wanted)
-    got = _scan("silver", table, flt, [key])
+    got = _scan("silver", table, flt, [key], (None, day))
     found = pc.unique(got.column(key).combine_chunks()) if got is not None else pa.array([], values.type)
     hit = pc.is_in(values, value_set=found).to_numpy(zero_copy_only=False)
     out[present] = hit[present]
@@ -585,7 +591,8 @@ def _earlier_deliveries(batch: _Batch, rule: dict, day: dt.date, include_day: bo
     name = batch.source.name
     wanted = pc.unique(pc.drop_null(batch.typed[lead].combine_chunks()))
     window = _silver_filter(day, include_day, rule.get("lookback_days"))
-    dset = _dataset("silver", name)
+    lookback = rule.get("lookback_days")
+    dset = _dataset("silver", name, (day - dt.timedelta(days=lookback) if lookback else None, day))
     if dset is None:
         return None
     ids = dset.to_table(filter=window, columns=[lead, "_batch_date"])
@@ -689,7 +696,7 @@ def _trailing_counts(source: Source, day: dt.date, days: int) -> list[int]:
     flt = (ds.field("_batch_date") >= pa.scalar(start, pa.date32())) & (
         ds.field("_batch_date") < pa.scalar(day, pa.date32())
     )
-    got = _scan("bronze", source.name, flt, ["_batch_date"])
+    got = _scan("bronze", source.name, flt, ["_batch_date"], (start, day))
     dates = got.column("_batch_date") if got is not None else []
     if len(dates) == 0:
         return []
@@ -711,7 +718,7 @@ def _trailing_amount_median(day: dt.date, days: int, fx: dict[str, float]) -> tu
         & (ds.field("_batch_date") < pa.scalar(day, pa.date32()))
         & (ds.field("source") == "transactions")
     )
-    rec = _scan("ops", "validations", flt, ["status", "amount_usd_median", "_batch_date"])
+    rec = _scan("ops", "validations", flt, ["status", "amount_usd_median", "_batch_date"], (start, day))
     if rec is not None:
         meds = [
             m
@@ -724,7 +731,7 @@ def _trailing_amount_median(day: dt.date, days: int, fx: dict[str, float]) -> tu
     flt = (ds.field("_batch_date") >= pa.scalar(start, pa.date32())) & (
         ds.field("_batch_date") < pa.scalar(day, pa.date32())
     )
-    tbl = _scan("silver", "transactions", flt, ["amount", "currency", "_batch_date"])
+    tbl = _scan("silver", "transactions", flt, ["amount", "currency", "_batch_date"], (start, day))
     if tbl is None or tbl.num_rows == 0:
         return None, 0
     n_days = len(pc.unique(tbl.column("_batch_date").combine_chunks()))
@@ -835,7 +842,7 @@ def _delivery_info(source: Source, day: dt.date, rows: pa.Table) -> _Delivery:
 def _file_records(day: dt.date, source: Source) -> list[dict]:
     """Ingest's outcome per landed file (`ops/ingest_files`, see flows.ingest), header decoded."""
     flt = lake.date_filter("_batch_date", [day]) & (ds.field("source") == source.name)
-    tbl = _scan("ops", "ingest_files", flt, ["file", "status", "header", "message"])
+    tbl = _scan("ops", "ingest_files", flt, ["file", "status", "header", "message"], (day, day))
     records = tbl.to_pylist() if tbl is not None else []
     for r in records:
         r["header"] = json.loads(r["header"]) if r["header"] else None
@@ -1109,7 +1116,9 @@ def quarantine_rows(
 
 
 def _row_ids(layer: str, source: str, day: dt.date) -> pa.Table:
-    got = _scan(layer, source, lake.date_filter("_batch_date", [day]), ["_source_file", "_row_number"])
+    got = _scan(
+        layer, source, lake.date_filter("_batch_date", [day]), ["_source_file", "_row_number"], (day, day)
+    )
     if got is None:
         return pa.table({"_source_file": pa.array([], pa.string()), "_row_number": pa.array([], pa.int64())})
     return got

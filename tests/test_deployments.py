@@ -532,3 +532,95 @@ def test_deployments_run_on_a_real_server_with_schedule_and_artifacts(tmp_path: 
     # Run by the worker, the two runs made the same lake as one CLI backfill of the range.
     _ref_home, expected_snap = h.reference(landing, "backfill", "--start", str(D1), "--end", str(D3))
     assert diff(expected_snap, snapshot(home)) == ""
+
+
+# ------------------------------------------------------------------------------ make serve
+
+
+def _read_until(proc: Any, marker: str, timeout_s: float, seen: list[str]) -> None:
+    """Collect `proc`'s stdout lines into `seen` until one contains `marker` (a reader thread: a
+    blocking readline must not outlive the deadline)."""
+
+    def pump() -> None:
+        for line in proc.stdout:
+            seen.append(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if any(marker in line for line in seen):
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"no {marker!r} from make serve within {timeout_s:.0f} s:\n{''.join(seen)}")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_make_serve_brings_everything_up_on_loopback_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
+    """What `make serve` runs (`python -m flows.serve`), on free ports and its own ASOF_HOME: the
+    server answers with its UI pointed at this API (not 4200), both deployments exist, a worker
+    polls the pool, the artifact server answers, every listening socket is on 127.0.0.1; Ctrl-C
+    (SIGINT) ends it with status 0 and leaves no server, worker or open port behind."""
+    import os
+    import signal
+    import socket
+    import subprocess
+
+    import psutil
+
+    port, docs_port = serve.free_port(), serve.free_port()
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ASOF_"))}
+    env.update({"ASOF_HOME": str(home), "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.serve", "--port", str(port), "--docs-port", str(docs_port)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    seen: list[str] = []
+    children: list[psutil.Process] = []
+    try:
+        _read_until(proc, "worker started", 300, seen)
+        api = Api(port)
+        assert api.get("/health") is True
+        ui = httpx.get(f"http://127.0.0.1:{port}/ui-settings").json()  # what the UI's JS calls
+        assert ui["api_url"] == f"http://127.0.0.1:{port}/api", ui
+        page = httpx.get(f"http://127.0.0.1:{port}/")
+        assert page.status_code == 200 and "<html" in page.text.lower()
+        assert api.get("/deployments/name/daily-pipeline/daily")["work_pool_name"] == serve.POOL
+        assert api.get("/deployments/name/backfill/backfill")["work_pool_name"] == serve.POOL
+        deadline = time.monotonic() + 60
+        workers: list[dict] = []
+        while time.monotonic() < deadline and not workers:
+            workers = api.post(f"/work_pools/{serve.POOL}/workers/filter", {})
+            time.sleep(1)
+        assert workers, "no worker polled the pool"
+        with urllib.request.urlopen(f"http://127.0.0.1:{docs_port}/", timeout=10) as resp:
+            assert resp.status == 200 and b"Data Docs" in resp.read()
+        children = psutil.Process(proc.pid).children(recursive=True)
+        listening = {
+            c.laddr.ip
+            for p in [psutil.Process(proc.pid), *children]
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        }
+        assert listening and listening <= {"127.0.0.1"}, listening
+
+        proc.send_signal(signal.SIGINT)  # Ctrl-C
+        assert proc.wait(timeout=90) == 0, "".join(seen)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert "stopping worker and server" in "".join(seen)
+    _gone, alive = psutil.wait_procs(children, timeout=30)
+    assert not alive, [(p.pid, p.name()) for p in alive]
+    for p in (port, docs_port):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", p)) != 0, f"port {p} still open after Ctrl-C"

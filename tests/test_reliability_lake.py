@@ -332,3 +332,31 @@ def test_a_later_run_supersedes_every_record_of_an_earlier_one(home: Path) -> No
     _run("new", D2)
     assert runs.date_status(runs.latest(D2, D2)) == {D2: "succeeded"}
     assert [r["source"] for r in runs.latest(D2, D2) if r["stage"] == "validate"] == ["transactions"]
+
+
+def test_dataset_of_some_dates_reads_exactly_those_partitions(home: Path) -> None:
+    """`lake.dataset(dates=...)` skips the files of other dates (so a read of one date of a year
+    does not pay for 365 files) and returns exactly what a filter over the whole table returns;
+    a table not partitioned by the column is read whole."""
+    days = [dt.date(2024, 1, d) for d in range(1, 8)]
+    for i, day in enumerate(days):
+        put(day, 5 + i, offset=100 * i)
+    put(days[2], 4, offset=900)  # a replaced date: only its live file counts
+    lake.append("ops", "flat", rows(days[0], 3).append_column("y", pa.array([1, 2, 3])))
+    lake.append("ops", "flat", rows(days[5], 2).append_column("y", pa.array([4, 5])))
+
+    def got(dates, table: str = "t", layer: str = "silver") -> list[tuple]:
+        dset = lake.dataset(layer, table, dates=dates)
+        return sorted(tuple(r.values()) for r in dset.to_table().to_pylist())
+
+    def want(lo, hi, table: str = "t", layer: str = "silver") -> list[tuple]:
+        keep = [r for r in lake.read(layer, table).to_pylist() if r["_batch_date"] <= hi]
+        return sorted(tuple(r.values()) for r in keep if lo is None or r["_batch_date"] >= lo)
+
+    assert len(lake.dataset("silver", "t").files) == 7
+    assert len(lake.dataset("silver", "t", dates=(days[3], days[3])).files) == 1
+    for lo, hi in [(days[3], days[3]), (days[1], days[4]), (None, days[2]), (days[6], days[6])]:
+        assert got((lo, hi)) == want(lo, hi), (lo, hi)
+    assert got((days[2], days[2])) == want(days[2], days[2]) and len(want(days[2], days[2])) == 4
+    assert got((dt.date(2023, 1, 1), dt.date(2023, 1, 5))) == []
+    assert got((days[0], days[0]), "flat", "ops") == want(None, days[6], "flat", "ops")  # not partitioned

@@ -48,3 +48,38 @@ def test_naive_scheduled_time_is_refused() -> None:
 def test_same_instant_same_date_in_any_zone(when: dt.datetime) -> None:
     utc = when.astimezone(dt.UTC)
     assert execution_date_for(when) == execution_date_for(utc) == utc.date() - dt.timedelta(days=1)
+
+
+def _record(days: list[dt.date], status: str) -> None:
+    from flows import runs
+
+    recs = [runs.StageRecord(d, stage, runs.ALL_SOURCES, status) for d in days for stage in runs.STAGES]
+    runs.append(f"run-{status}-{days[0]}", None, recs)
+
+
+def test_catch_up_runs_missed_dates_oldest_first_and_skips_succeeded_ones(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker was down: the next scheduled run does the dates missed since the newest succeeded
+    date, in order, then its own; dates that already succeeded are not redone; the window is
+    bounded (ASOF_CATCHUP_MAX_DAYS) so a month-long outage is left to the backfill deployment."""
+    from flows.pipeline import catch_up_dates
+
+    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+    monkeypatch.delenv("ASOF_CATCHUP_MAX_DAYS", raising=False)
+    day = dt.date(2024, 3, 10)
+    assert catch_up_dates(day) == [day]  # a fresh lake: nothing to catch up from
+
+    _record([dt.date(2024, 3, 1), dt.date(2024, 3, 2), dt.date(2024, 3, 3), dt.date(2024, 3, 6)], "succeeded")
+    _record([dt.date(2024, 3, 7)], "failed")
+    # newest succeeded is the 6th: the 7th (failed), 8th and 9th, then the 10th
+    assert catch_up_dates(day) == [dt.date(2024, 3, d) for d in (7, 8, 9, 10)]
+    _record([dt.date(2024, 3, 8)], "succeeded")
+    assert catch_up_dates(day) == [dt.date(2024, 3, 9), day]  # the 7th is before the newest success now
+    _record([day], "succeeded")
+    assert catch_up_dates(day) == [day]  # a rerun of a succeeded date redoes only that date
+    # an outage longer than the window: only the last max_days dates
+    later = dt.date(2024, 3, 30)
+    assert catch_up_dates(later, max_days=4) == [dt.date(2024, 3, d) for d in (27, 28, 29, 30)]
+    monkeypatch.setenv("ASOF_CATCHUP_MAX_DAYS", "2")
+    assert catch_up_dates(later) == [dt.date(2024, 3, 29), later]
