@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -227,7 +228,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     start = dt.date.fromisoformat(args.start)
-    command = "python -m bench.run " + " ".join(sys.argv[1:])
+    command = "python -m bench.run " + shlex.join(sys.argv[1:])
     wanted = [w.strip().lower() for w in args.only.split("|")]
     pairs = [p for p in profile(args.profile) if any(w in p.title.lower() for w in wanted)]
     started = dt.datetime.now(dt.UTC)
