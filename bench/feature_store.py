@@ -23,7 +23,6 @@ import io
 import json
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -38,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from flows import lake
+from flows.serve import stop  # SIGTERM to the process group, SIGKILL after a grace period
 from tests.synthetic_gold import GOLD_SCHEMAS, day_ts
 
 TS = pa.timestamp("us", tz="UTC")
@@ -256,18 +256,6 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float) -
             time.sleep(0.05)
 
 
-def _stop(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
-    """Stop a process started with start_new_session=True, and its children (its own group)."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextlib.contextmanager
 def online_store(kind: str, home: Path) -> Iterator[str]:
     """Point flows.featurestore at `kind` for this process. For redis, a private redis-server on a
@@ -305,7 +293,7 @@ def online_store(kind: str, home: Path) -> Iterator[str]:
     finally:
         featurestore.reset_store_cache()
         if proc is not None:
-            _stop(proc)
+            stop(proc)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -636,7 +624,7 @@ def online_latency(args) -> dict:
             if conn is not None:
                 conn.close()
             if server is not None:
-                _stop(server)
+                stop(server)
     where = "in process (asof online_features)" if mode == "inproc" else "HTTP (asof serve)"
     summary = f"{where}, {desc}: {_cells_text(cells)}"
     if direct:

@@ -21,7 +21,11 @@ import datetime as dt
 import http.server
 import json
 import logging
+import os
 import re
+import signal
+import socket
+import subprocess
 import sys
 import threading
 import time
@@ -31,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from flows import notify, serve
@@ -563,13 +568,6 @@ def test_make_serve_brings_everything_up_on_loopback_and_ctrl_c_stops_it_all(tmp
     server answers with its UI pointed at this API (not 4200), both deployments exist, a worker
     polls the pool, the artifact server answers, every listening socket is on 127.0.0.1; Ctrl-C
     (SIGINT) ends it with status 0 and leaves no server, worker or open port behind."""
-    import os
-    import signal
-    import socket
-    import subprocess
-
-    import psutil
-
     port, docs_port = serve.free_port(), serve.free_port()
     home = tmp_path / "home"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ASOF_"))}

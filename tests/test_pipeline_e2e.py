@@ -8,9 +8,6 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.compute as pc
@@ -18,6 +15,7 @@ import pytest
 
 from flows import lake, runs
 from flows.sources import SOURCE_NAMES, get_source
+from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -99,13 +97,6 @@ def test_backfill_conserves_rows_and_is_idempotent(
     assert set(status.values()) == {"succeeded"}
 
 
-def _asof(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ASOF_HOME": str(home)}
-    return subprocess.run(
-        [sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env, timeout=600
-    )
-
-
 def test_training_set_from_the_pipeline_reproduces_after_later_runs(
     tmp_path: Path, prefect_backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -122,7 +113,7 @@ def test_training_set_from_the_pipeline_reproduces_after_later_runs(
     assert {r["status"] for r in pipeline.backfill(START.isoformat(), END.isoformat())} == {"succeeded"}
 
     out = tmp_path / "train.parquet"
-    built = _asof(home, "training-set", "--start", "2024-01-03", "--end", "2024-01-09",
+    built = run_cli(home, "training-set", "--start", "2024-01-03", "--end", "2024-01-09",
                   "--service", "fraud_v2", "--out", str(out))  # fmt: skip
     assert built.returncode == 0, built.stdout + built.stderr
     first_bytes = out.read_bytes()
@@ -134,13 +125,13 @@ def test_training_set_from_the_pipeline_reproduces_after_later_runs(
     pipeline.daily_pipeline(execution_date="2024-01-05")  # a redone date rewrites its partitions
 
     fresh = tmp_path / "fresh.parquet"
-    rebuilt = _asof(home, "training-set", "--start", "2024-01-03", "--end", "2024-01-09",
+    rebuilt = run_cli(home, "training-set", "--start", "2024-01-03", "--end", "2024-01-09",
                     "--service", "fraud_v2", "--out", str(fresh))  # fmt: skip
     assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
     now = json.loads(manifest_path(fresh).read_text())["tables"]
     assert all(now[t]["version"] > v["version"] for t, v in first["tables"].items()), (first["tables"], now)
 
     again = tmp_path / "again.parquet"
-    res = _asof(home, "reproduce", str(manifest_path(out)), "--out", str(again))
+    res = run_cli(home, "reproduce", str(manifest_path(out)), "--out", str(again))
     assert res.returncode == 0, res.stdout + res.stderr
     assert again.read_bytes() == first_bytes
