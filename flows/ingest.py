@@ -424,9 +424,7 @@ def ingest(source_name: str, day: dt.date) -> IngestOutcome:
         schema=bronze_schema(source),
     )
     _record_files(source, day, outcome.files, now)
-    landed = lake.read(
-        "bronze", source.name, filter=lake.date_filter("_batch_date", [day]), columns=["_row_number"]
-    ).num_rows
+    landed = lake.read("bronze", source.name, days=[day], columns=["_row_number"]).num_rows
     if landed != outcome.rows:
         raise RuntimeError(
             f"conservation violated for {source.name} {day}: "
@@ -463,7 +461,7 @@ def read_file_records(day: dt.date, source: str | None = None) -> list[dict]:
     """The ingest outcome per landed file, as recorded (validation reads headers from here)."""
     if not lake.exists("ops", "ingest_files"):
         return []
-    tbl = lake.read("ops", "ingest_files", filter=lake.date_filter("_batch_date", [day]))
+    tbl = lake.read("ops", "ingest_files", days=[day])
     out = tbl.to_pylist()
     if source:
         out = [r for r in out if r["source"] == get_source(source).name]

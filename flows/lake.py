@@ -179,14 +179,26 @@ def read(
     columns: Sequence[str] | None = None,
     version: int | None = None,
     schema: pa.Schema | None = None,
+    days: Iterable[dt.date] | None = None,
+    date_column: str = "_batch_date",
 ) -> pa.Table:
-    """Read a table (or an empty table of `schema` when it does not exist yet)."""
+    """Read a table (or an empty table of `schema` when it does not exist yet).
+
+    `days` keeps the rows of those dates of `date_column` and opens only the files of that span
+    when the table is partitioned by it (see `dataset`)."""
     if not exists(layer, name):
         if schema is None:
             raise LakeError(f"Delta table {layer}/{name} does not exist yet")
         empty = schema.empty_table()
         return empty.select(list(columns)) if columns else empty
-    return dataset(layer, name, version).to_table(filter=filter, columns=list(columns) if columns else None)
+    span = None
+    if days is not None:
+        days = sorted(set(days))
+        span = (days[0], days[-1]) if days else None
+        by_day = date_filter(date_column, days)
+        filter = by_day if filter is None else filter & by_day
+    dset = dataset(layer, name, version, dates=span, date_column=date_column)
+    return dset.to_table(filter=filter, columns=list(columns) if columns else None)
 
 
 def date_filter(column: str, days: Iterable[dt.date]) -> ds.Expression:

@@ -474,7 +474,7 @@ class _View:
         if day not in self._days:
             if len(self._days) > 4:
                 self._days.pop(next(iter(self._days)))
-            self._days[day] = lake.read("gold", self.view.name, filter=lake.date_filter("as_of_date", [day]))
+            self._days[day] = lake.read("gold", self.view.name, days=[day], date_column="as_of_date")
         return self._days[day]
 
     def values(self, day: dt.date) -> dict[str, np.ndarray]:
@@ -515,9 +515,7 @@ class _Context:
         self.files: dict[tuple[dt.date, str], list[dict]] = defaultdict(list)
         if lake.exists("ops", "ingest_files"):
             span = list(date_range(lo - dt.timedelta(days=cfg.volume_trailing_days), hi))
-            for r in lake.read(
-                "ops", "ingest_files", filter=lake.date_filter("_batch_date", span)
-            ).to_pylist():
+            for r in lake.read("ops", "ingest_files", days=span).to_pylist():
                 self.files[(r["_batch_date"], r["source"])].append(r)
         self.quarantine: dict[str, dict[dt.date, dict[str, int]]] = {}
         for source in SOURCE_NAMES:
@@ -526,7 +524,7 @@ class _Context:
             tbl = lake.read(
                 "quarantine",
                 source,
-                filter=lake.date_filter("_batch_date", self.days),
+                days=self.days,
                 columns=["_batch_date", "_reasons"],
             )
             per_day: dict[dt.date, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -810,7 +808,7 @@ def _coverage(ctx: _Context, day: dt.date) -> list[Measurement]:
         tbl = lake.read(
             "silver",
             "transactions",
-            filter=lake.date_filter("_batch_date", [day]),
+            days=[day],
             columns=["customer_id", "merchant_id", "event_time"],
         )
         lo = pa.scalar(day_start_utc(day), tbl.schema.field("event_time").type)

@@ -27,7 +27,7 @@ from prefect.artifacts import create_link_artifact, create_markdown_artifact, cr
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 
-from flows import lake, monitor, notify, runs
+from flows import key_index, lake, monitor, notify, runs
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range
 from flows.ingest import IngestOutcome, ingest
@@ -357,6 +357,27 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     run_id = uuid.uuid4().hex[:12]
     results = {d: DateResult(d) for d in days}
+    # a range keeps an index of the silver keys between dates (validation's reference checks)
+    with key_index.session() if len(days) > 1 else contextlib.nullcontext():
+        _process_chunks(days, results, run_id, flow_run_id, continue_on_failure, chunk_days)
+    for res in results.values():
+        if res.status == "not run" and not res.message:
+            res.message = "stopped: an earlier date failed (use --continue-on-failure)"
+        if res.status == "succeeded":
+            continue
+        log.warning("%s %s: %s", res.day, res.status, res.message)
+    return [results[d] for d in days]
+
+
+def _process_chunks(
+    days: list[dt.date],
+    results: dict[dt.date, DateResult],
+    run_id: str,
+    flow_run_id: str | None,
+    continue_on_failure: bool,
+    chunk_days: int,
+) -> None:
+    log = get_run_logger()
     stop = False
     for i in range(0, len(days), chunk_days):
         chunk = days[i : i + chunk_days]
@@ -405,13 +426,6 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
             runs.append(run_id, flow_run_id, records)
         if any(results[d].status != "succeeded" for d in chunk) and not continue_on_failure:
             stop = True
-    for res in results.values():
-        if res.status == "not run" and not res.message:
-            res.message = "stopped: an earlier date failed (use --continue-on-failure)"
-        if res.status == "succeeded":
-            continue
-        log.warning("%s %s: %s", res.day, res.status, res.message)
-    return [results[d] for d in days]
 
 
 def _close_chunk(

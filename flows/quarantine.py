@@ -233,9 +233,7 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
         released = _row_ids(V._take(cand, good))
         gone = set(released)
         keep = [i for i, rid in enumerate(_row_ids(q)) if rid not in gone]
-        existing = lake.read(
-            "silver", src.name, filter=lake.date_filter("_batch_date", [day]), schema=silver_schema(src)
-        )
+        existing = lake.read("silver", src.name, days=[day], schema=silver_schema(src))
         new_silver = pa.concat_tables(
             [existing.select(promoted.schema.names).cast(promoted.schema), promoted]
         )
@@ -311,8 +309,7 @@ def _record_release(res: ReleaseResult, released: list[str]) -> None:
 def read_releases(source: str | None = None, day: dt.date | None = None) -> list[dict]:
     if not lake.exists("ops", "releases"):
         return []
-    flt = lake.date_filter("_batch_date", [day]) if day else None
-    rows = lake.read("ops", "releases", filter=flt).to_pylist()
+    rows = lake.read("ops", "releases", days=[day] if day else None).to_pylist()
     if source:
         rows = [r for r in rows if r["source"] == get_source(source).name]
     return sorted(rows, key=lambda r: r["released_at"])
@@ -340,7 +337,8 @@ def _refresh_validation_record(
     )
     if median is None and previous:
         median = previous[0]["amount_usd_median"]
-    V._record(v, median)
+    v.amount_usd_median = median
+    V._record([v])
 
 
 def compact_value(value) -> str:

@@ -52,7 +52,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import yaml
 
-from flows import lake
+from flows import key_index, lake
 from flows.config import REPO_ROOT, settings
 from flows.sources import SOURCE_NAMES, Source, bronze_schema, get_source, silver_schema
 
@@ -319,6 +319,7 @@ class SourceValidation:
     contract_docs_path: str | None = None
     elapsed_s: float = 0.0
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    amount_usd_median: float | None = None  # of the rows sent to silver: the drift rule's history
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -529,10 +530,16 @@ def _known(batch: _Batch, rule: dict, day: dt.date) -> np.ndarray:
     present = pc.is_valid(values).to_numpy(zero_copy_only=False)
     if not present.any():
         return out
-    wanted = pc.unique(pc.drop_null(values.combine_chunks()))
-    flt = _silver_filter(day, include_day=True, lookback_days=None) & ds.field(key).isin(wanted)
-    got = _scan("silver", table, flt, [key], (None, day))
-    found = pc.unique(got.column(key).combine_chunks()) if got is not None else pa.array([], values.type)
+    flt = _silver_filter(day, include_day=True, lookback_days=None)
+    if key_index.active():  # a range of dates: hashes of each history file, kept between dates
+        dset = _dataset("silver", table, (None, day))
+        found = pa.array([], values.type)
+        if dset is not None:
+            found = key_index.present(dset, key, values.combine_chunks(), flt)
+    else:
+        wanted = pc.unique(pc.drop_null(values.combine_chunks()))
+        got = _scan("silver", table, flt & ds.field(key).isin(wanted), [key], (None, day))
+        found = pc.unique(got.column(key).combine_chunks()) if got is not None else pa.array([], values.type)
     hit = pc.is_in(values, value_set=found).to_numpy(zero_copy_only=False)
     out[present] = hit[present]
     return out
@@ -595,11 +602,19 @@ def _earlier_deliveries(batch: _Batch, rule: dict, day: dt.date, include_day: bo
     dset = _dataset("silver", name, (day - dt.timedelta(days=lookback) if lookback else None, day))
     if dset is None:
         return None
+    cols = contract.column_names + ["_batch_date", "_source_file", "_row_number"]
+    if key_index.active():  # a range of dates: read only the files that may hold one of the keys
+        part, leads = key_index.narrow(dset, lead, wanted, window)
+        if len(leads) == 0:
+            return None
+        earlier = part.to_table(filter=window & ds.field(lead).isin(leads), columns=cols)
+        return earlier.sort_by(
+            [("_batch_date", "ascending"), ("_source_file", "ascending"), ("_row_number", "ascending")]
+        )
     ids = dset.to_table(filter=window, columns=[lead, "_batch_date"])
     matched = ids.filter(pc.is_in(ids.column(lead), value_set=wanted))
     if matched.num_rows == 0:
         return None
-    cols = contract.column_names + ["_batch_date", "_source_file", "_row_number"]
     dates = pc.unique(matched.column("_batch_date").combine_chunks())
     leads = pc.unique(matched.column(lead).combine_chunks())
     earlier = dset.to_table(
@@ -1194,29 +1209,40 @@ def write_split(ev: _Evaluation, *, silver_extra: pa.Table | None = None) -> tup
     return silver.num_rows, quarantine.num_rows
 
 
-def _record(v: SourceValidation, amount_median: float | None) -> None:
-    row = {
-        "_batch_date": [v.day],
-        "source": [v.source],
-        "status": [v.status],
-        "rows_bronze": [v.rows_bronze],
-        "rows_silver": [v.rows_silver],
-        "rows_quarantined": [v.rows_quarantined],
-        "reasons": [json.dumps(v.reasons, sort_keys=True)],
-        "warnings": [json.dumps(v.warnings)],
-        "rejected_rule": [v.rejected_rule],
-        "message": [v.message],
-        "validation_run_id": [v.validation_run_id],
-        "data_docs_path": [v.data_docs_path],
-        "amount_usd_median": [amount_median],
-        "validated_at": [dt.datetime.now(dt.UTC)],
-    }
-    src = get_source(v.source)
+def _record(validations: Sequence[SourceValidation]) -> None:
+    """One row per validated batch in ops/validations, all of a date's sources in one commit (the
+    table is opened for every validated date: fewer commits keep that open cheap)."""
+    if not validations:
+        return
+    day = validations[0].day
+    if any(v.day != day for v in validations):
+        raise ValueError("validation records of one commit must share a batch date")
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            "_batch_date": v.day,
+            "source": v.source,
+            "status": v.status,
+            "rows_bronze": v.rows_bronze,
+            "rows_silver": v.rows_silver,
+            "rows_quarantined": v.rows_quarantined,
+            "reasons": json.dumps(v.reasons, sort_keys=True),
+            "warnings": json.dumps(v.warnings),
+            "rejected_rule": v.rejected_rule,
+            "message": v.message,
+            "validation_run_id": v.validation_run_id,
+            "data_docs_path": v.data_docs_path,
+            "amount_usd_median": v.amount_usd_median,
+            "validated_at": now,
+        }
+        for v in validations
+    ]
+    names = ", ".join(f"'{get_source(v.source).name}'" for v in validations)
     lake.replace(
         "ops",
         "validations",
-        pa.table(row, schema=VALIDATIONS_SCHEMA),
-        predicate=f"{lake.date_predicate('_batch_date', v.day)} AND source = '{src.name}'",
+        pa.Table.from_pylist(rows, schema=VALIDATIONS_SCHEMA),
+        predicate=f"{lake.date_predicate('_batch_date', day)} AND source IN ({names})",
         partition_by=["_batch_date"],
         schema=VALIDATIONS_SCHEMA,
     )
@@ -1226,8 +1252,7 @@ def read_validations(day: dt.date | None = None, source: str | None = None) -> l
     """Recorded validation outcomes (one row per batch date and source)."""
     if not lake.exists("ops", "validations"):
         return []
-    flt = lake.date_filter("_batch_date", [day]) if day else None
-    rows = lake.read("ops", "validations", filter=flt).to_pylist()
+    rows = lake.read("ops", "validations", days=[day] if day else None).to_pylist()
     if source:
         rows = [r for r in rows if r["source"] == get_source(source).name]
     for r in rows:
@@ -1264,9 +1289,21 @@ def _docs_paths(ev: _Evaluation) -> tuple[str | None, str | None, str | None]:
 
 
 def validate_source(
-    source_name: str, day: dt.date, fx: dict[str, float] | None = None
+    source_name: str, day: dt.date, fx: dict[str, float] | None = None, *, record: bool = True
 ) -> tuple[SourceValidation, _Evaluation | None]:
-    """Validate one source's batch of `day` and write silver + quarantine (no Data Docs build)."""
+    """Validate one source's batch of `day` and write silver + quarantine (no Data Docs build).
+
+    The outcome goes to ops/validations unless `record=False` (validate_date records a date's
+    sources together)."""
+    v, ev = _validate_source(source_name, day, fx)
+    if record:
+        _record([v])
+    return v, ev
+
+
+def _validate_source(
+    source_name: str, day: dt.date, fx: dict[str, float] | None
+) -> tuple[SourceValidation, _Evaluation | None]:
     t0 = time.perf_counter()
     source = get_source(source_name)
     contract = load_contract(source.name)
@@ -1281,7 +1318,6 @@ def validate_source(
                 lake.delete(layer, source.name, lake.date_predicate("_batch_date", day))
         v = SourceValidation(source.name, day, "not_delivered", message=delivery.message or "not delivered")
         v.elapsed_s = time.perf_counter() - t0
-        _record(v, None)
         return v, None
     t1 = time.perf_counter()
     batch = _prepare(source, contract, day, rows)
@@ -1304,14 +1340,13 @@ def validate_source(
     if ev.status == "failed":
         v.message = ev.message
         v.elapsed_s = time.perf_counter() - t0
-        _record(v, None)
         return v, ev
     t3 = time.perf_counter()
     write_split(ev)
     t4 = time.perf_counter()
     _, v.rows_silver, v.rows_quarantined = check_conservation(source.name, day)
     ev.timings.update(write=t4 - t3, conservation=time.perf_counter() - t4)
-    silver_median = _silver_median(ev) if ev.status == "succeeded" else None
+    v.amount_usd_median = _silver_median(ev) if ev.status == "succeeded" else None
     v.reasons = _reason_counts(ev)
     if ev.status == "rejected":
         v.message = ev.message
@@ -1323,7 +1358,6 @@ def validate_source(
         v.message += "; warnings: " + "; ".join(ev.warnings)
     v.elapsed_s = time.perf_counter() - t0
     v.timings = {k: round(x, 4) for k, x in ev.timings.items()}
-    _record(v, silver_median)
     return v, ev
 
 
@@ -1357,17 +1391,22 @@ def validate_date(
     fx = load_fx_rates()
     out: dict[str, SourceValidation] = {}
     evaluations: list[_Evaluation] = []
-    for name in order:
-        try:
-            v, ev = validate_source(name, day, fx)
-        except ConservationError:
-            raise
-        except Exception as exc:  # one broken source must not hide the others' outcomes
-            log.exception("validation of %s %s failed", name, day)
-            v, ev = SourceValidation(name, day, "failed", message=f"{type(exc).__name__}: {exc}"), None
-        out[name] = v
-        if ev is not None:
-            evaluations.append(ev)
+    done: list[SourceValidation] = []
+    try:
+        for name in order:
+            try:
+                v, ev = validate_source(name, day, fx, record=False)
+                done.append(v)
+            except ConservationError:
+                raise
+            except Exception as exc:  # one broken source must not hide the others' outcomes
+                log.exception("validation of %s %s failed", name, day)
+                v, ev = SourceValidation(name, day, "failed", message=f"{type(exc).__name__}: {exc}"), None
+            out[name] = v
+            if ev is not None:
+                evaluations.append(ev)
+    finally:
+        _record(done)
     if build_docs and evaluations:
         from flows import datadocs
 
