@@ -105,6 +105,22 @@ def _prefect_server(args):
         serve.stop(proc)
 
 
+def _fresh_home(args, label: str) -> Path:
+    """A new ASOF_HOME that shares only the landing files with the bench home, so a run starts from
+    an empty lake whatever earlier measurements left there."""
+    home = Path(args.home) / f"fresh-{label}-{args.start}-{args.end}"
+    shutil.rmtree(home, ignore_errors=True)
+    home.mkdir(parents=True)
+    (home / "landing").symlink_to(Path(args.home).resolve() / "landing")
+    os.environ["ASOF_HOME"] = str(home)
+    return home
+
+
+def _drop_fresh_home(extra: dict) -> None:
+    if extra.get("fresh_home") and not os.environ.get("ASOF_BENCH_KEEP"):
+        shutil.rmtree(os.environ["ASOF_HOME"], ignore_errors=True)  # a year of lake is ~10 GB
+
+
 @measurement("backfill")
 def backfill(args) -> dict:
     """`asof backfill` over the range (in-process flow, real Prefect server), wall time per stage.
@@ -115,19 +131,14 @@ def backfill(args) -> dict:
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     extra = json.loads(args.extra or "{}")
     if extra.get("fresh_home"):
-        home = Path(args.home) / f"fresh-backfill-{args.start}-{args.end}"
-        shutil.rmtree(home, ignore_errors=True)
-        home.mkdir(parents=True)
-        (home / "landing").symlink_to(Path(args.home).resolve() / "landing")
-        os.environ["ASOF_HOME"] = str(home)
+        _fresh_home(args, "backfill")
     with _prefect_server(args):
         from flows import pipeline  # after the API URL is set: Prefect reads its settings on import
 
         t = time.perf_counter()
         results = pipeline.backfill(args.start, args.end, force=True, chunk_days=args.chunk_days)
         secs = time.perf_counter() - t
-    if extra.get("fresh_home") and not os.environ.get("ASOF_BENCH_KEEP"):
-        shutil.rmtree(os.environ["ASOF_HOME"], ignore_errors=True)  # a year of lake is ~10 GB
+    _drop_fresh_home(extra)
     stages = {k: round(v, 2) for k, v in pipeline.STAGE_SECONDS.items()}
     per_day = secs / max(1, len(results))
     return {
@@ -143,12 +154,16 @@ def backfill(args) -> dict:
 @measurement("daily_loop")
 def daily_loop(args) -> dict:
     """The naive way: one daily flow run per date, each in its own process, as a Prefect process
-    worker runs a deployment (so each run pays the imports, the dbt parse and GE/Feast setup)."""
+    worker runs a deployment (so each run pays the imports, the dbt parse and GE/Feast setup).
+    With `{"fresh_home": true}` from an empty lake, like the backfill it is compared with."""
     import subprocess
 
     import psutil
 
     days = _days(args)
+    extra = json.loads(args.extra or "{}")
+    if extra.get("fresh_home"):
+        _fresh_home(args, "loop")
     with _prefect_server(args):
         env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
         asof = str(Path(sys.executable).parent / "asof")
@@ -170,6 +185,7 @@ def daily_loop(args) -> dict:
             if proc.returncode != 0:
                 failed.append(d.isoformat())
         secs = time.perf_counter() - t
+    _drop_fresh_home(extra)
     return {
         "seconds": secs,
         "days": len(days),

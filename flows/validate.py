@@ -724,8 +724,9 @@ def _trailing_amount_median(day: dt.date, days: int, fx: dict[str, float]) -> tu
     many batch dates that history covers.
 
     It is the median of the daily silver medians recorded in `ops/validations` (one number per
-    accepted batch), so the cost does not grow with the data; rejected batches do not count. Without
-    that table (a lake validated by something else) it falls back to scanning silver.
+    accepted batch), so the cost does not grow with the data; rejected batches do not count. When
+    the window has no record at all (a lake validated by something else, or the first date) it
+    falls back to scanning silver.
     """
     start = day - dt.timedelta(days=days)
     flt = (
@@ -734,7 +735,7 @@ def _trailing_amount_median(day: dt.date, days: int, fx: dict[str, float]) -> tu
         & (ds.field("source") == "transactions")
     )
     rec = _scan("ops", "validations", flt, ["status", "amount_usd_median", "_batch_date"], (start, day))
-    if rec is not None:
+    if rec is not None and rec.num_rows:
         meds = [
             m
             for s, m in zip(

@@ -118,7 +118,7 @@ def backfill_kills(trace: Trace) -> list[Kill]:
         _spec(validate_reads[len(validate_reads) // 2]),  # reading earlier deliveries / references
         "after_commit:silver/transactions:1",  # silver of D1 replaced, its quarantine not yet
         *([_spec(quarantine_writes[0])] if quarantine_writes else []),
-        "after_commit:ops/validations:4",  # D1 validated, D2 not
+        "after_commit:ops/validations:1",  # D1 validated (one record commit per date), D2 not
         "during_commit:silver/customers:2",
         _spec(trace[end_validate]),  # everything validated, Data Docs and dbt not run
     ]
