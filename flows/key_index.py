@@ -118,7 +118,11 @@ def narrow(
 
 def present(dataset: ds.Dataset, column: str, values: pa.Array, row_filter: ds.Expression) -> pa.Array:
     """The distinct non-null `values` that occur in `column` of the rows of `dataset` matching
-    `row_filter` (exact: the same answer as a full filtered scan)."""
+    `row_filter` (exact: the same answer as a full filtered scan, which it is outside a session)."""
+    if not active():
+        wanted = pc.unique(pc.drop_null(values)).cast(dataset.schema.field(column).type)
+        got = dataset.to_table(filter=row_filter & ds.field(column).isin(wanted), columns=[column])
+        return pc.unique(got.column(column).combine_chunks()).cast(values.type)
     part, candidates = narrow(dataset, column, values, row_filter)
     if len(candidates) == 0:
         return pa.array([], values.type)

@@ -531,15 +531,10 @@ def _known(batch: _Batch, rule: dict, day: dt.date) -> np.ndarray:
     if not present.any():
         return out
     flt = _silver_filter(day, include_day=True, lookback_days=None)
-    if key_index.active():  # a range of dates: hashes of each history file, kept between dates
-        dset = _dataset("silver", table, (None, day))
-        found = pa.array([], values.type)
-        if dset is not None:
-            found = key_index.present(dset, key, values.combine_chunks(), flt)
-    else:
-        wanted = pc.unique(pc.drop_null(values.combine_chunks()))
-        got = _scan("silver", table, flt & ds.field(key).isin(wanted), [key], (None, day))
-        found = pc.unique(got.column(key).combine_chunks()) if got is not None else pa.array([], values.type)
+    dset = _dataset("silver", table, (None, day))
+    found = pa.array([], values.type)
+    if dset is not None:  # inside a range, through the hashes of each history file
+        found = key_index.present(dset, key, values.combine_chunks(), flt)
     hit = pc.is_in(values, value_set=found).to_numpy(zero_copy_only=False)
     out[present] = hit[present]
     return out

@@ -82,6 +82,8 @@ def test_present_equals_a_filtered_scan(
             whole = dset.to_table(filter=_upto(day) & ds.field("k").isin(non_null))
             assert sorted(map(repr, rows)) == sorted(map(repr, whole.to_pylist()))
     assert not key_index.active() and not key_index._HASHES  # freed after the session
+    outside = key_index.present(dset, "k", pa.array(wanted, pa.string()), _upto(day))  # plain scan
+    assert set(outside.to_pylist()) == _scan_present(day, wanted) and not key_index._HASHES
 
 
 def test_a_replaced_partition_is_seen_and_the_index_is_bounded(
