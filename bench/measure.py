@@ -200,18 +200,30 @@ def daily_loop(args) -> dict:
 @measurement("daily_one")
 def daily_one(args) -> dict:
     """One daily run at bench scale, end to end, in a fresh process (imports included) against a
-    running Prefect server: the last day of the range, so its history (drift, volume) exists."""
+    running Prefect server: the last day of the range, in a home of its own where the days before
+    it were backfilled first (untimed), so its history (drift, volume, features) is a real one."""
     import subprocess
 
-    day = _days(args)[-1]
+    days = _days(args)
+    day = days[-1]
+    home = _fresh_home(args, "daily")
+    os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     with _prefect_server(args):
-        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING"}
+        if len(days) > 1:
+            from flows import pipeline
+
+            history = pipeline.backfill(days[0].isoformat(), days[-2].isoformat())
+            failed = [r for r in history if r["status"] != "succeeded"]
+            if failed:
+                raise SystemExit(f"backfill of the history before {day} failed: {failed[:2]}")
+        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "ASOF_HOME": str(home)}
         asof = str(Path(sys.executable).parent / "asof")
         t = time.perf_counter()
         proc = subprocess.run(
             [asof, "run", "--date", day.isoformat()], env=env, capture_output=True, text=True
         )
         secs = time.perf_counter() - t
+    _drop_fresh_home({"fresh_home": True})
     if proc.returncode != 0:
         raise SystemExit(f"daily run of {day} failed: {proc.stderr[-1500:]}")
     return {"seconds": secs, "days": 1, "date": day.isoformat()}

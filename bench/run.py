@@ -196,8 +196,9 @@ def machine() -> dict:
 
 def summarise(samples: list[dict]) -> dict:
     ok = [s for s in samples if "error" not in s]
+    failed = [s["error"] for s in samples if "error" in s]
     if not ok:
-        return {"error": samples[-1].get("error", "failed")}
+        return {"error": failed[-1] if failed else "failed"}
     median = statistics.median(s["seconds"] for s in ok)
     # the extra figures (rows/s, latency percentiles...) of the run closest to the median
     typical = min(ok, key=lambda s: abs(s["seconds"] - median))
@@ -206,6 +207,8 @@ def summarise(samples: list[dict]) -> dict:
         "seconds_all": [round(s["seconds"], 3) for s in ok],
         "peak_rss_mb": max(s["peak_rss_mb"] for s in ok),
         "extra": {k: v for k, v in typical.items() if k not in ("seconds", "peak_rss_mb", "name")},
+        # a repeat that failed is not averaged in, but it is not hidden either
+        **({"failed_runs": len(failed), "last_error": failed[-1][-600:]} if failed else {}),
     }
 
 
@@ -258,7 +261,8 @@ def main() -> None:
 def _fmt_s(r: dict) -> str:
     if "error" in r:
         return "error: " + r["error"].strip().splitlines()[-1][:80]
-    return f"{r['seconds']:.2f} s ({r['peak_rss_mb']:.0f} MB)"
+    failed = f"; {r['failed_runs']} run(s) failed" if r.get("failed_runs") else ""
+    return f"{r['seconds']:.2f} s ({r['peak_rss_mb']:.0f} MB{failed})"
 
 
 def _load(avg: tuple[float, ...]) -> tuple[float, ...]:
