@@ -356,6 +356,9 @@ def _yaml_template(data_context_id: str) -> dict:
                     "class_name": "CachedSiteIndexBuilder",
                     "module_name": "flows.datadocs",
                 },
+                # no profiler runs here; GE's default profiling section would list the whole
+                # validation results store again on every page build (~0.1 s per 900 results)
+                "site_section_builders": {"profiling": "None"},
             }
         },
     }

@@ -357,8 +357,14 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     run_id = uuid.uuid4().hex[:12]
     results = {d: DateResult(d) for d in days}
-    # a range keeps an index of the silver keys between dates (validation's reference checks)
-    with key_index.session() if len(days) > 1 else contextlib.nullcontext():
+    # a range keeps an index of the silver keys between dates (validation's reference checks) and
+    # renders the Data Docs index once per chunk, not once per date (it lists every stored result)
+    with contextlib.ExitStack() as scope:
+        if len(days) > 1:
+            from flows import datadocs  # imports GE: not for `asof --help`
+
+            scope.enter_context(key_index.session())
+            scope.enter_context(datadocs.deferred_index())
         _process_chunks(days, results, run_id, flow_run_id, continue_on_failure, chunk_days)
     for res in results.values():
         if res.status == "not run" and not res.message:
@@ -411,6 +417,7 @@ def _process_chunks(
                             later
                         ].message = f"stopped: {day.isoformat()} failed (use --continue-on-failure)"
                     break
+            _refresh_docs_index(chunk)
             with _timed("transform"):
                 _transform_stage(good, results, records)
             transformed = [d for d in good if results[d].stages.get("transform") == "succeeded"]
@@ -426,6 +433,18 @@ def _process_chunks(
             runs.append(run_id, flow_run_id, records)
         if any(results[d].status != "succeeded" for d in chunk) and not continue_on_failure:
             stop = True
+
+
+def _refresh_docs_index(chunk: list[dt.date]) -> None:
+    """The chunk's validation pages are rendered; list them in the Data Docs index now, so a long
+    backfill's reports show up in the browser chunk by chunk (a no-op outside a range)."""
+    from flows import datadocs
+
+    try:
+        with _timed("validate"):
+            datadocs.refresh_index()
+    except Exception:  # a report: never fail the data because the index did not render
+        get_run_logger().exception("Data Docs index after %s..%s failed", chunk[0], chunk[-1])
 
 
 def _close_chunk(

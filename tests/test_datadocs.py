@@ -157,3 +157,25 @@ def test_nothing_is_written_into_the_repository(site):
     for sub in ("expectations", "checkpoints", "validation_definitions"):
         for p in (repo_ctx / sub).rglob("*"):
             assert p.suffix == ".json" or p.is_dir(), p
+
+
+def test_a_range_renders_the_index_per_chunk_not_per_date(site):
+    """Inside `deferred_index` (a backfill's range) a date's pages are written at once, but the index,
+    which lists every stored result and so grows with history, waits for `refresh_index` (after each
+    chunk's validation) or the end of the scope."""
+    home, _ = site
+    index = home / "docs" / "index.html"
+    with datadocs.deferred_index():
+        first = V.validate_date(D2)["transactions"]
+        assert (home / "docs" / first.data_docs_path).exists()
+        assert first.validation_run_id not in index.read_text()
+        datadocs.refresh_index()
+        assert first.validation_run_id in index.read_text()
+        second = V.validate_date(D2)["transactions"]
+        assert second.validation_run_id not in index.read_text()
+    html = index.read_text()
+    assert second.validation_run_id in html
+    assert datadocs.MARKER in html and datadocs.remote_references(html) == []
+    # outside a range every publish renders the index again
+    third = V.validate_date(D2)["transactions"]
+    assert third.validation_run_id in index.read_text()

@@ -70,6 +70,10 @@ def test_backfill_conserves_rows_and_is_idempotent(
     monkeypatch.setenv("ASOF_HOME", str(generated))
     results = pipeline.backfill(START.isoformat(), END.isoformat(), chunk_days=4)
     assert [r["status"] for r in results] == ["succeeded"] * 10, results
+    # the range rendered the Data Docs index per chunk, not per date: it still lists every date
+    index = (generated / "docs" / "index.html").read_text()
+    for day in (START + dt.timedelta(days=i) for i in range(10)):
+        assert f"{day.isoformat()}-transactions" in index, day
 
     for source in SOURCE_NAMES:
         counts = bronze_counts(source)
