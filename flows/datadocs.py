@@ -327,10 +327,15 @@ def refresh_index() -> None:
         return
     ctx = ge_context()
     root = docs_root()
-    with _BUILD_LOCK:
-        # GE renders the index only along with some page; an empty list would mean "every page"
-        ctx.build_data_docs(site_names=[SITE_NAME], resource_identifiers=keys)
-        offline_page(root / "index.html", root)
+    try:
+        with _BUILD_LOCK:
+            # GE renders the index only along with some page; an empty list would mean "every page"
+            ctx.build_data_docs(site_names=[SITE_NAME], resource_identifiers=keys)
+            offline_page(root / "index.html", root)
+    except Exception:
+        with _STATE_LOCK:  # still stale: the next refresh (or the scope's end) tries again
+            _STALE.extend(keys)
+        raise
 
 
 def _suite_keys(ctx) -> list[ExpectationSuiteIdentifier]:

@@ -179,3 +179,23 @@ def test_a_range_renders_the_index_per_chunk_not_per_date(site):
     # outside a range every publish renders the index again
     third = V.validate_date(D2)["transactions"]
     assert third.validation_run_id in index.read_text()
+
+
+def test_an_index_that_failed_to_render_is_rendered_by_the_next_refresh(site, monkeypatch):
+    home, _ = site
+    index = home / "docs" / "index.html"
+    ctx = V.ge_context()
+    real = ctx.build_data_docs
+
+    def disk_full(*a, **k):
+        raise OSError("No space left on device")
+
+    with datadocs.deferred_index():
+        run = V.validate_date(D2)["transactions"]
+        monkeypatch.setattr(ctx, "build_data_docs", disk_full)
+        with pytest.raises(OSError):
+            datadocs.refresh_index()
+        monkeypatch.setattr(ctx, "build_data_docs", real)
+        assert run.validation_run_id not in index.read_text()
+        datadocs.refresh_index()
+        assert run.validation_run_id in index.read_text()
