@@ -202,23 +202,6 @@ class _Dbt:
 _DBT = _Dbt()
 
 
-def _close_duckdb() -> None:
-    """Close dbt-duckdb's in-memory database once a transform has published its tables.
-
-    The adapter keeps one DuckDB instance for the life of the process. Dropping the run's tables
-    (`asof_release_tables`) is not enough: DuckDB's allocator keeps the freed memory (~0.7 GB after a
-    10-day transform, up to its memory_limit after a 30-day chunk), and a backfill then validates the
-    next chunk with it still resident. Reopening costs milliseconds; the next invocation does it.
-    """
-    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
-
-    with DuckDBConnectionManager._LOCK:
-        env = DuckDBConnectionManager._ENV
-        if env is not None:
-            env.close()
-            DuckDBConnectionManager.close_all_connections()
-
-
 def _reset_compiled_state(manifest) -> None:
     """Make a reused manifest compile afresh.
 
@@ -319,8 +302,6 @@ def transform_range(
             if raise_on_failure:
                 raise TransformError(result) from exc
             return result
-        finally:
-            _close_duckdb()
         record = {k: dict(v) for k, v in lake_io.LAST_RUN.items()}
     dbt_elapsed = time.perf_counter() - t0
 

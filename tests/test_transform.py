@@ -116,21 +116,6 @@ def test_inactive_customer_disappears_after_30_days(lakehouse):
         assert last_known_day <= last_event_day + D(days=29)
 
 
-def test_in_memory_duckdb_does_not_outlive_its_range(lakehouse):
-    """A backfill validates the next chunk with whatever the transform left resident, and DuckDB's
-    allocator keeps what the dropped tables freed: the in-memory database closes with its range, and
-    the next range opens a new one."""
-    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
-
-    day = RANGE[0] + D(days=3)
-    before = _gold("customer_txn_features_daily", day)
-    for _ in range(2):
-        result = transform_range(day, day)
-        assert result.succeeded, result.message
-        assert DuckDBConnectionManager._ENV is None
-    assert _gold("customer_txn_features_daily", day).equals(before)
-
-
 def test_day_by_day_equals_range_and_reruns_are_identical(lakehouse):
     days = [START + D(days=i) for i in range(19, 23)]  # around the quarantined day 20
     before = {t: _gold(t) for t in GOLD_TABLES}
