@@ -139,3 +139,11 @@ def test_training_set_from_the_pipeline_reproduces_after_later_runs(
     res = run_cli(home, "reproduce", str(manifest_path(out)), "--out", str(again))
     assert res.returncode == 0, res.stdout + res.stderr
     assert again.read_bytes() == first_bytes
+
+
+def test_flows_bound_their_thread_pool() -> None:
+    """Prefect's default pool is unbounded: a chunk's ingests then all parse at once (bench RSS)."""
+    from flows import pipeline
+
+    for fl in (pipeline.backfill, pipeline.daily_pipeline):
+        assert fl.task_runner._max_workers == pipeline.THREAD_WORKERS == 4
