@@ -314,6 +314,9 @@ def contract_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
     ]
 
 
+_KEYED_SECTION = {"class_name": "KeyedSiteSectionBuilder", "module_name": "flows.datadocs"}
+
+
 def _yaml_template(data_context_id: str) -> dict:
     def fs(base: str) -> dict:
         return {
@@ -357,8 +360,13 @@ def _yaml_template(data_context_id: str) -> dict:
                     "module_name": "flows.datadocs",
                 },
                 # no profiler runs here; GE's default profiling section would list the whole
-                # validation results store again on every page build (~0.1 s per 900 results)
-                "site_section_builders": {"profiling": "None"},
+                # validation results store again on every page build (~0.1 s per 900 results),
+                # and the other two render named pages without listing their store
+                "site_section_builders": {
+                    "expectations": dict(_KEYED_SECTION),
+                    "validations": dict(_KEYED_SECTION),
+                    "profiling": "None",
+                },
             }
         },
     }

@@ -10,7 +10,8 @@ Cost: per validation only the new result pages and the index are rendered (never
 and the index reads each run's success from a small cache (`ASOF_HOME/ge/index.json`) instead of
 re-parsing every stored result. The index itself still lists every stored result, so it grows with
 history (1.2 s to render at ~900 results, ~8 a date): inside a range (`deferred_index`), each date
-renders only its own pages and the index is rendered once per chunk.
+renders only its own pages and the index is rendered once per chunk. Rendering a date's pages never
+lists the results store (`KeyedSiteSectionBuilder`), so it costs the same at any history length.
 """
 
 from __future__ import annotations
@@ -32,7 +33,10 @@ from great_expectations.data_context.types.resource_identifiers import (
     ExpectationSuiteIdentifier,
     ValidationResultIdentifier,
 )
-from great_expectations.render.renderer.site_builder import DefaultSiteIndexBuilder
+from great_expectations.render.renderer.site_builder import (
+    DefaultSiteIndexBuilder,
+    DefaultSiteSectionBuilder,
+)
 
 from flows.config import settings
 
@@ -219,6 +223,42 @@ class CachedSiteIndexBuilder(DefaultSiteIndexBuilder):
                 batch_kwargs={},
                 batch_spec={},
             )
+
+
+class _ListedKeys:
+    """A store seen through a fixed list of its keys (everything else is the store's own)."""
+
+    def __init__(self, store, keys: list) -> None:
+        self._store = store
+        self._keys = keys
+
+    def list_keys(self) -> list:
+        return list(self._keys)
+
+    def __getattr__(self, name: str):
+        return getattr(self._store, name)
+
+
+class KeyedSiteSectionBuilder(DefaultSiteSectionBuilder):
+    """GE's section builder, minus listing the whole store to render a few named pages.
+
+    GE's `build(resource_identifiers)` lists every key of its source store and keeps those in the
+    list; with ~8 results a date that listing grows with history (0.36 s a build at 180 days, two
+    builds a validated date). Given keys, this renders exactly those that are in the store, through
+    GE's own loop; without keys (a full build) it is GE's build unchanged."""
+
+    def build(self, resource_identifiers=None) -> None:
+        if not resource_identifiers:
+            return super().build(resource_identifiers)
+        store = self.source_store
+        keys = [
+            k for k in resource_identifiers if isinstance(k, store.key_class) and store.has_key(k)
+        ]
+        self.source_store = _ListedKeys(store, keys)
+        try:
+            return super().build(resource_identifiers)
+        finally:
+            self.source_store = store
 
 
 # ----------------------------------------------------------------------------- offline pages

@@ -199,3 +199,27 @@ def test_an_index_that_failed_to_render_is_rendered_by_the_next_refresh(site, mo
         assert run.validation_run_id not in index.read_text()
         datadocs.refresh_index()
         assert run.validation_run_id in index.read_text()
+
+
+def test_publishing_a_date_renders_its_pages_without_listing_the_results_store(site, monkeypatch):
+    """GE's section builder lists every stored result to render the few it is given, a cost that
+    grows with history; ours renders exactly the given pages and leaves every other page alone."""
+    home, outs = site
+    ctx = V.ge_context()
+    store = ctx.stores[ctx.validation_results_store_name]
+
+    def listing(*a, **k):
+        raise AssertionError("the validation results store was listed to render named pages")
+
+    old_page = home / "docs" / outs[D1]["transactions"].data_docs_path
+    old_mtime = old_page.stat().st_mtime_ns
+    monkeypatch.setattr(store, "list_keys", listing)
+    with datadocs.deferred_index():
+        run = V.validate_date(D2)
+        monkeypatch.undo()  # the index, rendered as the scope ends, does list every result
+    for source in SOURCE_NAMES:
+        page = home / "docs" / run[source].data_docs_path
+        assert page.exists(), source
+        assert run[source].validation_run_id in page.read_text()
+    assert old_page.stat().st_mtime_ns == old_mtime
+    assert run["transactions"].validation_run_id in (home / "docs" / "index.html").read_text()
