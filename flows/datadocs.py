@@ -251,9 +251,7 @@ class KeyedSiteSectionBuilder(DefaultSiteSectionBuilder):
         if not resource_identifiers:
             return super().build(resource_identifiers)
         store = self.source_store
-        keys = [
-            k for k in resource_identifiers if isinstance(k, store.key_class) and store.has_key(k)
-        ]
+        keys = [k for k in resource_identifiers if isinstance(k, store.key_class) and store.has_key(k)]
         self.source_store = _ListedKeys(store, keys)
         try:
             return super().build(resource_identifiers)
