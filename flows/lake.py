@@ -145,6 +145,54 @@ def version(layer: str, name: str) -> int | None:
     return table(layer, name).version() if exists(layer, name) else None
 
 
+# ------------------------------------------------------------------ reader handles of a range
+#
+# Opening a table replays its log from the last checkpoint: 30-50 ms a table at half a year of
+# daily commits, ~45 opens a validated date. Moving an open handle to the latest version reads only
+# the commits since (4-9 ms). Inside `reader_handles()` (a range of dates) `dataset()` reuses one
+# handle per thread and table, brought up to date on every use, so a read sees exactly what a fresh
+# open would. Writers always open their own handle; so do reads of a pinned version.
+
+_HANDLES_LOCK = threading.Lock()
+_HANDLE_SCOPES = 0
+_HANDLES: dict[tuple[int, str], DeltaTable] = {}
+
+
+@contextlib.contextmanager
+def reader_handles() -> Iterator[None]:
+    """Reuse reader handles inside this block; they are dropped when the outermost block ends."""
+    global _HANDLE_SCOPES
+    with _HANDLES_LOCK:
+        _HANDLE_SCOPES += 1
+    try:
+        yield
+    finally:
+        with _HANDLES_LOCK:
+            _HANDLE_SCOPES -= 1
+            if not _HANDLE_SCOPES:
+                _HANDLES.clear()
+
+
+def _latest_reader(layer: str, name: str) -> DeltaTable:
+    if not _HANDLE_SCOPES:
+        return table(layer, name)
+    key = (threading.get_ident(), uri(layer, name))
+    handle = _HANDLES.get(key)  # only this thread uses its entries
+    if handle is None:
+        handle = table(layer, name)
+    else:
+        crash_point(f"open:{layer}/{name}")
+        try:
+            handle.update_incremental()
+        except Exception:  # e.g. the table was dropped and made again: open it afresh
+            log.debug("reopening %s/%s", layer, name, exc_info=True)
+            handle = table(layer, name)
+    with _HANDLES_LOCK:
+        if _HANDLE_SCOPES:
+            _HANDLES[key] = handle
+    return handle
+
+
 def dataset(
     layer: str,
     name: str,
@@ -159,7 +207,7 @@ def dataset(
     table of a year of daily partitions a read of one date paid for all 365 (0.1 s per open, 4 s
     per validated date at 180 days). A table not partitioned by `date_column` is read whole; the
     caller's row filter decides either way."""
-    tbl = table(layer, name, version)
+    tbl = table(layer, name, version) if version is not None else _latest_reader(layer, name)
     parts = None
     if dates is not None and date_column in tbl.metadata().partition_columns:
         first, last = dates

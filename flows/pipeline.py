@@ -362,13 +362,15 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
     run_id = uuid.uuid4().hex[:12]
     results = {d: DateResult(d) for d in days}
-    # a range keeps an index of the silver keys between dates (validation's reference checks) and
+    # a range keeps an index of the silver keys between dates (validation's reference checks),
+    # reuses its Delta reader handles (an open replays the log, which grows with history) and
     # renders the Data Docs index once per chunk, not once per date (it lists every stored result)
     with contextlib.ExitStack() as scope:
         if len(days) > 1:
             from flows import datadocs  # imports GE: not for `asof --help`
 
             scope.enter_context(key_index.session())
+            scope.enter_context(lake.reader_handles())
             scope.enter_context(datadocs.deferred_index())
         _process_chunks(days, results, run_id, flow_run_id, continue_on_failure, chunk_days)
     for res in results.values():

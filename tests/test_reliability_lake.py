@@ -360,3 +360,49 @@ def test_dataset_of_some_dates_reads_exactly_those_partitions(home: Path) -> Non
     assert got((days[2], days[2])) == want(days[2], days[2]) and len(want(days[2], days[2])) == 4
     assert got((dt.date(2023, 1, 1), dt.date(2023, 1, 5))) == []
     assert got((days[0], days[0]), "flat", "ops") == want(None, days[6], "flat", "ops")  # not partitioned
+
+
+def test_reader_handles_are_reused_within_a_range_and_always_current(
+    home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Inside `reader_handles()` a thread opens each table once and moves that handle forward on
+    every read, so a read sees every commit made since (by any writer) exactly like a fresh open;
+    every read still reaches the `open:` crash point, and the handles go when the scope ends."""
+    import threading
+
+    opened: list[str] = []
+
+    class Counting(lake.DeltaTable):
+        def __init__(self, uri, *a, **k):
+            opened.append(str(uri))
+            super().__init__(uri, *a, **k)
+
+    monkeypatch.setattr(lake, "DeltaTable", Counting)
+    trace = tmp_path / "trace"
+    monkeypatch.setenv("ASOF_CRASH_TRACE", str(trace))
+
+    def reads() -> int:
+        return sum(" open:silver/t " in line for line in trace.read_text().splitlines())
+
+    def count(day: dt.date | None = None) -> int:
+        return lake.dataset("silver", "t", dates=None if day is None else (day, day)).count_rows()
+
+    put(D1, 5)
+    with lake.reader_handles():
+        before = len(opened)
+        assert count() == 5
+        assert len(opened) == before + 1
+        put(D2, 7)  # the writer opens its own handle
+        put(D1, 3)  # a replaced date
+        before, seen = len(opened), reads()
+        assert (count(), count(D1), count(D2)) == (10, 3, 7)
+        assert len(opened) == before  # the same handle, moved to the latest version
+        assert reads() == seen + 3  # kill tests still see one `open:` per read
+        other: list[int] = []
+        worker = threading.Thread(target=lambda: other.append(count()))
+        worker.start()
+        worker.join()
+        assert other == [10] and len(opened) == before + 1  # a thread of its own, a handle of its own
+    assert lake._HANDLES == {}
+    before = len(opened)
+    assert count() == 10 and len(opened) == before + 1  # outside a range every read opens afresh
