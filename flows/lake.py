@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote
 
 import pyarrow as pa
@@ -152,10 +153,18 @@ def version(layer: str, name: str) -> int | None:
 # the commits since (4-9 ms). Inside `reader_handles()` (a range of dates) `dataset()` reuses one
 # handle per thread and table, brought up to date on every use, so a read sees exactly what a fresh
 # open would. Writers always open their own handle; so do reads of a pinned version.
+#
+# The same goes for the Arrow dataset built from a handle: deltalake makes one fragment per live
+# file, with an expression of the file's partition and column statistics (1.3 ms a file: 0.35 s for
+# the 269 files of 180 days of silver transactions, and a validated date reads four tables whole).
+# A file never changes once written, so in a range the fragments are kept by partition and only
+# the partitions whose files changed since the thread's last read are asked of deltalake again.
 
 _HANDLES_LOCK = threading.Lock()
 _HANDLE_SCOPES = 0
 _HANDLES: dict[tuple[int, str], DeltaTable] = {}
+# (thread, table URI) -> partition value -> (the partition's file paths, their fragments)
+_FRAGMENTS: dict[tuple[int, str], dict[Any, tuple[frozenset[str], list[ds.Fragment]]]] = {}
 
 
 @contextlib.contextmanager
@@ -171,6 +180,7 @@ def reader_handles() -> Iterator[None]:
             _HANDLE_SCOPES -= 1
             if not _HANDLE_SCOPES:
                 _HANDLES.clear()
+                _FRAGMENTS.clear()
 
 
 def _latest_reader(layer: str, name: str) -> DeltaTable:
@@ -208,8 +218,13 @@ def dataset(
     per validated date at 180 days). A table not partitioned by `date_column` is read whole; the
     caller's row filter decides either way."""
     tbl = table(layer, name, version) if version is not None else _latest_reader(layer, name)
+    partition_columns = tbl.metadata().partition_columns
+    if version is None and _HANDLE_SCOPES and partition_columns == [date_column]:
+        kept = _kept_fragments(layer, name, tbl, dates, date_column)
+        if kept is not None:
+            return kept
     parts = None
-    if dates is not None and date_column in tbl.metadata().partition_columns:
+    if dates is not None and date_column in partition_columns:
         first, last = dates
         if first == last:
             parts = [(date_column, "=", last.isoformat())]
@@ -218,6 +233,43 @@ def dataset(
             if first is not None:
                 parts.append((date_column, ">=", first.isoformat()))
     return tbl.to_pyarrow_dataset(file_pruning_predicate=parts)
+
+
+def _kept_fragments(
+    layer: str, name: str, tbl: DeltaTable, dates: tuple[dt.date | None, dt.date] | None, column: str
+) -> ds.Dataset | None:
+    """`tbl.to_pyarrow_dataset` over the partitions of `dates`, from this thread's kept fragments
+    (see above); None when it cannot tell (a null partition value, fragments it cannot place, an
+    empty selection), and the caller asks deltalake as usual."""
+    actions = pa.table(tbl.get_add_actions(flatten=True)).select(["path", f"partition.{column}"])
+    by_value: dict[Any, set[str]] = {}
+    for path, value in zip(*(c.to_pylist() for c in actions.columns), strict=True):
+        by_value.setdefault(value, set()).add(path)
+    if None in by_value:
+        return None
+    first, last = dates if dates is not None else (None, None)
+    wanted = sorted(v for v in by_value if (last is None or v <= last) and (first is None or v >= first))
+    kept = _FRAGMENTS.setdefault((threading.get_ident(), uri(layer, name)), {})  # this thread's own
+    for gone in set(kept) - set(by_value):
+        del kept[gone]
+    stale = [v for v in wanted if v not in kept or kept[v][0] != by_value[v]]
+    if stale:
+        fresh = tbl.to_pyarrow_dataset(
+            file_pruning_predicate=[(column, "in", [v.isoformat() for v in stale])]
+        )
+        found: dict[Any, list[ds.Fragment]] = {}
+        for fragment in fresh.get_fragments():
+            value = ds.get_partition_keys(fragment.partition_expression).get(column)
+            found.setdefault(value, []).append(fragment)
+        for v in stale:
+            if len(found.get(v, ())) != len(by_value[v]):
+                return None
+            kept[v] = (frozenset(by_value[v]), found[v])
+    fragments = [f for v in wanted for f in kept[v][1]]
+    if not fragments:
+        return None
+    schema = pa.schema(tbl.schema().to_arrow())
+    return ds.FileSystemDataset(fragments, schema, fragments[0].format, fragments[0].filesystem)
 
 
 def read(

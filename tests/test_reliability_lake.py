@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from flows import lake, runs
 from tests.test_kill_harness import REPO
@@ -406,3 +408,74 @@ def test_reader_handles_are_reused_within_a_range_and_always_current(
     assert lake._HANDLES == {}
     before = len(opened)
     assert count() == 10 and len(opened) == before + 1  # outside a range every read opens afresh
+
+
+def test_kept_fragments_are_asked_again_only_for_changed_partitions(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In a range, a thread's dataset of a date-partitioned table reuses the fragments of the
+    partitions whose files did not change, and asks deltalake only for the others."""
+    asked: list = []
+    real = lake.DeltaTable.to_pyarrow_dataset
+
+    def spy(self, *a, **k):
+        asked.append(k.get("file_pruning_predicate"))
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(lake.DeltaTable, "to_pyarrow_dataset", spy)
+    days = [dt.date(2024, 1, d) for d in range(1, 5)]
+    for i, day in enumerate(days[:3]):
+        put(day, 3 + i)
+    with lake.reader_handles():
+        assert lake.dataset("silver", "t").count_rows() == 3 + 4 + 5
+        assert asked[-1] == [("_batch_date", "in", [d.isoformat() for d in days[:3]])]
+        put(days[1], 9)  # replaced: new files
+        put(days[3], 2)  # a new partition
+        asked.clear()
+        assert lake.dataset("silver", "t", dates=(None, days[3])).count_rows() == 3 + 9 + 5 + 2
+        assert asked == [[("_batch_date", "in", [days[1].isoformat(), days[3].isoformat()])]]
+        asked.clear()
+        assert lake.dataset("silver", "t", dates=(days[0], days[2])).count_rows() == 3 + 9 + 5
+        assert asked == []
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["put", "read"]),
+            st.integers(0, 2),
+            st.integers(0, 2),
+            st.integers(0, 3),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+@example(steps=[("put", 0, 0, 2), ("read", 0, 0, 0), ("put", 0, 0, 3), ("read", 0, 0, 0)])
+@example(steps=[("put", 1, 0, 2), ("read", 2, 1, 0), ("put", 1, 0, 0), ("read", 2, 2, 0)])
+def test_a_range_reads_exactly_what_a_fresh_open_reads(home: Path, steps) -> None:
+    """Whatever the order of replaced and new partitions, a dataset built from kept fragments holds
+    the same rows as one deltalake builds afresh for the same dates."""
+    name = f"p{abs(hash(tuple(steps))) % 10**9}"
+    days = [dt.date(2024, 3, 1) + dt.timedelta(days=i) for i in range(3)]
+    with lake.reader_handles():
+        for i, (op, a, b, n) in enumerate(steps):
+            if op == "put":
+                data = rows(days[a], n, offset=100 * i)  # n == 0 empties the partition
+                lake.replace(
+                    "silver",
+                    name,
+                    data.cast(pa.schema([*data.schema][:2] + [pa.field("s", pa.string())])),
+                    lake.date_predicate("_batch_date", days[a]),
+                    partition_by=["_batch_date"],
+                )
+                continue
+            if not lake.exists("silver", name):
+                continue
+            span = (None if a > b else days[a], days[b])
+            pinned = lake.table("silver", name).version()
+            got = lake.dataset("silver", name, dates=span).to_table()
+            want = lake.dataset("silver", name, version=pinned, dates=span).to_table()
+            key = [("_batch_date", "ascending"), ("x", "ascending")]
+            assert got.sort_by(key).equals(want.sort_by(key)), (span, steps[: i + 1])
