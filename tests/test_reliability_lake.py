@@ -479,3 +479,20 @@ def test_a_range_reads_exactly_what_a_fresh_open_reads(home: Path, steps) -> Non
             want = lake.dataset("silver", name, version=pinned, dates=span).to_table()
             key = [("_batch_date", "ascending"), ("x", "ascending")]
             assert got.sort_by(key).equals(want.sort_by(key)), (span, steps[: i + 1])
+
+
+@pytest.mark.parametrize("preset, expected", [(None, "jemalloc"), ("mimalloc", "mimalloc")])
+def test_arrow_allocates_with_jemalloc_unless_told_otherwise(preset: str | None, expected: str) -> None:
+    """Importing the package picks Arrow's allocator before Arrow allocates; a user's
+    ARROW_DEFAULT_MEMORY_POOL is kept."""
+    import pyarrow as pa
+
+    if not hasattr(pa, "jemalloc_memory_pool"):  # pragma: no cover - wheels without jemalloc
+        pytest.fail("this pyarrow build has no jemalloc")
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if preset:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    code = "import flows, pyarrow as pa; print(pa.default_memory_pool().backend_name)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected
