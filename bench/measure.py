@@ -206,7 +206,7 @@ def daily_one(args) -> dict:
 
     days = _days(args)
     day = days[-1]
-    home = _fresh_home(args, "daily")
+    _fresh_home(args, "daily")
     os.environ["PREFECT_LOGGING_LEVEL"] = "WARNING"
     with _prefect_server(args):
         if len(days) > 1:
@@ -216,7 +216,7 @@ def daily_one(args) -> dict:
             failed = [r for r in history if r["status"] != "succeeded"]
             if failed:
                 raise SystemExit(f"backfill of the history before {day} failed: {failed[:2]}")
-        env = {**os.environ, "PREFECT_LOGGING_LEVEL": "WARNING", "ASOF_HOME": str(home)}
+        env = dict(os.environ)  # ASOF_HOME (the fresh home) and the log level are set above
         asof = str(Path(sys.executable).parent / "asof")
         t = time.perf_counter()
         proc = subprocess.run(

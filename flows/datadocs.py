@@ -329,7 +329,7 @@ def _offline_all(root: Path) -> int:
 _BUILD_LOCK = threading.Lock()
 _STATE_LOCK = threading.Lock()
 _DEFERRED = 0  # open deferred_index() scopes
-_STALE: list = []  # a key published since the index was last rendered (any one rebuilds it)
+_STALE_KEY: ValidationResultIdentifier | None = None  # published since the index was last rendered
 
 
 @contextlib.contextmanager
@@ -358,21 +358,21 @@ def refresh_index() -> None:
     """Render the index if a page was published without it (no-op otherwise)."""
     from flows.validate import ge_context
 
+    global _STALE_KEY
     with _STATE_LOCK:
-        keys = _STALE[-1:]
-        _STALE.clear()
-    if not keys:
+        key, _STALE_KEY = _STALE_KEY, None
+    if key is None:
         return
     ctx = ge_context()
     root = docs_root()
     try:
         with _BUILD_LOCK:
             # GE renders the index only along with some page; an empty list would mean "every page"
-            ctx.build_data_docs(site_names=[SITE_NAME], resource_identifiers=keys)
+            ctx.build_data_docs(site_names=[SITE_NAME], resource_identifiers=[key])
             offline_page(root / "index.html", root)
     except Exception:
         with _STATE_LOCK:  # still stale: the next refresh (or the scope's end) tries again
-            _STALE.extend(keys)
+            _STALE_KEY = _STALE_KEY or key
         raise
 
 
@@ -397,10 +397,11 @@ def publish(evaluations) -> list[str]:
         entries.append((key, vr.success, vr.asset_name))
     remember_results(entries)
     missing_suites = [k for k in _suite_keys(ctx) if not (root / page_path(k)).exists()]
+    global _STALE_KEY
     with _STATE_LOCK:
         with_index = _DEFERRED == 0
         if not with_index and keys:
-            _STALE.append(keys[-1])
+            _STALE_KEY = keys[-1]
     with _BUILD_LOCK:
         ctx.build_data_docs(
             site_names=[SITE_NAME], resource_identifiers=keys + missing_suites, build_index=with_index
