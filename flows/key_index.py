@@ -118,16 +118,49 @@ def narrow(
 
 def present(dataset: ds.Dataset, column: str, values: pa.Array, row_filter: ds.Expression) -> pa.Array:
     """The distinct non-null `values` that occur in `column` of the rows of `dataset` matching
-    `row_filter` (exact: the same answer as a full filtered scan, which it is outside a session)."""
+    `row_filter` (exact: the same answer as a full filtered scan, which it is outside a session).
+
+    Existence needs one file per value, not all of them: files are visited until every value has a
+    hash match, and only the files that matched a value first are read. A merchants snapshot holds
+    every merchant, so a transaction batch's merchants are checked against one file instead of the
+    whole history. A value whose match was a collision (or whose row `row_filter` excludes) is not
+    confirmed by that read and is looked up with a plain filtered scan."""
+    wanted = pc.unique(pc.drop_null(values)).cast(dataset.schema.field(column).type)
     if not active():
-        wanted = pc.unique(pc.drop_null(values)).cast(dataset.schema.field(column).type)
         got = dataset.to_table(filter=row_filter & ds.field(column).isin(wanted), columns=[column])
         return pc.unique(got.column(column).combine_chunks()).cast(values.type)
-    part, candidates = narrow(dataset, column, values, row_filter)
+    if len(wanted) == 0:
+        return pa.array([], values.type)
+    with _LOCK:
+        wanted_h = _hash(wanted)
+        order = np.argsort(wanted_h)
+        wanted, wanted_h = wanted.take(pa.array(order)), wanted_h[order]
+        open_ = np.arange(len(wanted))  # positions not matched by any file yet (sorted by hash)
+        chosen: list[ds.FileFragment] = []
+        # Latest partition first (hive paths `_batch_date=YYYY-MM-DD/` sort by date): the latest
+        # snapshot holds every merchant a batch can name. Any order gives the same answer.
+        fragments = sorted(dataset.get_fragments(filter=row_filter), key=lambda f: f.path, reverse=True)
+        for fragment in fragments:
+            hashes = _file_hashes(fragment, column, dataset.schema)
+            matched = _matches(wanted_h[open_], hashes)
+            if matched.size:
+                chosen.append(fragment)
+                open_ = np.delete(open_, matched)
+                if open_.size == 0:
+                    break
+    candidates = wanted.filter(pa.array(np.isin(np.arange(len(wanted)), open_, invert=True)))
     if len(candidates) == 0:
         return pa.array([], values.type)
+    part = ds.FileSystemDataset(
+        chosen, schema=dataset.schema, format=dataset.format, filesystem=dataset.filesystem
+    )
     got = part.to_table(filter=row_filter & ds.field(column).isin(candidates), columns=[column])
-    return pc.unique(got.column(column).combine_chunks()).cast(values.type)
+    found = pc.unique(got.column(column).combine_chunks())
+    unconfirmed = candidates.filter(pc.invert(pc.is_in(candidates, value_set=found)))
+    if len(unconfirmed):
+        rest = dataset.to_table(filter=row_filter & ds.field(column).isin(unconfirmed), columns=[column])
+        found = pc.unique(pa.concat_arrays([found, rest.column(column).combine_chunks()]))
+    return found.cast(values.type)
 
 
 @contextlib.contextmanager

@@ -45,8 +45,12 @@ def _upto(day: dt.date) -> ds.Expression:
     return ds.field("_batch_date") <= pa.scalar(day, pa.date32())
 
 
-def _scan_present(day: dt.date, wanted: list[str | None]) -> set[str]:
-    tbl = lake.dataset("silver", "keys").to_table(filter=_upto(day), columns=["k"])
+def _scan_present(
+    day: dt.date, wanted: list[str | None], row_filter: ds.Expression | None = None
+) -> set[str]:
+    tbl = lake.dataset("silver", "keys").to_table(
+        filter=_upto(day) if row_filter is None else row_filter, columns=["k"]
+    )
     values = set(pc.drop_null(tbl.column("k")).to_pylist())
     return {w for w in wanted if w is not None and w in values}
 
@@ -59,10 +63,17 @@ days_st = st.dictionaries(
 
 @pytest.mark.parametrize("weak_hash", [False, True], ids=["duckdb-hash", "colliding-hash"])
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(days=days_st, wanted=st.lists(st.one_of(keys, st.none()), max_size=10), upto=st.integers(0, 6))
+@given(
+    days=days_st,
+    wanted=st.lists(st.one_of(keys, st.none()), max_size=10),
+    upto=st.integers(0, 6),
+    min_v=st.one_of(st.none(), st.integers(0, 6)),
+)
 def test_present_equals_a_filtered_scan(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weak_hash: bool, days, wanted, upto
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, weak_hash: bool, days, wanted, upto, min_v
 ) -> None:
+    """`min_v` adds a row filter below the file level: a file whose hashes match a value may then
+    hold it only in rows the filter drops, which `present` must not count as found."""
     home = tmp_path / uuid.uuid4().hex
     monkeypatch.setenv("ASOF_HOME", str(home))
     if weak_hash:  # every value lands in one of 4 buckets: collisions everywhere
@@ -70,11 +81,12 @@ def test_present_equals_a_filtered_scan(
         monkeypatch.setattr(key_index, "_hash", lambda v: real(v) % np.uint64(4))
     _write(days)
     day = D0 + dt.timedelta(days=upto)
+    rows_of = _upto(day) if min_v is None else _upto(day) & (ds.field("v") >= min_v)
     with key_index.session():
         for _ in range(2):  # cold, then from the index
             dset = lake.dataset("silver", "keys", dates=(None, day))
-            got = key_index.present(dset, "k", pa.array(wanted, pa.string()), _upto(day))
-            assert set(got.to_pylist()) == _scan_present(day, wanted)
+            got = key_index.present(dset, "k", pa.array(wanted, pa.string()), rows_of)
+            assert set(got.to_pylist()) == _scan_present(day, wanted, rows_of)
             assert got.type == pa.string() and len(got) == len(set(got.to_pylist()))
             part, candidates = key_index.narrow(dset, "k", pa.array(wanted, pa.string()), _upto(day))
             rows = part.to_table(filter=_upto(day) & ds.field("k").isin(candidates)).to_pylist()
@@ -82,8 +94,25 @@ def test_present_equals_a_filtered_scan(
             whole = dset.to_table(filter=_upto(day) & ds.field("k").isin(non_null))
             assert sorted(map(repr, rows)) == sorted(map(repr, whole.to_pylist()))
     assert not key_index.active() and not key_index._HASHES  # freed after the session
-    outside = key_index.present(dset, "k", pa.array(wanted, pa.string()), _upto(day))  # plain scan
-    assert set(outside.to_pylist()) == _scan_present(day, wanted) and not key_index._HASHES
+    outside = key_index.present(dset, "k", pa.array(wanted, pa.string()), rows_of)  # plain scan
+    assert set(outside.to_pylist()) == _scan_present(day, wanted, rows_of) and not key_index._HASHES
+
+
+def test_values_held_by_the_newest_snapshot_are_confirmed_from_that_file_alone(home: Path) -> None:
+    """Snapshot tables (merchants) repeat every key each date: a batch's merchants are all in the
+    latest snapshot, so that one file is hashed and read, whatever the length of the history."""
+    _write({d: ["a", "b", "c"] for d in range(6)})
+    day = D0 + dt.timedelta(days=5)
+    with key_index.session():
+        dset = lake.dataset("silver", "keys", dates=(None, day))
+        got = key_index.present(dset, "k", pa.array(["c", "a", None, "a"]), _upto(day))
+        assert sorted(got.to_pylist()) == ["a", "c"]
+        assert [path for path, _ in key_index._HASHES] == [
+            f.path for f in dset.get_fragments(filter=ds.field("_batch_date") == pa.scalar(day, pa.date32()))
+        ]
+        # a value no file holds makes every file a candidate, and is still not found
+        got = key_index.present(dset, "k", pa.array(["a", "zz"]), _upto(day))
+        assert got.to_pylist() == ["a"] and len(key_index._HASHES) == 6
 
 
 def test_a_replaced_partition_is_seen_and_the_index_is_bounded(
@@ -111,3 +140,17 @@ def test_outside_a_session_the_index_is_off() -> None:
     with key_index.session(), key_index.session():
         assert key_index.active()
     assert not key_index.active()
+
+
+def test_a_value_matched_only_by_a_collision_is_looked_up_in_the_whole_table(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With one hash for every value, the newest file seems to hold them all; the values it does not
+    hold must still be found where they are (and a value held nowhere must not be)."""
+    monkeypatch.setattr(key_index, "_hash", lambda v: np.zeros(len(v), np.uint64))
+    _write({0: ["a"], 1: ["b"], 2: ["c"]})
+    day = D0 + dt.timedelta(days=2)
+    with key_index.session():
+        dset = lake.dataset("silver", "keys", dates=(None, day))
+        got = key_index.present(dset, "k", pa.array(["a", "b", "c", "z"]), _upto(day))
+        assert sorted(got.to_pylist()) == ["a", "b", "c"]
