@@ -26,6 +26,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
+from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import key_index, lake, monitor, notify, runs
@@ -205,12 +206,22 @@ def _attr(obj, name, default=None):
     return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
-def _ingest_stage(
-    days: list[dt.date], results: dict[dt.date, DateResult], records: list[StageRecord]
+def _submit_ingest(days: list[dt.date]) -> dict[tuple[str, dt.date], PrefectFuture]:
+    """Every (source, date) batch of the chunk goes to the task runner at once, in date order, so the
+    first dates are ingested first and validation can start on them while later dates still load."""
+    return {(s, d): ingest_batch.submit(s, d) for d in days for s in SOURCE_NAMES}
+
+
+def _collect_ingest(
+    day: dt.date,
+    futures: dict[tuple[str, dt.date], PrefectFuture],
+    results: dict[dt.date, DateResult],
+    records: list[StageRecord],
 ) -> None:
-    futures = {(s, d): ingest_batch.submit(s, d) for d in days for s in SOURCE_NAMES}
-    for (source, day), fut in futures.items():
-        res = results[day]
+    """Wait for the ingest of one date's sources and record each outcome."""
+    res = results[day]
+    for source in SOURCE_NAMES:
+        fut = futures.pop((source, day))
         try:
             out: IngestOutcome = fut.result()
             status = out.status
@@ -236,9 +247,8 @@ def _ingest_stage(
             current = res.stages.get("ingest", "succeeded")
             res.stages["ingest"] = max(current, status, key=rank.index)
             res.message = "; ".join(m for m in [res.message, f"ingest {source}: {records[-1].message}"] if m)
-    for day in days:
-        results[day].stages.setdefault("ingest", "succeeded")
-        _progress(day, "ingested")
+    res.stages.setdefault("ingest", "succeeded")
+    _progress(day, "ingested")
 
 
 def _validate_stage(day: dt.date, res: DateResult, records: list[StageRecord]) -> bool:
@@ -400,11 +410,16 @@ def _process_chunks(
         records: list[StageRecord] = []
         try:
             log.info("chunk %s..%s: ingest %d dates", chunk[0], chunk[-1], len(chunk))
-            with _timed("ingest"):
-                _ingest_stage(chunk, results, records)
+            # Ingest runs on the task runner's threads while this thread validates: date D is
+            # validated as soon as its own batches are in (validation reads bronze D and earlier
+            # silver, never a later bronze date), so loading D+1.. overlaps checking D.
+            # "ingest" time is then the time spent waiting for a date's batches.
+            ingesting = _submit_ingest(chunk)
             good: list[dt.date] = []
             for day in chunk:
                 res = results[day]
+                with _timed("ingest"):
+                    _collect_ingest(day, ingesting, results, records)
                 # Malformed files still go through validation, so their rows land in quarantine
                 # with a reason; a source not delivered at all stops the date here.
                 if res.stages.get("ingest") in ("succeeded", "malformed"):
@@ -424,6 +439,9 @@ def _process_chunks(
                             later
                         ].message = f"stopped: {day.isoformat()} failed (use --continue-on-failure)"
                     break
+            with _timed("ingest"):  # dates after a stop: their batches are in bronze, record them
+                for day in sorted({d for _, d in ingesting}):
+                    _collect_ingest(day, ingesting, results, records)
             _refresh_docs_index(chunk)
             with _timed("transform"):
                 _transform_stage(good, results, records)

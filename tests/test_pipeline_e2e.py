@@ -68,8 +68,16 @@ def test_backfill_conserves_rows_and_is_idempotent(
     from flows import pipeline
 
     monkeypatch.setenv("ASOF_HOME", str(generated))
+    events: list[tuple[dt.date, str]] = []
+    monkeypatch.setattr(pipeline, "PROGRESS_HOOK", lambda day, what: events.append((day, what)))
     results = pipeline.backfill(START.isoformat(), END.isoformat(), chunk_days=4)
     assert [r["status"] for r in results] == ["succeeded"] * 10, results
+    # A date is validated as soon as its own batches are in, while the chunk's later dates load;
+    # never before its own.
+    seen = [(day, what) for day, what in events if what in ("ingested", "validated")]
+    assert seen.index((START, "validated")) < seen.index((START + dt.timedelta(days=3), "ingested"))
+    for day in (START + dt.timedelta(days=i) for i in range(10)):
+        assert seen.index((day, "ingested")) < seen.index((day, "validated")), day
     # the range rendered the Data Docs index per chunk, not per date: it still lists every date
     index = (generated / "docs" / "index.html").read_text()
     for day in (START + dt.timedelta(days=i) for i in range(10)):
