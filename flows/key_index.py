@@ -82,6 +82,13 @@ def _matches(wanted: np.ndarray, hashes: np.ndarray) -> np.ndarray:
     return np.repeat(lo - (ends - counts), counts) + np.arange(ends[-1] if len(ends) else 0)
 
 
+def _by_hash(wanted: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """`wanted` and its hashes, both ordered by hash (what `_matches` searches). Call under _LOCK."""
+    wanted_h = _hash(wanted)
+    order = np.argsort(wanted_h)
+    return wanted.take(pa.array(order)), wanted_h[order]
+
+
 def narrow(
     dataset: ds.Dataset, column: str, values: pa.Array, row_filter: ds.Expression
 ) -> tuple[ds.Dataset, pa.Array]:
@@ -93,9 +100,7 @@ def narrow(
     if len(wanted) == 0:
         return dataset, wanted
     with _LOCK:
-        wanted_h = _hash(wanted)
-        order = np.argsort(wanted_h)
-        wanted, wanted_h = wanted.take(pa.array(order)), wanted_h[order]
+        wanted, wanted_h = _by_hash(wanted)
         hit_fragments: list[ds.FileFragment] = []
         maybe = np.zeros(len(wanted), dtype=bool)
         fragments = list(dataset.get_fragments(filter=row_filter))
@@ -132,9 +137,7 @@ def present(dataset: ds.Dataset, column: str, values: pa.Array, row_filter: ds.E
     if len(wanted) == 0:
         return pa.array([], values.type)
     with _LOCK:
-        wanted_h = _hash(wanted)
-        order = np.argsort(wanted_h)
-        wanted, wanted_h = wanted.take(pa.array(order)), wanted_h[order]
+        wanted, wanted_h = _by_hash(wanted)
         open_ = np.arange(len(wanted))  # positions not matched by any file yet (sorted by hash)
         chosen: list[ds.FileFragment] = []
         # Latest partition first (hive paths `_batch_date=YYYY-MM-DD/` sort by date): the latest
