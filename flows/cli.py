@@ -129,9 +129,13 @@ def _progress_bar(total: int, label: str):
         )
         with progress:
             task = progress.add_task(label, total=total, last="")
+            finished: set[dt.date] = set()
 
             def advance(day: dt.date, what: str) -> None:
-                if what in ("materialized", "failed", "skipped", "generated"):
+                # a date counts once: when it is done, or pending the run's one materialization
+                done = what in ("materialized", "pending", "failed", "skipped", "generated")
+                if done and day not in finished:
+                    finished.add(day)
                     progress.advance(task)
                 progress.update(task, last=f"{day} {what}")
 

@@ -21,17 +21,19 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, TableNotFoundError
 
 from flows.config import settings
+
+if TYPE_CHECKING:  # imported where used: pyarrow.dataset imports pandas (1 s of `asof status`)
+    import pyarrow.dataset as ds
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +243,8 @@ def _kept_fragments(
     """`tbl.to_pyarrow_dataset` over the partitions of `dates`, from this thread's kept fragments
     (see above); None when it cannot tell (a null partition value, fragments it cannot place, an
     empty selection), and the caller asks deltalake as usual."""
+    import pyarrow.dataset as ds
+
     actions = pa.table(tbl.get_add_actions(flatten=True)).select(["path", f"partition.{column}"])
     by_value: dict[Any, set[str]] = {}
     for path, value in zip(*(c.to_pylist() for c in actions.columns), strict=True):
@@ -301,7 +305,43 @@ def read(
     return dset.to_table(filter=filter, columns=list(columns) if columns else None)
 
 
+def read_rows(layer: str, name: str, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Every row of a small unpartitioned table (ops/runs, ops/releases) as Python dicts.
+
+    Why not `read(...).to_pylist()`: Arrow datasets and pyarrow's Python conversions import pandas,
+    which was 1 s of `asof status` (2.0 s). Local files are read by DuckDB, whose rows come back as
+    Python values without it; anything else (object storage, a partitioned table) goes to `read`."""
+    tbl = table(layer, name)
+    schema = pa.schema(tbl.schema().to_arrow())
+    wanted = list(columns) if columns else schema.names
+    if tbl.metadata().partition_columns or not settings().is_local_lake:
+        return read(layer, name, columns=wanted).to_pylist()
+    actions = pa.RecordBatchReader.from_stream(tbl.get_add_actions(flatten=True)).read_all()
+    root = Path(uri(layer, name)).resolve()
+    files = [str(root / unquote(rel)) for rel in actions.column("path").to_pylist()]
+    if not files:
+        return []
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        present = {
+            r[0]
+            for r in con.execute(
+                "DESCRIBE SELECT * FROM read_parquet(?, union_by_name=true)", [files]
+            ).fetchall()
+        }
+        # a column added after every file was written reads as null, as it does through Delta
+        select = ", ".join(f'"{c}"' if c in present else f'NULL AS "{c}"' for c in wanted)
+        cur = con.execute(f"SELECT {select} FROM read_parquet(?, union_by_name=true)", [files])
+        return [dict(zip(wanted, row, strict=True)) for row in cur.fetchall()]
+    finally:
+        con.close()
+
+
 def date_filter(column: str, days: Iterable[dt.date]) -> ds.Expression:
+    import pyarrow.dataset as ds
+
     return ds.field(column).isin(pa.array(sorted(set(days)), pa.date32()))
 
 

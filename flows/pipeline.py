@@ -1,11 +1,15 @@
 """Prefect flows: the pipeline diagram, one task per stage.
 
     ingest (per source, in parallel) -> validate (per date, in date order) -> transform (dbt, one
-    invocation per chunk of dates) -> materialize (Feast, per date)
+    invocation per chunk of dates) -> materialize (Feast, once per run)
 
 A backfill is the same chain over a range: dates are processed in order, in chunks, so dbt runs once
-per chunk instead of once per day and memory is bounded by a chunk. Every stage writes only the
-partitions it owns, so rerunning any date or range converges to the same lake.
+per chunk instead of once per day and memory is bounded by a chunk. The online store is written once,
+after the last chunk: it only ever serves each entity's newest row, so writing it per chunk wrote
+every active entity again for every chunk (a year: 12 passes, 279 of 2457 s). Until then a chunk's
+dates are `pending` materialization; a run that dies leaves them so, and the next backfill of the
+range materializes them without recomputing anything. Every stage writes only the partitions it
+owns, so rerunning any date or range converges to the same lake.
 """
 
 from __future__ import annotations
@@ -103,6 +107,10 @@ def _timed(stage: str) -> Iterator[None]:
         yield
     finally:
         STAGE_SECONDS[stage] = STAGE_SECONDS.get(stage, 0.0) + time.perf_counter() - t
+
+
+PENDING = runs.PENDING
+PENDING_MESSAGE = "pending: the online store is written once, after the run's last chunk"
 
 
 @dataclass
@@ -331,7 +339,8 @@ def _materialize_stage(
     days: list[dt.date], results: dict[dt.date, DateResult], records: list[StageRecord]
 ) -> None:
     """One Feast pass per contiguous span of dates (the online store ends up the same as with one
-    pass per date); each date gets the span's outcome."""
+    pass per date); each date gets the span's outcome. `results` may lack a date: one caught up
+    from an earlier run that left it pending."""
     for start, end in _contiguous(days):
         try:
             out = materialize_features(start, end)
@@ -345,16 +354,49 @@ def _materialize_stage(
             records.append(
                 StageRecord(day, "materialize", ALL_SOURCES, status, rows_out=rows, message=message)
             )
-            results[day].stages["materialize"] = status
+            if day not in results:  # computed by an earlier run, which left only this stage due
+                done = {s: "succeeded" for s in runs.STAGES if s != "materialize"}
+                results[day] = DateResult(day, stages=done, message="caught up: materialization only")
+            res = results[day]
+            res.stages["materialize"] = status
             if status != "succeeded":
-                results[day].message = results[day].message or f"materialize: {message}"
+                res.message = res.message or f"materialize: {message}"
             _progress(day, "materialized")
+
+
+def _defer_materialize(
+    days: list[dt.date], results: dict[dt.date, DateResult], records: list[StageRecord]
+) -> None:
+    """Transformed dates wait for the run's one materialization pass (see the module docstring)."""
+    for day in days:
+        records.append(StageRecord(day, "materialize", ALL_SOURCES, PENDING, message=PENDING_MESSAGE))
+        results[day].stages["materialize"] = PENDING
+        _progress(day, PENDING)
+
+
+def _materialize_pending(
+    pending: list[dt.date], results: dict[dt.date, DateResult], run_id: str, flow_run_id: str | None
+) -> None:
+    """The online-store pass of a run whose last chunk did not get to it (no date of the chunk was
+    transformed: it failed, or there was only catching up to do), recorded in one append."""
+    if not pending:
+        return
+    records: list[StageRecord] = []
+    with _timed("materialize"):
+        _materialize_stage(sorted(set(pending)), results, records)
+    for day in {r.execution_date for r in records}:
+        _finish(results[day])
+    runs.append(run_id, flow_run_id, records)
 
 
 def _finish(res: DateResult) -> None:
     stages = res.stages
     if all(stages.get(s) == "succeeded" for s in runs.STAGES):
         res.status = "succeeded"
+    elif stages.get("materialize") == PENDING and all(
+        stages.get(s) == "succeeded" for s in runs.STAGES if s != "materialize"
+    ):
+        res.status = PENDING
     elif not stages:
         res.status = "not run"
     elif stages.get("ingest") == "not_delivered":
@@ -365,8 +407,12 @@ def _finish(res: DateResult) -> None:
         res.status = "failed"
 
 
-def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: int) -> list[DateResult]:
-    """Run every stage for `days` (sorted), chunk by chunk. Returns one result per date given."""
+def process_dates(
+    days: list[dt.date], continue_on_failure: bool, chunk_days: int, catch_up: Sequence[dt.date] = ()
+) -> list[DateResult]:
+    """Run every stage for `days` (sorted), chunk by chunk, then materialize once: the dates just
+    transformed and `catch_up`, dates an earlier run left pending materialization. Returns one
+    result per date, in date order."""
     log = get_run_logger()
     ctx = FlowRunContext.get()
     flow_run_id = str(ctx.flow_run.id) if ctx and ctx.flow_run else None
@@ -382,14 +428,15 @@ def process_dates(days: list[dt.date], continue_on_failure: bool, chunk_days: in
             scope.enter_context(key_index.session())
             scope.enter_context(lake.reader_handles())
             scope.enter_context(datadocs.deferred_index())
-        _process_chunks(days, results, run_id, flow_run_id, continue_on_failure, chunk_days)
+        left = _process_chunks(days, results, run_id, flow_run_id, continue_on_failure, chunk_days, catch_up)
+    _materialize_pending(left, results, run_id, flow_run_id)
     for res in results.values():
         if res.status == "not run" and not res.message:
             res.message = "stopped: an earlier date failed (use --continue-on-failure)"
         if res.status == "succeeded":
             continue
         log.warning("%s %s: %s", res.day, res.status, res.message)
-    return [results[d] for d in days]
+    return [results[d] for d in sorted(results)]
 
 
 def _process_chunks(
@@ -399,9 +446,14 @@ def _process_chunks(
     flow_run_id: str | None,
     continue_on_failure: bool,
     chunk_days: int,
-) -> None:
+    catch_up: Sequence[dt.date] = (),
+) -> list[dt.date]:
+    """Ingest, validate and transform `days` chunk by chunk; the run's last chunk also materializes
+    every date transformed so far and `catch_up`. Returns the dates still due for materialization
+    (a run stopped before any chunk got that far)."""
     log = get_run_logger()
     stop = False
+    pending: list[dt.date] = []
     for i in range(0, len(days), chunk_days):
         chunk = days[i : i + chunk_days]
         if stop:
@@ -446,8 +498,20 @@ def _process_chunks(
             with _timed("transform"):
                 _transform_stage(good, results, records)
             transformed = [d for d in good if results[d].stages.get("transform") == "succeeded"]
-            with _timed("materialize"):
-                _materialize_stage(transformed, results, records)
+            pending += transformed
+            last = i + chunk_days >= len(days) or stop
+            if not continue_on_failure and any(results[d].stages.get("transform") == "failed" for d in good):
+                last = True  # the run stops after this chunk
+            if last:  # the run's one online-store pass, recorded with this chunk
+                due = sorted({*catch_up, *pending})
+                with _timed("materialize"):
+                    _materialize_stage(due, results, records)
+                for day in due:
+                    if day not in chunk:  # the chunk's own dates are finished with it
+                        _finish(results[day])
+                pending = []
+            else:
+                _defer_materialize(transformed, results, records)
         except BaseException as exc:
             crash = f"interrupted: {type(exc).__name__}: {exc}"
             for day in chunk:
@@ -456,8 +520,11 @@ def _process_chunks(
         finally:
             _close_chunk(chunk, results, records)
             runs.append(run_id, flow_run_id, records)
-        if any(results[d].status != "succeeded" for d in chunk) and not continue_on_failure:
+        if any(results[d].status not in ("succeeded", PENDING) for d in chunk) and not continue_on_failure:
             stop = True
+    if not days:  # nothing to compute, only catching up
+        return sorted(catch_up)
+    return pending  # empty: the last chunk that ran materialized
 
 
 def _refresh_docs_index(chunk: list[dt.date]) -> None:
@@ -698,12 +765,14 @@ def backfill(
     with pipeline_lock():
         # Decided under the lock: a backfill that waited for another run skips what that run did.
         done = set() if force else runs.succeeded_dates(d1, d2)
-        todo = [d for d in days if d not in done]
+        # dates an interrupted run computed but did not materialize: only the online store is due
+        catch_up = set() if force else runs.pending_dates(d1, d2)
+        todo = [d for d in days if d not in done and d not in catch_up]
         results = {d: DateResult(d, status="skipped", message="already succeeded") for d in days if d in done}
         for d in sorted(done):
             _progress(d, "skipped")
-        if todo:
-            for r in process_dates(todo, continue_on_failure, max(1, chunk_days)):
+        if todo or catch_up:
+            for r in process_dates(todo, continue_on_failure, max(1, chunk_days), sorted(catch_up)):
                 results[r.day] = r
             # Re-processing a date with different results makes the succeeded dates after it
             # stale (their features saw the old data): redo them now rather than leave the range

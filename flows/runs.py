@@ -26,6 +26,8 @@ from flows import lake
 STAGES = ("ingest", "validate", "transform", "materialize")
 ALL_SOURCES = "*"
 FINAL_OK = "succeeded"
+# A transformed date whose online-store pass is still due (flows.pipeline writes it once per run).
+PENDING = "pending"
 
 RUNS_SCHEMA = pa.schema(
     [
@@ -137,7 +139,7 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
     """
     if not lake.exists("ops", "runs"):
         return []
-    everything = lake.read("ops", "runs").to_pylist()  # staleness needs earlier dates too
+    everything = lake.read_rows("ops", "runs")  # staleness needs earlier dates too
     everything.sort(key=lambda r: r["recorded_at"])
     lo, hi = start, (end or start)
     rows = [r for r in everything if lo is None or lo <= r["execution_date"] <= hi]
@@ -219,8 +221,11 @@ def _stale(everything: list[dict], succeeded: set[dt.date]) -> dict[dt.date, tup
             by_run.setdefault((r["execution_date"], r["run_id"]), []).append(r)
     history: dict[dt.date, list[tuple[dt.datetime, str, tuple]]] = {}
     for (day, run_id), recs in by_run.items():
+        fingerprint = _fingerprint(recs)
+        if not fingerprint:  # a run that only materialized the date changed none of its inputs
+            continue
         when = max(r["recorded_at"] for r in recs)
-        history.setdefault(day, []).append((when, run_id, _fingerprint(recs)))
+        history.setdefault(day, []).append((when, run_id, fingerprint))
     for h in history.values():
         h.sort(key=lambda x: x[0])
     releases = _releases()
@@ -262,14 +267,12 @@ def _stale(everything: list[dict], succeeded: set[dt.date]) -> dict[dt.date, tup
 def _releases() -> list[tuple[dt.date, dt.datetime, str]]:
     """(batch date, when, source) of every quarantine release that moved rows to silver."""
     try:
-        tbl = lake.read("ops", "releases", columns=["_batch_date", "released_at", "source", "rows_released"])
+        rows = lake.read_rows(
+            "ops", "releases", columns=["_batch_date", "released_at", "source", "rows_released"]
+        )
     except lake.LakeError:
         return []
-    return [
-        (r["_batch_date"], r["released_at"], r["source"])
-        for r in tbl.to_pylist()
-        if (r["rows_released"] or 0) > 0
-    ]
+    return [(r["_batch_date"], r["released_at"], r["source"]) for r in rows if (r["rows_released"] or 0) > 0]
 
 
 def date_status(records: list[dict]) -> dict[dt.date, str]:
@@ -287,6 +290,10 @@ def date_status(records: list[dict]) -> dict[dt.date, str]:
         stages_ok = {r["stage"] for r in recs if r["status"] == FINAL_OK}
         if words <= {FINAL_OK} and stages_ok >= set(STAGES):
             status[day] = "succeeded"
+        elif stages_ok >= set(STAGES) - {"materialize"} and {
+            r["status"] for r in recs if r["stage"] == "materialize"
+        } == {PENDING}:
+            status[day] = PENDING
         elif "not_delivered" in words:
             status[day] = "not_delivered"
         elif "rejected" in words:
@@ -300,6 +307,12 @@ def date_status(records: list[dict]) -> dict[dt.date, str]:
 
 def succeeded_dates(start: dt.date, end: dt.date) -> set[dt.date]:
     return {d for d, s in date_status(latest(start, end)).items() if s == "succeeded"}
+
+
+def pending_dates(start: dt.date, end: dt.date) -> set[dt.date]:
+    """Dates computed up to gold whose materialization a run left due (it died before its one
+    online-store pass)."""
+    return {d for d, s in date_status(latest(start, end)).items() if s == PENDING}
 
 
 def newest_succeeded(on_or_before: dt.date) -> dt.date | None:

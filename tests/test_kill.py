@@ -11,7 +11,8 @@ uninterrupted reference run, so each one is known to fire and to sit in the stag
 - chain `daily_rerun`: a complete lake, `asof run --date D2` killed mid-validation (a succeeded date
   half overwritten), before and after the gold publication, during Feast materialization (between
   views and dates) and around the final run records;
-- `chunked`: `--chunk-days 1`, killed in the second chunk: the first date stays succeeded;
+- `chunked`: `--chunk-days 1`, killed in the second chunk: the first date stays `pending` (computed,
+  its online-store pass due at the run's end), and the recovery run only materializes it;
 - `real_process`: one kill of a real `.venv/bin/asof` process (no zygote), to show the two agree.
 
 After every kill: the process died of SIGKILL, and run records show the killed run's dates as
@@ -280,7 +281,7 @@ def kills() -> dict:
                     Kill(
                         f"after_commit:{gold_tables[0]}:2",
                         "transform",
-                        expect={D1: "succeeded", D2: "interrupted"},
+                        expect={D1: "pending", D2: "interrupted"},
                     )
                 ],
             ),
