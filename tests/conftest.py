@@ -2,23 +2,41 @@
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
 import shutil
 from pathlib import Path
+from types import ModuleType
+from typing import NoReturn
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def require_binary(name: str) -> str:
-    """Path of a system binary; in CI (ASOF_REQUIRE_SERVICES=1) a missing one fails, never skips."""
-    path = shutil.which(name)
-    if path:
-        return path
+def _missing(what: str) -> NoReturn:
+    """Skip a test whose requirement is missing, except in CI (ASOF_REQUIRE_SERVICES=1, set by
+    .ci/run, which installs everything): there a missing requirement fails, never skips."""
     if os.environ.get("ASOF_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{name} is required in CI but not installed (.ci/run installs it)")
-    pytest.skip(f"{name} not installed")
+        pytest.fail(f"{what} is required in CI but not installed (.ci/run installs it)")
+    pytest.skip(f"{what} not installed")
+
+
+def require_binary(name: str, path: str | None = None) -> str:
+    """Path of a binary (on PATH, or in the directory list `path`); missing: see _missing."""
+    found = shutil.which(name, path=path)
+    if found:
+        return found
+    _missing(name)
+
+
+def require_module(name: str) -> ModuleType:
+    """The imported module `name`; not installed: see _missing (an import error inside an installed
+    module is raised as it is, never turned into a skip)."""
+    if importlib.util.find_spec(name) is None:
+        _missing(f"Python module {name}")
+    return importlib.import_module(name)
 
 
 @pytest.fixture

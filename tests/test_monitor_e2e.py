@@ -4,7 +4,6 @@ each fault on the day it happened and the alerts name it (issue 8, "done when").
 from __future__ import annotations
 
 import datetime as dt
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,6 @@ DAILY_VIEWS = ("customer_txn_features_daily", "merchant_features_daily")
 def test_backfill_faults_show_in_metrics_alerts_and_report(
     tmp_path: Path, prefect_backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for module in ("flows.validate", "flows.transform", "flows.featurestore"):
-        if importlib.util.find_spec(module) is None:
-            pytest.skip(f"{module} is not there yet")
     from flows import pipeline, simulate
 
     home = tmp_path / "home"

@@ -12,6 +12,7 @@ import pytest
 
 from flows import lake, monitor
 from flows.runs import ALL_SOURCES, StageRecord
+from tests.conftest import require_module
 from tests.monitor_data import (
     details,
     synthetic_customer_gold,
@@ -27,7 +28,7 @@ END = START + dt.timedelta(days=3)
 
 @pytest.mark.timeout(180)
 def test_online_store_matches_latest_gold_then_detects_skew(home: Path) -> None:
-    pytest.importorskip("feast")
+    require_module("feast")
     from flows import featurestore
 
     featurestore.reset_store_cache()

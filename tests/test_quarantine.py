@@ -16,6 +16,7 @@ from flows import quarantine as Q
 from flows import validate as V
 from flows.ingest import INGEST_FILES_SCHEMA
 from flows.sources import bronze_schema, get_source
+from tests.conftest import require_binary
 
 D1 = dt.date(2024, 3, 1)
 NOW = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.UTC)
@@ -225,9 +226,7 @@ def test_cli(batch, fx):
 
 
 def test_cli_refuses_bad_arguments_before_running(home):
-    asof = str(REPO / ".venv" / "bin" / "asof")
-    if not Path(asof).exists():
-        pytest.skip("console script not installed")
+    asof = require_binary("asof", path=str(REPO / ".venv" / "bin"))  # the console script
     for args, needle in (
         (
             ["quarantine", "release", "--source", "transactions", "--date", "2024-02-30"],
