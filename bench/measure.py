@@ -116,9 +116,20 @@ def _fresh_home(args, label: str) -> Path:
     return home
 
 
-def _drop_fresh_home(extra: dict) -> None:
-    if extra.get("fresh_home") and not os.environ.get("ASOF_BENCH_KEEP"):
-        shutil.rmtree(os.environ["ASOF_HOME"], ignore_errors=True)  # a year of lake is ~10 GB
+def _drop_fresh_home(extra: dict, keep_gold: bool = False) -> None:
+    """Delete the fresh home (unless ASOF_BENCH_KEEP); with `keep_gold` keep its lake/gold, the
+    tables the `floor` measurement compares its own with (bench/floor.py)."""
+    if not extra.get("fresh_home") or os.environ.get("ASOF_BENCH_KEEP"):
+        return
+    home = Path(os.environ["ASOF_HOME"])
+    gold, kept = home / "lake" / "gold", home.parent / f"{home.name}.gold"
+    shutil.rmtree(kept, ignore_errors=True)
+    if keep_gold and gold.is_dir():
+        gold.rename(kept)
+    shutil.rmtree(home, ignore_errors=True)  # a year of lake is ~10 GB
+    if kept.is_dir():
+        (home / "lake").mkdir(parents=True)
+        kept.rename(gold)
 
 
 @measurement("backfill")
@@ -127,7 +138,9 @@ def backfill(args) -> dict:
 
     With `{"fresh_home": true}` it runs from scratch in a home of its own that shares only the
     landing files: what a first backfill of N days costs, not the N days on top of whatever earlier
-    measurements left in the lake (more versions, more run records, a bigger Data Docs index)."""
+    measurements left in the lake (more versions, more run records, a bigger Data Docs index).
+    With ASOF_BENCH_KEEP_GOLD set (bench/run.py sets it when a `floor` pair is selected) or
+    `{"keep_gold": true}`, that home's lake/gold survives the run, for the floor's equality check."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     extra = json.loads(args.extra or "{}")
     if extra.get("fresh_home"):
@@ -138,7 +151,7 @@ def backfill(args) -> dict:
         t = time.perf_counter()
         results = pipeline.backfill(args.start, args.end, force=True, chunk_days=args.chunk_days)
         secs = time.perf_counter() - t
-    _drop_fresh_home(extra)
+    _drop_fresh_home(extra, keep_gold=bool(extra.get("keep_gold") or os.environ.get("ASOF_BENCH_KEEP_GOLD")))
     stages = {k: round(v, 2) for k, v in pipeline.STAGE_SECONDS.items()}
     per_day = secs / max(1, len(results))
     return {
@@ -380,6 +393,19 @@ def _transform(fn_name: str):
 
 MEASUREMENTS["transform"] = _transform("measure_transform")
 MEASUREMENTS["transform_limit"] = _transform("measure_transform_limit")
+
+
+@measurement("floor")
+def floor_measurement(args) -> dict:
+    """The hand-written end-to-end floor (bench/floor.py): the range's landing files of args.home
+    -> gold tables as Parquet in a temp dir, in a few DuckDB queries (no lineage, Delta, GE, dbt or
+    Feast). `{"check_against": "fresh-backfill-{start}-{end}"}` compares them, row by row and value
+    by value, with the gold tables of that ASOF_HOME under args.home (the one the `backfill`
+    measurement with fresh_home leaves when asked to keep its gold); the check runs in a child
+    process, outside the floor's seconds and peak RSS."""
+    from bench import floor as hand_written
+
+    return hand_written.measure_floor(args)
 
 
 def main() -> None:

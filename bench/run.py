@@ -43,6 +43,26 @@ class Pair:
     results: dict = field(default_factory=dict)
 
 
+# the floor compares its gold tables with those the `backfill` measurement's fresh home keeps
+FLOOR_CHECK = {"check_against": "fresh-backfill-{start}-{end}"}
+
+
+def end_to_end(days: int) -> Pair:
+    """asof's backfill against the hand-written floor (bench/floor.py) on the same landing files;
+    the backfill is the same measurement (name and options) as the other backfill pairs', so a bench
+    run measures it once."""
+    return Pair(
+        f"end-to-end: backfill {days} days vs hand-written DuckDB floor",
+        ("backfill", {"fresh_home": True}),
+        ("floor", FLOOR_CHECK),
+        "backfill <= 3x the floor (issue 17)"
+        if days == 30
+        else "informational (issue 17: 365-day backfill <= 10 min, <= 4 GB)",
+        days=days,
+        ratio_goal=3.0 if days == 30 else None,
+    )
+
+
 def profile(name: str) -> list[Pair]:
     if name == "quick":
         return [
@@ -91,6 +111,8 @@ def profile(name: str) -> list[Pair]:
                 speedup_goal=10.0,
             )
         )
+        if name == "standard":  # in `full` it comes with the scaling pairs
+            pairs.append(end_to_end(30))
         pairs.append(
             Pair(
                 "daily run: one bench day end to end, fresh process, Prefect server up",
@@ -114,6 +136,8 @@ def profile(name: str) -> list[Pair]:
             )
             for n in (30, 90, 180, 365)
         ]
+        scaling[1:1] = [end_to_end(30)]  # right after the 30-day backfill it shares
+        scaling.append(end_to_end(365))
         # scaling first in `full`: the longest runs, and the figures a run cut short would miss most
         pairs = scaling if name == "scaling" else scaling + pairs
     return pairs
@@ -235,6 +259,9 @@ def main() -> None:
     command = "python -m bench.run " + shlex.join(sys.argv[1:])
     wanted = [w.strip().lower() for w in args.only.split("|")]
     pairs = [p for p in profile(args.profile) if any(w in p.title.lower() for w in wanted)]
+    if any(p.alt and p.alt[0] == "floor" for p in pairs):
+        # the fresh-home backfills keep their gold tables for the floor's equality check
+        os.environ["ASOF_BENCH_KEEP_GOLD"] = "1"
     started = dt.datetime.now(dt.UTC)
     load_at_start = os.getloadavg()
     for p in pairs:
