@@ -5,16 +5,19 @@
 
 The rules are authored here and in `contracts/<source>.yml`, never derived from data. The output is
 committed (`great_expectations.yml`, `expectations/*.json`, `validation_definitions/*.json`,
-`checkpoints/*.json`) and is what GE loads at run time (`flows.validate.ge_context`). Ids are
-deterministic (uuid5 of what they name), so a rebuild without rule changes is byte-identical.
+`checkpoints/*.json`) and is what GE loads at run time (`flows.validation.suites.ge_context`). Ids
+are deterministic (uuid5 of what they name), so a rebuild without rule changes is byte-identical.
 
-Per source:
-  suite `<source>.contract`  on the file header:  every contract column present (critical:
-                              `contract_broken`), no other column (warning: `added_columns`)
-  suite `<source>.rows`      on the rows: row rules (meta.level = row, meta.reason = the quarantine
-                              reason) and batch rules (meta.level = batch, meta.rule = the rule)
-Every expectation carries its rule in `meta`; `flows/validate.py` splits rows by GE's
-`unexpected_index_list` and names reasons from that meta only.
+Per source, both over all the dates a run validates together (a daily run: one; a backfill chunk:
+its dates):
+  suite `<source>.rows`     every row: row rules (meta.level = row, meta.reason = the quarantine
+                             reason); bounds that follow from a row's batch date are helper columns
+                             of the row (`too_late__min`), so one frame holds many dates
+  suite `<source>.batches`  one row per batch date (the summary frame, indexed by the date): batch
+                             rules (meta.level = batch, meta.rule = the rule): file header, malformed
+                             files, type changes, volume, drift, share of failing rows
+Every expectation carries its rule in `meta`; flows/validation splits rows by GE's
+`unexpected_index_list` (row labels), and rejects the dates GE lists (date labels).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from flows import validate as V  # noqa: E402
 from flows.sources import SOURCE_NAMES, get_source  # noqa: E402
+from flows.validation import contracts as V  # noqa: E402
+from flows.validation.parsing import NAIVE_TIMESTAMP_RE  # noqa: E402
 
 NAMESPACE = uuid.UUID("6f1c3a52-8d7e-4b8a-9a53-0c1f7e2b5a10")
 GENERATED = ("great_expectations.yml", "expectations", "validation_definitions", "checkpoints")
@@ -89,7 +93,7 @@ def rows_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
                     "ExpectColumnValuesToNotMatchRegex",
                     {
                         "column": c,
-                        "regex": V.NAIVE_TIMESTAMP_RE,
+                        "regex": NAIVE_TIMESTAMP_RE,
                         **_row(
                             f"naive_timestamp:{c}",
                             f"`{c}` must carry a time zone (`Z` or an offset); a naive time is ambiguous.",
@@ -138,14 +142,16 @@ def rows_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
         elif kind == "not_before_batch":
             out.append(
                 (
-                    "ExpectColumnValuesToBeBetween",
+                    "ExpectColumnPairValuesAToBeGreaterThanB",
                     {
-                        "column": V.parsed_col(rule["column"]),
-                        "min_value": {"$PARAMETER": V.param(rid, "min")},
+                        "column_A": V.parsed_col(rule["column"]),
+                        "column_B": V.bound_col(rid, "min"),
+                        "or_equal": True,
+                        "ignore_row_if": "either_value_is_missing",
                         **_row(
                             rid,
-                            f"`{rule['column']}` must be on or after 00:00 UTC of the batch date minus "
-                            f"{rule['days']} days (`{V.param(rid, 'min')}`, set per run).",
+                            f"`{rule['column']}` must be on or after 00:00 UTC of the row's batch date minus "
+                            f"{rule['days']} days (`{V.bound_col(rid, 'min')}`).",
                         ),
                     },
                 )
@@ -153,15 +159,16 @@ def rows_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
         elif kind == "before_next_day":
             out.append(
                 (
-                    "ExpectColumnValuesToBeBetween",
+                    "ExpectColumnPairValuesAToBeGreaterThanB",
                     {
-                        "column": V.parsed_col(rule["column"]),
-                        "max_value": {"$PARAMETER": V.param(rid, "max")},
-                        "strict_max": True,
+                        "column_A": V.bound_col(rid, "max"),
+                        "column_B": V.parsed_col(rule["column"]),
+                        "or_equal": False,
+                        "ignore_row_if": "either_value_is_missing",
                         **_row(
                             rid,
-                            f"`{rule['column']}` must be before 00:00 UTC of the day after the batch date "
-                            f"(`{V.param(rid, 'max')}`, set per run).",
+                            f"`{rule['column']}` must be before 00:00 UTC of the day after the row's batch "
+                            f"date (`{V.bound_col(rid, 'max')}`).",
                         ),
                     },
                 )
@@ -201,117 +208,142 @@ def rows_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
         else:
             raise ValueError(f"{contract.source}: unknown rule kind {kind!r}")
 
-    # batch-level rules
+    return out
+
+
+def _at_least(column_a: str, column_b: str, rule: str, notes: str, **extra) -> tuple[str, dict]:
+    """`column_a >= column_b` for each date; a date where either is missing is not checked."""
+    return (
+        "ExpectColumnPairValuesAToBeGreaterThanB",
+        {
+            "column_A": column_a,
+            "column_B": column_b,
+            "or_equal": True,
+            "ignore_row_if": "either_value_is_missing",
+            **({"severity": "warning"} if extra.get("severity") == "warning" else {}),
+            **_batch(rule, notes, **extra),
+        },
+    )
+
+
+def batches_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
+    """(expectation class name, kwargs) for `<source>.batches`: one row per batch date."""
+    out: list[tuple[str, dict]] = [
+        (
+            "ExpectColumnValuesToBeInSet",
+            {
+                "column": V.ADDED_COLUMNS_COL,
+                "value_set": [""],
+                "severity": "warning",
+                **_batch(
+                    "added_columns",
+                    "No column outside the contract in the file header (added columns are kept in `_extra`; "
+                    "warning only).",
+                    severity="warning",
+                ),
+            },
+        ),
+        (
+            "ExpectColumnValuesToBeInSet",
+            {
+                "column": V.MISSING_COLUMNS_COL,
+                "value_set": [""],
+                **_batch(
+                    "contract_broken",
+                    "Every contract column is in the file header (missing or renamed: critical).",
+                    check="header",
+                ),
+            },
+        ),
+        (
+            "ExpectColumnValuesToBeInSet",
+            {
+                "column": V.MALFORMED_FILES_COL,
+                "value_set": [""],
+                **_batch(
+                    "contract_broken",
+                    "No delivered file is malformed (no header, unreadable, cut off: critical).",
+                    check="malformed",
+                ),
+            },
+        ),
+    ]
     tc = contract.batch.get("type_change")
     if tc:
+        share = float(tc["max_unparseable_share"])
         for col in contract.columns:
             if col.type in V.TYPED:
                 out.append(
                     (
-                        "ExpectColumnValuesToBeNull",
+                        "ExpectColumnValuesToBeBetween",
                         {
-                            "column": V.unparseable_col(col.name),
-                            "mostly": round(1 - float(tc["max_unparseable_share"]), 6),
+                            "column": V.unparseable_share_col(col.name),
+                            "max_value": share,
                             **_batch(
                                 "contract_broken",
-                                f"More than {100 * tc['max_unparseable_share']:g}% of `{col.name}` "
-                                "unparseable "
-                                f"as {col.type}: the column's type changed, the batch is rejected.",
+                                f"At most {100 * share:g}% of `{col.name}` unparseable as {col.type}; more "
+                                "means the column's type changed: the batch is rejected.",
+                                check="type_change",
                                 column=col.name,
                                 type=col.type,
+                                share_column=V.unparseable_share_col(col.name),
+                                max_share=share,
                             ),
                         },
                     )
                 )
     vol = contract.batch.get("volume", {})
-    out.append(
-        (
-            "ExpectTableRowCountToBeBetween",
-            {
-                "min_value": {"$PARAMETER": V.param("volume", "min")},
-                "max_value": {"$PARAMETER": V.param("volume", "max")},
-                **_batch(
-                    "volume",
-                    f"At least {vol.get('min_rows', 0)} row(s)"
-                    + (
-                        f"; between {vol['min_ratio']:g}x and {vol['max_ratio']:g}x the median landed count "
-                        f"of the previous {vol['trailing_days']} batches"
-                        if "trailing_days" in vol
-                        else ""
-                    )
-                    + ". Critical: the batch is rejected.",
-                ),
-            },
-        )
+    trailing = (
+        f"; between {vol['min_ratio']:g}x and {vol['max_ratio']:g}x the median landed count of the previous "
+        f"{vol['trailing_days']} batches"
+        if "trailing_days" in vol
+        else ""
     )
+    volume_note = f"At least {vol.get('min_rows', 0)} row(s){trailing}. Critical: the batch is rejected."
+    out.append(_at_least(V.ROWS_COL, V.bound_col("volume", "min"), "volume", volume_note))
+    out.append(_at_least(V.bound_col("volume", "max"), V.ROWS_COL, "volume", volume_note))
     if "trailing_days" in vol:
+        note = (
+            f"Between {vol['warn_min_ratio']:g}x and {vol['warn_max_ratio']:g}x the median landed count of "
+            f"the previous {vol['trailing_days']} batches. Warning only."
+        )
         out.append(
-            (
-                "ExpectTableRowCountToBeBetween",
-                {
-                    "min_value": {"$PARAMETER": V.param("volume_warning", "min")},
-                    "max_value": {"$PARAMETER": V.param("volume_warning", "max")},
-                    "severity": "warning",
-                    **_batch(
-                        "volume_warning",
-                        f"Between {vol['warn_min_ratio']:g}x and {vol['warn_max_ratio']:g}x "
-                        "the median landed "
-                        f"count of the previous {vol['trailing_days']} batches. Warning only.",
-                        severity="warning",
-                    ),
-                },
+            _at_least(
+                V.ROWS_COL, V.bound_col("volume_warning", "min"), "volume_warning", note, severity="warning"
+            )
+        )
+        out.append(
+            _at_least(
+                V.bound_col("volume_warning", "max"), V.ROWS_COL, "volume_warning", note, severity="warning"
             )
         )
     drift = contract.batch.get("drift")
     if drift:
+        note = (
+            f"Median `{drift['column']}` of the batch (`{V.MEDIAN_COL}`) between {drift['min_ratio']:g}x and "
+            f"{drift['max_ratio']:g}x the median of the previous {drift['trailing_days']} accepted batch "
+            "dates "
+            f"(checked once {drift['min_history_days']} dates of history exist). Critical."
+        )
+        out.append(_at_least(V.MEDIAN_COL, V.bound_col("amount_drift", "min"), "amount_drift", note))
+        out.append(_at_least(V.bound_col("amount_drift", "max"), V.MEDIAN_COL, "amount_drift", note))
+    fr = contract.batch.get("failing_rows")
+    if fr:
+        note = (
+            f"At most {100 * fr['max_share']:g}% of the rows fail row rules (checked from "
+            f"{fr.get('min_rows', 1)} failing rows; `{V.FAILING_ROWS_MAX_COL}` = the share times the rows). "
+            "Critical."
+        )
         out.append(
-            (
-                "ExpectColumnMedianToBeBetween",
-                {
-                    "column": drift["column"],
-                    "min_value": {"$PARAMETER": V.param("amount_drift", "min")},
-                    "max_value": {"$PARAMETER": V.param("amount_drift", "max")},
-                    **_batch(
-                        "amount_drift",
-                        f"Median `{drift['column']}` between {drift['min_ratio']:g}x and "
-                        f"{drift['max_ratio']:g}x "
-                        f"the median of the previous {drift['trailing_days']} batch dates of silver (checked "
-                        f"once {drift['min_history_days']} dates of history exist). Critical.",
-                    ),
-                },
+            _at_least(
+                V.FAILING_ROWS_MAX_COL,
+                V.FAILING_ROWS_COL,
+                "too_many_failing_rows",
+                note,
+                max_share=float(fr["max_share"]),
             )
         )
     return out
-
-
-def contract_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
-    cols = contract.column_names
-    return [
-        (
-            "ExpectTableColumnsToMatchSet",
-            {
-                "column_set": cols,
-                "exact_match": False,
-                **_batch(
-                    "contract_broken",
-                    "Every contract column is in the file header (missing or renamed: critical).",
-                ),
-            },
-        ),
-        (
-            "ExpectTableColumnsToMatchSet",
-            {
-                "column_set": cols,
-                "exact_match": True,
-                "severity": "warning",
-                **_batch(
-                    "added_columns",
-                    "No column outside the contract (added columns are kept in `_extra`; warning only).",
-                    severity="warning",
-                ),
-            },
-        ),
-    ]
 
 
 _KEYED_SECTION = {"class_name": "KeyedSiteSectionBuilder", "module_name": "flows.datadocs"}
@@ -376,7 +408,7 @@ HEADER = """\
 # Great Expectations 1.x File Data Context of asof (SPEC section 6).
 # GENERATED by expectations/build_suites.py from expectations/contracts/*.yml: edit those, then rebuild.
 # Validation results and Data Docs are written under ASOF_HOME (resolved at run time by
-# flows.validate.ge_context); nothing below is written at run time.
+# flows.validation.suites.ge_context); nothing below is written at run time.
 """
 
 
@@ -408,8 +440,8 @@ def build(out_dir: Path) -> list[Path]:
                 f"{name}: contract and flows/sources.py disagree"
             )
             for asset_name, suite_name, specs in (
-                (V.header_asset(name), V.contract_suite(name), contract_expectations(contract)),
                 (V.rows_asset(name), V.rows_suite(name), rows_expectations(contract)),
+                (V.batches_asset(name), V.batches_suite(name), batches_expectations(contract)),
             ):
                 asset = ds.add_dataframe_asset(asset_name)
                 bd = asset.add_batch_definition_whole_dataframe(V.BATCH_DEFINITION)

@@ -28,6 +28,7 @@ import shutil
 import threading
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 from great_expectations.data_context.types.resource_identifiers import (
     ExpectationSuiteIdentifier,
@@ -356,7 +357,7 @@ def deferred_index() -> Iterator[None]:
 
 def refresh_index() -> None:
     """Render the index if a page was published without it (no-op otherwise)."""
-    from flows.validate import ge_context
+    from flows.validation.suites import ge_context
 
     global _STALE_KEY
     with _STATE_LOCK:
@@ -384,15 +385,15 @@ def _suite_keys(ctx) -> list[ExpectationSuiteIdentifier]:
     )
 
 
-def publish(evaluations) -> list[str]:
-    """Render the pages of these validations and the index (no full rebuild); inside
-    `deferred_index()` the index waits for `refresh_index()`."""
-    from flows.validate import ge_context, iter_results
+def publish(results: Iterable[tuple[ValidationResultIdentifier, Any]]) -> list[str]:
+    """Render the pages of these validation results ((key, result) pairs) and the index (no full
+    rebuild); inside `deferred_index()` the index waits for `refresh_index()`."""
+    from flows.validation.suites import ge_context
 
     ctx = ge_context()
     root = docs_root()
     keys, entries = [], []
-    for key, vr in iter_results(evaluations):
+    for key, vr in results:
         keys.append(key)
         entries.append((key, vr.success, vr.asset_name))
     remember_results(entries)
@@ -418,7 +419,7 @@ def publish(evaluations) -> list[str]:
 def build_site() -> Path:
     """Build what is missing (pages of results without one, suite pages), the index, and make every
     page offline-ready. Returns the index path."""
-    from flows.validate import ge_context
+    from flows.validation.suites import ge_context
 
     ctx = ge_context()
     root = docs_root()

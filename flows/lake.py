@@ -361,6 +361,18 @@ def date_predicate(column: str, start: dt.date, end: dt.date | None = None) -> s
     return f"{column} >= {_literal(start)} AND {column} <= {_literal(end)}"
 
 
+def dates_predicate(column: str, days: Iterable[dt.date]) -> str:
+    """A delta-rs predicate matching exactly `days` (validated dates only, never user text)."""
+    days = sorted(set(days))
+    if not days:
+        raise LakeError("a predicate needs at least one date")
+    if len(days) == 1:
+        return date_predicate(column, days[0])
+    if not isinstance(column, str) or not _NAME.fullmatch(column):
+        raise LakeError(f"invalid column name {column!r}")
+    return f"{column} IN ({', '.join(_literal(d) for d in days)})"
+
+
 @contextlib.contextmanager
 def lock(layer: str, name: str, timeout_s: float | None = None) -> Iterator[None]:
     """One writer per table at a time, across processes on this host.

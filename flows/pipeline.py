@@ -148,17 +148,18 @@ def ingest_batch(source: str, day: dt.date) -> IngestOutcome:
 
 
 @task(
-    name="validate-batch",
+    name="validate-dates",
     retries=1,
     retry_delay_seconds=[2],
     cache_policy=NO_CACHE,
-    task_run_name="validate {day}",
+    task_run_name="validate {label}",
     timeout_seconds=stage_timeout("validate"),
 )
-def validate_batch(day: dt.date) -> dict:
-    from flows.validate import validate_date
+def validate_dates(days: list[dt.date], stop_on_failure: bool, label: str) -> dict:
+    """Every source of `days`, validated together (flows.validation.stage)."""
+    from flows.validation.stage import validate_dates as validate
 
-    return validate_date(day)
+    return validate(days, stop_on_failure=stop_on_failure)
 
 
 @task(
@@ -215,8 +216,7 @@ def _attr(obj, name, default=None):
 
 
 def _submit_ingest(days: list[dt.date]) -> dict[tuple[str, dt.date], PrefectFuture]:
-    """Every (source, date) batch of the chunk goes to the task runner at once, in date order, so the
-    first dates are ingested first and validation can start on them while later dates still load."""
+    """Every (source, date) batch of the chunk goes to the task runner at once, in date order."""
     return {(s, d): ingest_batch.submit(s, d) for d in days for s in SOURCE_NAMES}
 
 
@@ -259,51 +259,73 @@ def _collect_ingest(
     _progress(day, "ingested")
 
 
-def _validate_stage(day: dt.date, res: DateResult, records: list[StageRecord]) -> bool:
+def _validate_stage(
+    days: list[dt.date], results: dict[dt.date, DateResult], records: list[StageRecord], stop_on_failure: bool
+) -> list[dt.date]:
+    """Validate `days` together; record each date's outcome per source. Returns the dates that
+    validated (every source succeeded). With `stop_on_failure` the dates after the first that did
+    not are not validated (no record: the chunk's close marks them not run)."""
+    if not days:
+        return []
+    label = days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
     try:
-        outcome = validate_batch(day)
+        outcome = validate_dates(days, stop_on_failure, label)
     except Exception as exc:
-        records.append(
-            StageRecord(day, "validate", ALL_SOURCES, "failed", message=f"{type(exc).__name__}: {exc}")
-        )
-        res.stages["validate"] = "failed"
-        res.message = res.message or f"validate: {exc}"
-        return False
-    ok = True
-    problems: list[str] = []
-    for source, v in outcome.items():
-        status = _attr(v, "status", "failed")
-        records.append(
-            StageRecord(
-                day,
-                "validate",
-                source,
-                status,
-                rows_in=_attr(v, "rows_bronze"),
-                rows_out=_attr(v, "rows_silver"),
-                rows_quarantined=_attr(v, "rows_quarantined"),
-                message=_attr(v, "message", ""),
-                details={
-                    "reasons": _attr(v, "reasons", {}),
-                    "warnings": _attr(v, "warnings", []),
-                    "rejected_rule": _attr(v, "rejected_rule"),
-                    "validation_run_id": _attr(v, "validation_run_id"),
-                    "data_docs": _attr(v, "data_docs_url"),
-                },
+        # a conservation violation on D: the dates before it were written and checked
+        done = getattr(exc, "outcome", None) or {}
+        good = _record_validations([d for d in days if d in done], done, results, records)
+        at = getattr(exc, "day", None)
+        for day in (d for d in days if d not in done):
+            if stop_on_failure and at is not None and day > at:
+                continue  # validating date by date, the run would have stopped at `at`
+            records.append(
+                StageRecord(day, "validate", ALL_SOURCES, "failed", message=f"{type(exc).__name__}: {exc}")
             )
-        )
-        c = res.counts.setdefault(source, {})
-        c["silver"], c["quarantined"] = _attr(v, "rows_silver"), _attr(v, "rows_quarantined")
-        if status != "succeeded":
-            ok = False
-            problems.append(f"{source} {status}: {_attr(v, 'message', '')}")
-    statuses = {_attr(v, "status", "failed") for v in outcome.values()}
-    res.stages["validate"] = (
-        "succeeded" if ok else ("rejected" if statuses <= {"succeeded", "rejected"} else "failed")
-    )
-    if not ok:
-        res.message = res.message or "; ".join(problems)
-    return ok
+            results[day].stages["validate"] = "failed"
+            results[day].message = results[day].message or f"validate: {exc}"
+        return good
+    return _record_validations([d for d in days if d in outcome], outcome, results, records)
+
+
+def _record_validations(
+    days: list[dt.date], outcome: dict, results: dict[dt.date, DateResult], records: list[StageRecord]
+) -> list[dt.date]:
+    good: list[dt.date] = []
+    for day in days:
+        res = results[day]
+        problems: list[str] = []
+        for source, v in outcome[day].items():
+            records.append(
+                StageRecord(
+                    day,
+                    "validate",
+                    source,
+                    v.status,
+                    rows_in=v.rows_bronze,
+                    rows_out=v.rows_silver,
+                    rows_quarantined=v.rows_quarantined,
+                    message=v.message,
+                    details={
+                        "reasons": v.reasons,
+                        "warnings": v.warnings,
+                        "rejected_rule": v.rejected_rule,
+                        "validation_run_id": v.validation_run_id,
+                        "data_docs": v.data_docs_url,
+                    },
+                )
+            )
+            c = res.counts.setdefault(source, {})
+            c["silver"], c["quarantined"] = v.rows_silver, v.rows_quarantined
+            if v.status != "succeeded":
+                problems.append(f"{source} {v.status}: {v.message}")
+        statuses = {v.status for v in outcome[day].values()}
+        if not problems:
+            res.stages["validate"] = "succeeded"
+            good.append(day)
+        else:
+            res.stages["validate"] = "rejected" if statuses <= {"succeeded", "rejected"} else "failed"
+            res.message = res.message or "; ".join(problems)
+    return good
 
 
 def _transform_stage(
@@ -462,38 +484,35 @@ def _process_chunks(
         records: list[StageRecord] = []
         try:
             log.info("chunk %s..%s: ingest %d dates", chunk[0], chunk[-1], len(chunk))
-            # Ingest runs on the task runner's threads while this thread validates: date D is
-            # validated as soon as its own batches are in (validation reads bronze D and earlier
-            # silver, never a later bronze date), so loading D+1.. overlaps checking D.
-            # "ingest" time is then the time spent waiting for a date's batches.
+            # Every (source, date) batch of the chunk is ingested on the task runner's threads; the
+            # chunk is then validated as one set (flows.validation.stage).
             ingesting = _submit_ingest(chunk)
-            good: list[dt.date] = []
-            for day in chunk:
-                res = results[day]
-                with _timed("ingest"):
+            with _timed("ingest"):
+                for day in chunk:
                     _collect_ingest(day, ingesting, results, records)
-                # Malformed files still go through validation, so their rows land in quarantine
-                # with a reason; a source not delivered at all stops the date here.
-                if res.stages.get("ingest") in ("succeeded", "malformed"):
-                    with _timed("validate"):
-                        ok = _validate_stage(day, res, records)
-                    if ok:
-                        good.append(day)
-                        _progress(day, "validated")
-                        continue
-                else:
-                    res.stages["validate"] = "skipped"
+            # Malformed files still go through validation, so their rows land in quarantine with
+            # a reason; a source not delivered at all stops the date here.
+            todo: list[dt.date] = []
+            for day in chunk:
+                if results[day].stages.get("ingest") in ("succeeded", "malformed"):
+                    todo.append(day)
+                    continue
+                results[day].stages["validate"] = "skipped"
                 _progress(day, "failed")
                 if not continue_on_failure:
                     stop = True
-                    for later in chunk[chunk.index(day) + 1 :]:
-                        results[
-                            later
-                        ].message = f"stopped: {day.isoformat()} failed (use --continue-on-failure)"
                     break
-            with _timed("ingest"):  # dates after a stop: their batches are in bronze, record them
-                for day in sorted({d for _, d in ingesting}):
-                    _collect_ingest(day, ingesting, results, records)
+            with _timed("validate"):
+                good = _validate_stage(todo, results, records, stop_on_failure=not continue_on_failure)
+            for day in todo:
+                _progress(day, "validated" if day in good else "failed")
+            failed = [d for d in chunk if d not in good and results[d].stages.get("validate") is not None]
+            if failed and not continue_on_failure:
+                stop = True
+                for later in chunk[chunk.index(failed[0]) + 1 :]:
+                    results[
+                        later
+                    ].message = f"stopped: {failed[0].isoformat()} failed (use --continue-on-failure)"
             _refresh_docs_index(chunk)
             with _timed("transform"):
                 _transform_stage(good, results, records)

@@ -27,8 +27,9 @@ import numpy as np
 import pyarrow as pa
 
 from flows import lake
-from flows import validate as V
 from flows.sources import SOURCE_NAMES, bronze_schema, get_source, silver_schema
+from flows.validation import storage
+from flows.validation.stage import Evaluation, revalidate, write_split
 
 RELEASES_SCHEMA = pa.schema(
     [
@@ -70,7 +71,7 @@ def _read(source: str, day: dt.date | None = None, start: dt.date | None = None,
         if end is not None:
             upper = ds.field("_batch_date") <= pa.scalar(end, pa.date32())
             flt = upper if flt is None else flt & upper
-    return lake.read("quarantine", src.name, filter=flt, schema=V.quarantine_schema(src))
+    return lake.read("quarantine", src.name, filter=flt, schema=storage.quarantine_schema(src))
 
 
 def list_counts(
@@ -166,7 +167,6 @@ def release(source: str, day: dt.date, rule: str | None = None, *, build_docs: b
 
 def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -> ReleaseResult:
     src = get_source(source)
-    contract = V.load_contract(src.name)
     res = ReleaseResult(src.name, day, rule)
     q = _read(src.name, day)
     if q.num_rows == 0:
@@ -179,14 +179,13 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
         res.rows_still_quarantined = q.num_rows
         res.message = f"no quarantined {src.name} row of {day.isoformat()} has reason {rule!r}"
         return res
-    fx = V.load_fx_rates()
     names = bronze_schema(src).names
     whole_batch = any(r.startswith("batch_rejected:") for rs in reasons for r in rs or [])
 
     if whole_batch:
         # The batch was rejected as a whole: judge it again as a whole batch (header, volume, drift,
         # share of failing rows), from the rows quarantine holds, which must be all of bronze D.
-        n_bronze = V._row_ids("bronze", src.name, day).num_rows
+        n_bronze = storage.row_ids("bronze", src.name, [day]).num_rows
         if n_bronze != q.num_rows:
             res.message = (
                 f"quarantine holds {q.num_rows} of the {n_bronze} bronze rows of a rejected batch: "
@@ -194,29 +193,20 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
             )
             res.rows_still_quarantined = q.num_rows
             return res
-        rows = V._ordered(q.select(names))
-        delivery = V._delivery_info(src, day, rows)
-        batch = V._prepare(src, contract, day, rows)
-        ev = V._evaluate(batch, delivery, fx, run_label="release")
+        ev = revalidate(src.name, day, q.select(names), whole_batch=True)
         res.validation_run_id = ev.run_id
         if ev.status != "succeeded":
             res.rows_still_quarantined = q.num_rows
             res.message = f"not released: {ev.message or ev.status}"
             _publish(ev, build_docs, res)
             return res
-        V.write_split(ev)
-        released = _row_ids(V._take(rows, np.flatnonzero(~ev.failing)))
+        write_split(ev)
+        released = _row_ids(ev.batches.rows.take(pa.array(ev.to_silver(day), pa.int64())))
     else:
-        cand = V._ordered(q.take(pa.array(selected, pa.int64())).select(names))
-        batch = V._prepare(src, contract, day, cand)
-        ev = V._evaluate(
-            batch,
-            V._Delivery(True, [], []),
-            fx,
-            full_batch=False,
-            include_day_silver=True,
-            run_label="release",
+        ev = revalidate(
+            src.name, day, q.take(pa.array(selected, pa.int64())).select(names), whole_batch=False
         )
+        cand = ev.batches.rows
         res.validation_run_id = ev.run_id
         if ev.status == "failed":
             raise RuntimeError(f"release of {src.name} {day}: {ev.message}")
@@ -229,8 +219,8 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
             )
             _publish(ev, build_docs, res)
             return res
-        promoted = V.silver_rows(batch, good, ev.run_id)
-        released = _row_ids(V._take(cand, good))
+        promoted = storage.silver_rows(cand, ev.batches.typed, src, good, ev.run_id)
+        released = _row_ids(cand.take(pa.array(good, pa.int64())))
         gone = set(released)
         keep = [i for i, rid in enumerate(_row_ids(q)) if rid not in gone]
         existing = lake.read("silver", src.name, days=[day], schema=silver_schema(src))
@@ -240,10 +230,10 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
         new_q = _refresh_reasons(q.take(pa.array(keep, pa.int64())), cand, ev)
         # silver first: a crash in between leaves a row in both tables, which the conservation check
         # reports and a re-run of the date repairs; never a lost row
-        V._replace_partition("silver", src, day, new_silver, silver_schema(src))
-        V._replace_partition("quarantine", src, day, new_q, V.quarantine_schema(src))
+        storage.replace_partitions("silver", src, [day], new_silver, silver_schema(src))
+        storage.replace_partitions("quarantine", src, [day], new_q, storage.quarantine_schema(src))
 
-    _, n_silver, n_quarantine = V.check_conservation(src.name, day)
+    _, n_silver, n_quarantine = storage.check_conservation(src.name, day)
     res.rows_released = len(released)
     res.rows_still_quarantined = n_quarantine
     res.release_id = f"release-{day.isoformat()}-{src.name}-{uuid.uuid4().hex[:12]}"
@@ -254,13 +244,13 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
         left = Counter(r for i, rs in ev.row_reasons.items() for r in rs)
         res.still_failing = dict(left)
     _record_release(res, released)
-    median = V._silver_median(ev) if whole_batch else None
+    median = ev.silver_median(day) if whole_batch else None
     _refresh_validation_record(src.name, day, n_silver, n_quarantine, res, median)
     _publish(ev, build_docs, res)
     return res
 
 
-def _refresh_reasons(remaining: pa.Table, cand: pa.Table, ev) -> pa.Table:
+def _refresh_reasons(remaining: pa.Table, cand: pa.Table, ev: Evaluation) -> pa.Table:
     """Rows that were re-validated and still fail get their current reasons (and the release's run id);
     rows outside the release's `rule` keep theirs."""
     current = {rid: (ev.reasons_for(i), ev.run_id) for i, rid in enumerate(_row_ids(cand))}
@@ -275,14 +265,16 @@ def _refresh_reasons(remaining: pa.Table, cand: pa.Table, ev) -> pa.Table:
     return remaining.set_column(idx_v, "_validation_run_id", pa.array(run_ids, pa.string()))
 
 
-def _publish(ev, build_docs: bool, res: ReleaseResult) -> None:
-    url, _, _ = V._docs_paths(ev)
-    res.data_docs_url = url
+def _publish(ev: Evaluation, build_docs: bool, res: ReleaseResult) -> None:
+    from flows.config import settings
+
+    rows_page, _ = ev.docs_paths()
+    res.data_docs_url = (settings().docs_dir / rows_page).as_uri() if rows_page else None
     if build_docs:
         from flows import datadocs
 
         try:
-            datadocs.publish([ev])
+            datadocs.publish(ev.results)
         except Exception:  # a report, never a reason to fail a release
             import logging
 
@@ -319,10 +311,10 @@ def _refresh_validation_record(
     source: str, day: dt.date, n_silver: int, n_quarantine: int, res: ReleaseResult, median: float | None
 ) -> None:
     """Keep ops/validations in step with the partitions after a release."""
-    previous = V.read_validations(day, source)
+    previous = storage.read_validations(day, source)
     q = _read(source, day)
     counts = Counter(r for rs in q.column("_reasons").to_pylist() for r in rs or [])
-    v = V.SourceValidation(
+    v = storage.SourceValidation(
         source,
         day,
         "succeeded",
@@ -338,7 +330,7 @@ def _refresh_validation_record(
     if median is None and previous:
         median = previous[0]["amount_usd_median"]
     v.amount_usd_median = median
-    V._record([v])
+    storage.record([v])
 
 
 def compact_value(value) -> str:

@@ -7,7 +7,7 @@ wrong rows). Ingest (bronze row count), validation (`check_conservation` after t
 runs, no gold for it) and the run records must say the date failed.
 
 Each test was run against the bug it guards (in a copy of the repository): without the
-`check_conservation` call in `flows.validate._validate_source` the validation tests fail, without
+conservation check in `flows.validation.stage.validate_dates` the validation tests fail, without
 the bronze row-count check at the end of `flows.ingest.ingest` the ingest tests fail, and without
 the `check_conservation` call in `flows.quarantine._release` the release tests fail.
 """
@@ -19,13 +19,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
 from flows import lake, runs
 from flows import quarantine as Q
-from flows import validate as V
 from flows.ingest import ingest
+from flows.validation import contracts, stage, storage
 from tests.test_quarantine import land, txn
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
@@ -52,19 +53,22 @@ MUTATIONS: dict[str, Callable[[pa.Table], pa.Table]] = {"drop": _drop, "double":
 def corrupt_writes(
     monkeypatch: pytest.MonkeyPatch, layer: str, table: str, day: dt.date, how: str
 ) -> list[int]:
-    """Every later write of `layer`/`table` holding rows of `day` goes through MUTATIONS[how].
+    """In every later write of `layer`/`table`, the rows of `day` go through MUTATIONS[how] (a write
+    may hold several dates: validation writes all the dates of a run in one commit).
 
-    Returns the list of row counts the callers asked to write (one per corrupted write), so a test
-    can tell that the faulty writer was reached at all."""
+    Returns the list of row counts of `day` the callers asked to write (one per corrupted write), so
+    a test can tell that the faulty writer was reached at all."""
     real = lake.replace
     mutate = MUTATIONS[how]
     asked: list[int] = []
 
     def replace(layer_: str, name: str, data: pa.Table, *args, **kwargs) -> int:
-        ours = (layer_, name) == (layer, table) and data.num_rows
-        if ours and set(data.column("_batch_date").to_pylist()) == {day}:
-            asked.append(data.num_rows)
-            data = mutate(data)
+        if (layer_, name) == (layer, table) and data.num_rows:
+            of_day = pc.equal(data.column("_batch_date"), pa.scalar(day, pa.date32()))
+            mine = data.filter(of_day)
+            if mine.num_rows:
+                asked.append(mine.num_rows)
+                data = pa.concat_tables([data.filter(pc.invert(of_day)), mutate(mine)])
         return real(layer_, name, data, *args, **kwargs)
 
     monkeypatch.setattr(lake, "replace", replace)
@@ -135,7 +139,7 @@ def test_pipeline_stops_a_date_whose_bronze_write_loses_a_row(
     # nothing after ingest was written for D2: no split, no validation record, no gold
     for layer in ("silver", "quarantine"):
         assert rows_of(layer, "transactions", D2) == 0, layer
-    assert V.read_validations(D2) == []
+    assert storage.read_validations(D2) == []
     _assert_gold_only_for(D1)
 
 
@@ -146,7 +150,7 @@ def test_pipeline_stops_a_date_whose_bronze_write_loses_a_row(
 def fx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     seed = tmp_path / "fx_rates.csv"
     seed.write_text("currency,usd_rate\nUSD,1.0\nEUR,1.08\nGBP,1.27\n")
-    monkeypatch.setattr(V, "FX_SEED", seed)
+    monkeypatch.setattr(contracts, "FX_SEED", seed)
     return seed
 
 
@@ -181,12 +185,14 @@ def test_validation_raises_when_the_split_loses_doubles_or_swaps_a_row(
     bronze_batch: int, monkeypatch: pytest.MonkeyPatch, layer: str, how: str, problem: str
 ) -> None:
     asked = corrupt_writes(monkeypatch, layer, "transactions", Q_DAY, how)
-    with pytest.raises(V.ConservationError) as err:
-        V.validate_date(Q_DAY, ["merchants", "transactions"], build_docs=False)
+    with pytest.raises(storage.ConservationError) as err:
+        stage.validate_date(Q_DAY, ["merchants", "transactions"], build_docs=False)
     assert str(err.value) == f"conservation violated for transactions {Q_DAY}: {problem}"
     assert asked == [200 if layer == "silver" else 6]
     # the sources validated before it are recorded; the broken one is not recorded as anything
-    assert [(r["source"], r["status"]) for r in V.read_validations(Q_DAY)] == [("merchants", "succeeded")]
+    assert [(r["source"], r["status"]) for r in storage.read_validations(Q_DAY)] == [
+        ("merchants", "succeeded")
+    ]
 
 
 @pytest.mark.slow
@@ -218,7 +224,7 @@ def test_pipeline_stops_a_date_whose_split_loses_a_row(
     assert why in results[1]["message"]
 
     _assert_recorded_failed(D2, stage="validate", source=runs.ALL_SOURCES, why=f"ConservationError: {why}")
-    assert "transactions" not in {r["source"] for r in V.read_validations(D2)}
+    assert "transactions" not in {r["source"] for r in storage.read_validations(D2)}
     assert rows_of("bronze", "transactions", D2) == n
     _assert_gold_only_for(D1)
 
@@ -228,10 +234,10 @@ def test_pipeline_stops_a_date_whose_split_loses_a_row(
 
 @pytest.fixture
 def validated(bronze_batch: int, fx: Path) -> dict:
-    out = V.validate_date(Q_DAY, ["merchants", "transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(Q_DAY, ["merchants", "transactions"], build_docs=False)["transactions"]
     assert (out.status, out.rows_silver, out.rows_quarantined) == ("succeeded", 200, 6)
     fx.write_text(fx.read_text() + "JPY,0.0067\n")  # the rule fix: 4 rows now pass
-    return V.read_validations(Q_DAY, "transactions")[0]
+    return storage.read_validations(Q_DAY, "transactions")[0]
 
 
 @pytest.mark.parametrize(
@@ -246,13 +252,13 @@ def test_release_raises_when_its_writes_lose_or_double_a_row(
     validated: dict, monkeypatch: pytest.MonkeyPatch, layer: str, how: str, problem: str
 ) -> None:
     asked = corrupt_writes(monkeypatch, layer, "transactions", Q_DAY, how)
-    with pytest.raises(V.ConservationError) as err:
+    with pytest.raises(storage.ConservationError) as err:
         Q.release("transactions", Q_DAY, build_docs=False)
     assert str(err.value) == f"conservation violated for transactions {Q_DAY}: {problem}"
     assert asked == [204 if layer == "silver" else 2]
     # no release is recorded and the validation record is not refreshed to the broken counts
     assert Q.read_releases("transactions", Q_DAY) == []
-    assert V.read_validations(Q_DAY, "transactions")[0] == validated
+    assert storage.read_validations(Q_DAY, "transactions")[0] == validated
 
 
 def test_release_of_a_rejected_batch_raises_when_its_split_loses_a_row(
@@ -266,20 +272,20 @@ def test_release_of_a_rejected_batch_raises_when_its_split_loses_a_row(
     )
     rows = [txn(i) for i in range(90)] + [txn(1000 + i, currency="JPY") for i in range(10)]
     land("transactions", Q_DAY, rows)  # 10% unknown currency: the whole batch is rejected
-    out = V.validate_date(Q_DAY, ["merchants", "transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(Q_DAY, ["merchants", "transactions"], build_docs=False)["transactions"]
     assert out.status == "rejected" and out.rows_quarantined == 100
-    before = V.read_validations(Q_DAY, "transactions")[0]
+    before = storage.read_validations(Q_DAY, "transactions")[0]
     fx.write_text(fx.read_text() + "JPY,0.0067\n")
 
     asked = corrupt_writes(monkeypatch, "silver", "transactions", Q_DAY, "drop")
-    with pytest.raises(V.ConservationError) as err:
+    with pytest.raises(storage.ConservationError) as err:
         Q.release("transactions", Q_DAY, build_docs=False)
     assert str(err.value) == (
         f"conservation violated for transactions {Q_DAY}: bronze has 100 rows, silver 99 + quarantine 0 = 99"
     )
     assert asked == [100]
     assert Q.read_releases("transactions", Q_DAY) == []
-    assert V.read_validations(Q_DAY, "transactions")[0] == before
+    assert storage.read_validations(Q_DAY, "transactions")[0] == before
 
 
 def test_release_command_fails_when_the_release_loses_a_row(

@@ -7,7 +7,7 @@ ingests it and validates the date, and checks:
 - the expected outcome: quarantined rows with their reason, a rejected batch with its rule, or a
   file-level error whose message names the file;
 - conservation: rows landed (counted by the case builder) = bronze rows = silver + quarantine, row
-  for row (`flows.validate.check_conservation`); a rejected batch sends nothing to silver;
+  for row (`flows.validation.storage.check_conservation`); a rejected batch sends nothing to silver;
 - other dates untouched: every partition of days 7 and 9 is byte-for-byte what it was.
 
 Cases are in `tests/corpus/`. One slow test drives a broken batch through the Prefect flow.
@@ -43,8 +43,8 @@ def _day_files(landing: Path, source: str, day: dt.date) -> bytes:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean lake of 9 days, ingested and validated (no Data Docs)."""
-    from flows import validate as V
     from flows.ingest import ingest
+    from flows.validation import stage
 
     home = tmp_path_factory.mktemp("corpus_base")
     mp = pytest.MonkeyPatch()
@@ -57,7 +57,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
             day = START + dt.timedelta(days=i)
             for s in SOURCE_NAMES:
                 assert ingest(s, day).status == "succeeded"
-            out = V.validate_date(day, build_docs=False)
+            out = stage.validate_date(day, build_docs=False)
             assert {v.status for v in out.values()} == {"succeeded"}, {k: v.message for k, v in out.items()}
     finally:
         mp.undo()
@@ -142,8 +142,8 @@ def test_regenerating_one_day_reproduces_the_clean_files(base: Path, tmp_path: P
      for c in CASES],
 )  # fmt: skip
 def test_bad_input(case: Case, base: Path, home: Path, tmp_path: Path) -> None:
-    from flows import validate as V
     from flows.ingest import ingest, landing_dir
+    from flows.validation import stage, storage
 
     # the lake of the base, and only the batch folder under test (ingest reads nothing else)
     shutil.copytree(base / "lake", home / "lake")
@@ -167,7 +167,7 @@ def test_bad_input(case: Case, base: Path, home: Path, tmp_path: Path) -> None:
         landed = case.build(folder, ctx)
 
     out = ingest(case.source, CASE_DAY)
-    result = V.validate_date(CASE_DAY, sources=[case.source], build_docs=False)
+    result = stage.validate_date(CASE_DAY, sources=[case.source], build_docs=False)
     v = result[case.source]
     seen = f"ingest {out.status}: {out.message!r}\nvalidate {v.status} rule={v.rejected_rule}: {v.message!r}"
 
@@ -198,7 +198,7 @@ def test_bad_input(case: Case, base: Path, home: Path, tmp_path: Path) -> None:
 
     # conservation: landed = bronze = silver + quarantine, row for row
     assert out.rows == landed, seen
-    nb, ns, nq = V.check_conservation(case.source, CASE_DAY)
+    nb, ns, nq = storage.check_conservation(case.source, CASE_DAY)
     assert (nb, ns + nq) == (landed, landed), seen
     assert (v.rows_bronze, v.rows_silver, v.rows_quarantined) == ((nb, ns, nq) if landed else (0, 0, 0))
     if case.validate in ("rejected", "not_delivered"):
@@ -217,7 +217,7 @@ def test_broken_batch_through_the_flow_then_redelivery_repairs_it() -> None:
     """`asof backfill` over a rejected batch, then the runbook's re-delivery procedure: rerun the
     range: the rejected date and the later date it made stale are both redone, and the lake equals a
     clean run's. (`asof status` flagging a stale date is tested in test_reliability_lake.py.)"""
-    from flows import validate as V
+    from flows.validation import storage
     from tests.corpus import wrong_delimiter
     from tests.test_kill_harness import asof_home, date_statuses, diff, harness, snapshot
 
@@ -239,9 +239,9 @@ def test_broken_batch_through_the_flow_then_redelivery_repairs_it() -> None:
     with asof_home(home):
         for day in (d1, d2, d3):
             for s in SOURCE_NAMES:
-                nb, ns, nq = V.check_conservation(s, day)
+                nb, ns, nq = storage.check_conservation(s, day)
                 assert nb == ns + nq
-        assert V.check_conservation("transactions", d2) == (landed, 0, landed)
+        assert storage.check_conservation("transactions", d2) == (landed, 0, landed)
 
     # the corrected re-delivery (runbook): replace the file, rerun the date
     shutil.rmtree(folder)

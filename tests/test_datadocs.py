@@ -9,11 +9,11 @@ import pytest
 from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
 
 from flows import datadocs
-from flows import validate as V
 from flows.config import settings
 from flows.ingest import ingest
 from flows.simulate import generate, parse_fault, parse_scale
 from flows.sources import SOURCE_NAMES
+from flows.validation import contracts, stage, suites
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 
@@ -30,7 +30,7 @@ def site(tmp_path_factory):
     for day in (D1, D2):
         for s in SOURCE_NAMES:
             ingest(s, day)
-        outs[day] = V.validate_date(day)
+        outs[day] = stage.validate_date(day)
     yield home, outs
     mp.undo()
 
@@ -71,7 +71,7 @@ def test_index_does_not_reread_results(site, monkeypatch):
     """The index lists every run from the small cache, never by loading each stored result, and a
     rebuild renders only what is missing: every result already has its page, so no result page is
     rendered again (how long that takes is bench/'s business, not a test's)."""
-    ctx = V.ge_context()
+    ctx = suites.ge_context()
 
     def boom(*a, **k):
         raise AssertionError("index re-read a validation result")
@@ -161,7 +161,7 @@ def test_server_binds_loopback_only(site):
 
 
 def test_nothing_is_written_into_the_repository(site):
-    repo_ctx = V.EXPECTATIONS_DIR
+    repo_ctx = contracts.EXPECTATIONS_DIR
     assert not (repo_ctx / "uncommitted").exists()
     assert not (repo_ctx / "plugins").exists()
     for sub in ("expectations", "checkpoints", "validation_definitions"):
@@ -176,32 +176,32 @@ def test_a_range_renders_the_index_per_chunk_not_per_date(site):
     home, _ = site
     index = home / "docs" / "index.html"
     with datadocs.deferred_index():
-        first = V.validate_date(D2)["transactions"]
+        first = stage.validate_date(D2)["transactions"]
         assert (home / "docs" / first.data_docs_path).exists()
         assert first.validation_run_id not in index.read_text()
         datadocs.refresh_index()
         assert first.validation_run_id in index.read_text()
-        second = V.validate_date(D2)["transactions"]
+        second = stage.validate_date(D2)["transactions"]
         assert second.validation_run_id not in index.read_text()
     html = index.read_text()
     assert second.validation_run_id in html
     assert datadocs.MARKER in html and datadocs.remote_references(html) == []
     # outside a range every publish renders the index again
-    third = V.validate_date(D2)["transactions"]
+    third = stage.validate_date(D2)["transactions"]
     assert third.validation_run_id in index.read_text()
 
 
 def test_an_index_that_failed_to_render_is_rendered_by_the_next_refresh(site, monkeypatch):
     home, _ = site
     index = home / "docs" / "index.html"
-    ctx = V.ge_context()
+    ctx = suites.ge_context()
     real = ctx.build_data_docs
 
     def disk_full(*a, **k):
         raise OSError("No space left on device")
 
     with datadocs.deferred_index():
-        run = V.validate_date(D2)["transactions"]
+        run = stage.validate_date(D2)["transactions"]
         monkeypatch.setattr(ctx, "build_data_docs", disk_full)
         with pytest.raises(OSError):
             datadocs.refresh_index()
@@ -215,7 +215,7 @@ def test_publishing_a_date_renders_its_pages_without_listing_the_results_store(s
     """GE's section builder lists every stored result to render the few it is given, a cost that
     grows with history; ours renders exactly the given pages and leaves every other page alone."""
     home, outs = site
-    ctx = V.ge_context()
+    ctx = suites.ge_context()
     store = ctx.stores[ctx.validation_results_store_name]
 
     def listing(*a, **k):
@@ -225,7 +225,7 @@ def test_publishing_a_date_renders_its_pages_without_listing_the_results_store(s
     old_mtime = old_page.stat().st_mtime_ns
     monkeypatch.setattr(store, "list_keys", listing)
     with datadocs.deferred_index():
-        run = V.validate_date(D2)
+        run = stage.validate_date(D2)
         monkeypatch.undo()  # the index, rendered as the scope ends, does list every result
     for source in SOURCE_NAMES:
         page = home / "docs" / run[source].data_docs_path

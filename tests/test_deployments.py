@@ -54,7 +54,7 @@ def test_stage_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
 
     tasks = {
         "ingest": pipeline.ingest_batch,
-        "validate": pipeline.validate_batch,
+        "validate": pipeline.validate_dates,
         "transform": pipeline.transform_features,
         "materialize": pipeline.materialize_features,
         "monitor": pipeline.monitor_dates,
@@ -259,7 +259,7 @@ def _hang_in_python(*_args: Any) -> None:
         time.sleep(0.05)
 
 
-def _hang_blocking(*_args: Any) -> None:
+def _hang_blocking(*_args: Any, **_kwargs: Any) -> None:
     """A stage stuck in one blocking call."""
     time.sleep(600)
 
@@ -283,9 +283,9 @@ def test_a_stage_over_its_timeout_fails_the_run_and_notifies(
             pipeline, "ingest_batch", pipeline.ingest_batch.with_options(timeout_seconds=1, retries=0)
         )
     else:
-        monkeypatch.setattr("flows.validate.validate_date", _hang_blocking)
+        monkeypatch.setattr("flows.validation.stage.validate_dates", _hang_blocking)
         monkeypatch.setattr(
-            pipeline, "validate_batch", pipeline.validate_batch.with_options(timeout_seconds=1, retries=0)
+            pipeline, "validate_dates", pipeline.validate_dates.with_options(timeout_seconds=1, retries=0)
         )
     command, out = _recorder(tmp_path)
     monkeypatch.setenv(notify.ENV_COMMAND, command)

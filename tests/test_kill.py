@@ -117,10 +117,10 @@ def backfill_kills(trace: Trace) -> list[Kill]:
     validate = [
         "before_commit:silver/merchants:1",
         _spec(validate_reads[len(validate_reads) // 2]),  # reading earlier deliveries / references
-        "after_commit:silver/transactions:1",  # silver of D1 replaced, its quarantine not yet
+        "after_commit:silver/transactions:1",  # silver of both dates replaced, quarantine not yet
         *([_spec(quarantine_writes[0])] if quarantine_writes else []),
-        "after_commit:ops/validations:1",  # D1 validated (one record commit per date), D2 not
-        "during_commit:silver/customers:2",
+        "during_commit:silver/customers:1",  # one commit per table for the chunk's dates, half done
+        "after_commit:ops/validations:1",  # every date and source recorded (one commit), no docs yet
         _spec(trace[end_validate]),  # everything validated, Data Docs and dbt not run
     ]
     dbt_reads = [p for p in trace[end_validate:first_gold] if p[0].startswith("open:silver/")]

@@ -155,7 +155,7 @@ def date_statuses(home: Path, start: dt.date, end: dt.date) -> dict[dt.date, str
 PRELOAD = (
     "flows.cli",
     "flows.pipeline",
-    "flows.validate",
+    "flows.validation.stage",
     "flows.quarantine",
     "flows.datadocs",
     "flows.transform",

@@ -110,8 +110,13 @@ def test_a_run_that_dies_after_a_chunk_leaves_it_pending_and_the_next_backfill_c
 
     monkeypatch.setattr(pipeline, "transform_features", real_transform)
     validated: list[dt.date] = []
-    real_validate = pipeline.validate_batch
-    monkeypatch.setattr(pipeline, "validate_batch", lambda day: validated.append(day) or real_validate(day))
+    real_validate = pipeline.validate_dates
+
+    def spy(days, stop_on_failure, label):
+        validated.extend(days)
+        return real_validate(days, stop_on_failure, label)
+
+    monkeypatch.setattr(pipeline, "validate_dates", spy)
     results = pipeline.backfill(START.isoformat(), END.isoformat(), chunk_days=1)
     assert [r["status"] for r in results] == ["succeeded"] * 3, results
     assert DAYS[0] not in validated  # caught up: materialized, not recomputed

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 
 from flows import lake
 from flows import quarantine as Q
-from flows import validate as V
 from flows.ingest import INGEST_FILES_SCHEMA
 from flows.sources import bronze_schema, get_source
+from flows.validation import contracts, stage, storage
 from tests.conftest import require_binary
 
 D1 = dt.date(2024, 3, 1)
@@ -83,7 +83,7 @@ def fx(tmp_path, monkeypatch):
     """A private copy of the FX seed the test can 'fix'."""
     seed = tmp_path / "fx_rates.csv"
     seed.write_text("currency,usd_rate\nUSD,1.0\nEUR,1.08\nGBP,1.27\n")
-    monkeypatch.setattr(V, "FX_SEED", seed)
+    monkeypatch.setattr(contracts, "FX_SEED", seed)
     return seed
 
 
@@ -98,7 +98,7 @@ def batch(home, fx):
     rows += [txn(1000 + i, currency="JPY") for i in range(4)]  # fixed by adding JPY to the seed
     rows += [txn(2000, currency="JPY", amount=None), txn(2001, amount="-5.00")]  # still bad after the fix
     land("transactions", D1, rows)
-    out = V.validate_date(D1, ["merchants", "transactions"], build_docs=False)
+    out = stage.validate_date(D1, ["merchants", "transactions"], build_docs=False)
     assert out["transactions"].status == "succeeded"
     assert out["transactions"].rows_quarantined == 6
     return home
@@ -127,7 +127,7 @@ def test_release_promotes_exactly_the_rows_that_now_pass_and_twice_changes_nothi
     assert {f"t{1000 + i:05d}" for i in range(4)} <= silver_ids
     left = {r["txn_id"]: r["_reasons"] for r in lake.read("quarantine", "transactions").to_pylist()}
     assert left == {"t02000": ["null:amount"], "t02001": ["amount_out_of_range"]}
-    assert V.check_conservation("transactions", D1) == (206, 204, 2)
+    assert storage.check_conservation("transactions", D1) == (206, 204, 2)
     releases = Q.read_releases("transactions", D1)
     assert len(releases) == 1 and releases[0]["rows_released"] == 4
     assert sorted(releases[0]["released_rows"]) == sorted(
@@ -135,7 +135,7 @@ def test_release_promotes_exactly_the_rows_that_now_pass_and_twice_changes_nothi
     )
     promoted = [r for r in lake.read("silver", "transactions").to_pylist() if r["txn_id"] == "t01000"][0]
     assert promoted["currency"] == "JPY" and promoted["_validation_run_id"] == res.validation_run_id
-    rec = V.read_validations(D1, "transactions")[0]
+    rec = storage.read_validations(D1, "transactions")[0]
     assert rec["rows_silver"] == 204 and rec["rows_quarantined"] == 2
 
     after = _state()
@@ -144,7 +144,7 @@ def test_release_promotes_exactly_the_rows_that_now_pass_and_twice_changes_nothi
     assert _state() == after
 
     # re-running the date with the same rules gives the same split
-    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
     assert (out.rows_silver, out.rows_quarantined) == (204, 2)
 
 
@@ -182,7 +182,7 @@ def test_rejected_batch_is_released_only_when_the_batch_passes(home, fx):
         + [txn(2000, amount="x")]
     )
     land("transactions", D1, rows)
-    out = V.validate_date(D1, ["merchants", "transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(D1, ["merchants", "transactions"], build_docs=False)["transactions"]
     assert out.status == "rejected" and out.rejected_rule == "too_many_failing_rows"
     before = _state()
     res = Q.release("transactions", D1, rule="batch_rejected", build_docs=False)

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from flows import lake
-from flows import validate as V
 from flows.ingest import INGEST_FILES_SCHEMA
 from flows.sources import bronze_schema, get_source, silver_schema
+from flows.validation import parsing, stage, storage
 
 D1 = dt.date(2024, 3, 1)
 D2 = dt.date(2024, 3, 2)
@@ -104,7 +104,7 @@ def quarantined(source: str, day: dt.date) -> dict[str, list[str]]:
         "quarantine",
         source,
         filter=lake.date_filter("_batch_date", [day]),
-        schema=V.quarantine_schema(get_source(source)),
+        schema=storage.quarantine_schema(get_source(source)),
     )
     key = get_source(source).column_names[0]
     return {
@@ -117,7 +117,7 @@ def quarantined(source: str, day: dt.date) -> dict[str, list[str]]:
 def merchants_d1(home):
     """Merchants 1-4 known from batch D1 on (validated into silver)."""
     land("merchants", D1, [merchant(i) for i in range(1, 5)])
-    assert V.validate_date(D1, ["merchants"], build_docs=False)["merchants"].status == "succeeded"
+    assert stage.validate_date(D1, ["merchants"], build_docs=False)["merchants"].status == "succeeded"
     return home
 
 
@@ -138,7 +138,7 @@ def test_parse_timestamps_accept_offsets_and_reject_naive_and_impossible():
             ]
         ]
     )
-    typed, bad = V.parse_column(raw, "timestamp")
+    typed, bad = parsing.parse_column(raw, "timestamp")
     vals = typed.to_pylist()
     assert vals[0] == vals[1] == dt.datetime(2024, 3, 1, 10, tzinfo=dt.UTC)
     assert vals[2] == dt.datetime(2024, 3, 1, 11, 0, 0, 500000, tzinfo=dt.UTC)
@@ -148,15 +148,15 @@ def test_parse_timestamps_accept_offsets_and_reject_naive_and_impossible():
 
 
 def test_parse_numbers_are_strict():
-    typed, bad = V.parse_column(
+    typed, bad = parsing.parse_column(
         pa.chunked_array([["12.50", "-3", "1e5", "NaN", "12,50", "inf", None, ".5"]]), "decimal"
     )
     assert typed.to_pylist() == [12.5, -3.0, None, None, None, None, None, 0.5]
     assert bad.to_pylist() == [None, None, "1e5", "NaN", "12,50", "inf", None, None]
-    typed, bad = V.parse_column(pa.chunked_array([["42", "4.0", "x", "-7"]]), "int")
+    typed, bad = parsing.parse_column(pa.chunked_array([["42", "4.0", "x", "-7"]]), "int")
     assert typed.to_pylist() == [42, None, None, -7]
     assert bad.to_pylist() == [None, "4.0", "x", None]
-    typed, bad = V.parse_column(pa.chunked_array([["2024-02-29", "2023-02-29", "2024-3-1"]]), "date")
+    typed, bad = parsing.parse_column(pa.chunked_array([["2024-02-29", "2023-02-29", "2024-3-1"]]), "date")
     assert typed.to_pylist() == [dt.date(2024, 2, 29), None, None]
 
 
@@ -179,7 +179,7 @@ def test_every_failed_rule_is_recorded_and_clean_rows_reach_silver_typed(merchan
         {"_raw": "t,1,2", "_parse_error": "line 3: expected 7 fields, got 3"},
     ]
     land("transactions", D1, rows)
-    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
     assert out.status == "succeeded", out.message
     q = quarantined("transactions", D1)
     assert q["t01000"] == ["null:amount"]
@@ -206,16 +206,16 @@ def test_every_failed_rule_is_recorded_and_clean_rows_reach_silver_typed(merchan
     # quarantine keeps the values exactly as delivered
     tbl = lake.read("quarantine", "transactions").to_pylist()
     assert {r["txn_id"]: r["amount"] for r in tbl if r["txn_id"]}["t01001"] == "abc"
-    assert V.read_validations(D1, "transactions")[0]["rows_quarantined"] == 11
+    assert storage.read_validations(D1, "transactions")[0]["rows_quarantined"] == 11
 
 
 def test_offsets_are_converted_to_utc_in_silver(merchants_d1):
     land("transactions", D1, [txn(i) for i in range(20)] + [txn(50, event_time="2024-03-01T23:30:00-01:00")])
     # 23:30 at -01:00 is 00:30 UTC on D+1: a future event for batch D
-    V.validate_date(D1, ["transactions"], build_docs=False)
+    stage.validate_date(D1, ["transactions"], build_docs=False)
     assert quarantined("transactions", D1) == {"t00050": ["future_event_time"]}
     land("transactions", D1, [txn(i) for i in range(20)] + [txn(50, event_time="2024-03-01T23:30:00+01:00")])
-    V.validate_date(D1, ["transactions"], build_docs=False)
+    stage.validate_date(D1, ["transactions"], build_docs=False)
     assert quarantined("transactions", D1) == {}
     got = {r["txn_id"]: r["event_time"] for r in silver("transactions", D1)}
     assert got["t00050"] == dt.datetime(2024, 3, 1, 22, 30, tzinfo=dt.UTC)
@@ -231,17 +231,17 @@ def test_first_delivery_wins_across_batches_and_reruns_do_not_flip(merchants_d1)
     day2 += [txn(3), txn(4, amount="99.99"), {**txn(5), "amount": "15.5"}]  # identical, different, same value
     land("transactions", D2, day2)
 
-    V.validate_date(D1, build_docs=False)
+    stage.validate_date(D1, build_docs=False)
     assert quarantined("transactions", D1) == {"t00007": ["duplicate"]}
-    V.validate_date(D2, build_docs=False)
+    stage.validate_date(D2, build_docs=False)
     q2 = quarantined("transactions", D2)
     assert q2 == {"t00003": ["duplicate"], "t00004": ["conflicting_duplicate"], "t00005": ["duplicate"]}
     # re-running the first date: its rows are not duplicates of themselves, nor of later copies
     for _ in range(2):
-        V.validate_date(D1, build_docs=False)
+        stage.validate_date(D1, build_docs=False)
         assert quarantined("transactions", D1) == {"t00007": ["duplicate"]}
         assert {r["txn_id"] for r in silver("transactions", D1)} >= {"t00003", "t00004", "t00005"}
-    V.validate_date(D2, build_docs=False)
+    stage.validate_date(D2, build_docs=False)
     assert quarantined("transactions", D2) == q2
     assert [r["amount"] for r in silver("transactions", D1) if r["txn_id"] == "t00004"] == [14.5]
 
@@ -259,9 +259,9 @@ def test_chargebacks_reference_known_transactions_and_dedupe(merchants_d1):
         {"txn_id": "t00002", "chargeback_time": "2024-03-03T06:00:00Z", "reason_code": "4837"},  # future
     ]
     land("chargebacks", D2, cb)
-    out = V.validate_date(D1, build_docs=False)
+    out = stage.validate_date(D1, build_docs=False)
     assert out["chargebacks"].status == "succeeded" and out["chargebacks"].rows_bronze == 0
-    out = V.validate_date(D2, build_docs=False)
+    out = stage.validate_date(D2, build_docs=False)
     assert out["chargebacks"].status == "succeeded", out["chargebacks"].message
     q = lake.read("quarantine", "chargebacks").to_pylist()
     assert sorted((r["txn_id"], tuple(r["_reasons"])) for r in q) == [
@@ -298,7 +298,7 @@ def test_customers_and_merchants_rules(home):
         {**cust, "customer_id": "3"},  # the same change twice
     ]
     land("customers", D1, rows, header=None)
-    out = V.validate_date(D1, ["merchants", "customers"], build_docs=False)
+    out = stage.validate_date(D1, ["merchants", "customers"], build_docs=False)
     assert out["merchants"].status == "succeeded", out["merchants"].message
     assert quarantined("merchants", D1) == {
         "5": ["duplicate"],
@@ -320,7 +320,7 @@ def test_missing_column_rejects_the_whole_batch(merchants_d1):
     rows = [{k: v for k, v in txn(i).items() if k != "channel"} for i in range(30)]
     header = [c for c in get_source("transactions").column_names if c != "channel"] + ["chan"]
     land("transactions", D1, rows, header=header)
-    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
     assert out.status == "rejected" and out.rejected_rule == "contract_broken"
     assert "missing columns ['channel']" in out.message
     assert any("chan" in w for w in out.warnings)
@@ -333,7 +333,7 @@ def test_missing_column_rejects_the_whole_batch(merchants_d1):
 def test_added_column_is_only_a_warning(merchants_d1):
     rows = [{**txn(i), "_extra": {"device_id": "d1"}} for i in range(30)]
     land("transactions", D1, rows, header=[*get_source("transactions").column_names, "device_id"])
-    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
     assert out.status == "succeeded" and out.rows_silver == 30
     assert out.warnings and "device_id" in out.warnings[0]
 
@@ -341,7 +341,7 @@ def test_added_column_is_only_a_warning(merchants_d1):
 def test_too_many_failing_rows_rejects(merchants_d1):
     rows = [txn(i) for i in range(90)] + [txn(i, currency="XXX") for i in range(100, 110)]
     land("transactions", D1, rows)
-    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
     assert out.status == "rejected" and out.rejected_rule == "too_many_failing_rows"
     assert "10 of 100 rows (10.0%)" in out.message
     q = quarantined("transactions", D1)
@@ -356,16 +356,16 @@ def test_volume_and_empty_file(merchants_d1):
         land("merchants", day, [merchant(i) for i in range(1, 5)])
         land("transactions", day, [txn(1000 * k + i, day) for i in range(100)])
         assert (
-            V.validate_date(day, ["merchants", "transactions"], build_docs=False)["transactions"].status
+            stage.validate_date(day, ["merchants", "transactions"], build_docs=False)["transactions"].status
             == "succeeded"
         )
     land("merchants", days[3], [merchant(i) for i in range(1, 5)])
     land("transactions", days[3], [txn(5000 + i, days[3]) for i in range(8)])
-    out = V.validate_date(days[3], ["merchants", "transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(days[3], ["merchants", "transactions"], build_docs=False)["transactions"]
     assert out.status == "rejected" and out.rejected_rule == "volume"
     assert "8 rows, expected between 10 and 1000" in out.message
     land("transactions", days[3], [], header=get_source("transactions").column_names)
-    out = V.validate_date(days[3], ["transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(days[3], ["transactions"], build_docs=False)["transactions"]
     assert out.status == "rejected" and out.rejected_rule == "volume" and out.rows_bronze == 0
     assert silver("transactions", days[3]) == []
 
@@ -378,7 +378,8 @@ def test_amount_drift_after_seven_days_of_history(merchants_d1):
         rows = [txn(1000 * k + i, day, amount=f"{(20 + i % 10) * scale}.00") for i in range(50)]
         land("transactions", day, rows)
     outs = [
-        V.validate_date(day, ["merchants", "transactions"], build_docs=False)["transactions"] for day in days
+        stage.validate_date(day, ["merchants", "transactions"], build_docs=False)["transactions"]
+        for day in days
     ]
     # day 8 (index 7) has 7 days of history: amounts x100 are rejected; before that, nothing to compare
     assert [o.status for o in outs[:7]] == ["succeeded"] * 7
@@ -393,7 +394,7 @@ def test_sparse_sources_not_delivered_and_malformed_files(home):
     land("customers", D1, [], header=None)
     land("merchants", D1, [], status="not_delivered")
     land("transactions", D1, [{"_raw": "\x00\x01", "_parse_error": "file has no header"}], status="malformed")
-    out = V.validate_date(D1, build_docs=False)
+    out = stage.validate_date(D1, build_docs=False)
     assert out["chargebacks"].status == "succeeded" and out["chargebacks"].rows_bronze == 0
     assert out["customers"].status == "succeeded"
     assert out["merchants"].status == "not_delivered" and "not delivered" in out["merchants"].message
@@ -408,27 +409,27 @@ def test_sparse_sources_not_delivered_and_malformed_files(home):
 
 def test_conservation_is_checked_row_for_row(merchants_d1):
     land("transactions", D1, [txn(i) for i in range(10)] + [txn(20, amount=None)])
-    V.validate_date(D1, ["transactions"], build_docs=False)
-    assert V.check_conservation("transactions", D1) == (11, 10, 1)
+    stage.validate_date(D1, ["transactions"], build_docs=False)
+    assert storage.check_conservation("transactions", D1) == (11, 10, 1)
     lake.delete("silver", "transactions", "txn_id = 't00003'")
-    with pytest.raises(V.ConservationError, match="bronze has 11 rows, silver 9"):
-        V.check_conservation("transactions", D1)
+    with pytest.raises(storage.ConservationError, match="bronze has 11 rows, silver 9"):
+        storage.check_conservation("transactions", D1)
     # a row in both tables is caught even when the counts would add up
-    V.validate_date(D1, ["transactions"], build_docs=False)
+    stage.validate_date(D1, ["transactions"], build_docs=False)
     extra = lake.read("silver", "transactions", filter=lake.date_filter("_batch_date", [D1]))
     lake.delete("quarantine", "transactions", "txn_id = 't00020'")
     lake.append(
         "quarantine",
         "transactions",
         _as_quarantine(extra.slice(0, 1)),
-        schema=V.quarantine_schema(get_source("transactions")),
+        schema=storage.quarantine_schema(get_source("transactions")),
     )
-    with pytest.raises(V.ConservationError, match="in silver and quarantine at once"):
-        V.check_conservation("transactions", D1)
+    with pytest.raises(storage.ConservationError, match="in silver and quarantine at once"):
+        storage.check_conservation("transactions", D1)
 
 
 def _as_quarantine(silver_rows: pa.Table) -> pa.Table:
-    schema = V.quarantine_schema(get_source("transactions"))
+    schema = storage.quarantine_schema(get_source("transactions"))
     n = silver_rows.num_rows
     cols = {}
     for f in schema:
@@ -445,10 +446,10 @@ def _as_quarantine(silver_rows: pa.Table) -> pa.Table:
 
 def test_not_delivered_clears_a_stale_split(merchants_d1):
     land("transactions", D1, [txn(i) for i in range(10)])
-    V.validate_date(D1, ["transactions"], build_docs=False)
+    stage.validate_date(D1, ["transactions"], build_docs=False)
     assert len(silver("transactions", D1)) == 10
     land("transactions", D1, [], status="not_delivered")
-    out = V.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
+    out = stage.validate_date(D1, ["transactions"], build_docs=False)["transactions"]
     assert out.status == "not_delivered"
     assert silver("transactions", D1) == []
-    V.check_conservation("transactions", D1)
+    storage.check_conservation("transactions", D1)

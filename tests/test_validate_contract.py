@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import validate as V
 from flows.sources import SOURCE_NAMES, get_source
+from flows.validation import contracts, stage, suites
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -24,7 +24,7 @@ def _builder():
 
 @pytest.mark.parametrize("name", SOURCE_NAMES)
 def test_contract_matches_sources(name):
-    contract, source = V.load_contract(name), get_source(name)
+    contract, source = contracts.load_contract(name), get_source(name)
     assert contract.source == name and contract.format == source.fmt
     assert contract.key == source.key and contract.empty_is_valid == source.empty_is_valid
     assert [c.name for c in contract.columns] == source.column_names
@@ -34,8 +34,8 @@ def test_contract_matches_sources(name):
 
 
 def test_fx_seed_covers_the_contract_currencies():
-    fx = V.load_fx_rates()
-    assert set(V.load_contract("transactions").column("currency").allowed) <= set(fx)
+    fx = contracts.load_fx_rates()
+    assert set(contracts.load_contract("transactions").column("currency").allowed) <= set(fx)
     assert fx["USD"] == 1.0
 
 
@@ -53,8 +53,8 @@ def test_committed_suites_are_built_from_the_contracts(tmp_path):
 
 @pytest.mark.parametrize("name", SOURCE_NAMES)
 def test_every_expectation_names_its_rule(name):
-    ctx = V.ge_context()
-    rows = ctx.suites.get(V.rows_suite(name))
+    ctx = suites.ge_context()
+    rows = ctx.suites.get(contracts.rows_suite(name))
     reasons = set()
     for e in rows.expectations:
         meta = e.meta or {}
@@ -64,16 +64,21 @@ def test_every_expectation_names_its_rule(name):
             reasons.add(meta["reason"])
         else:
             assert meta.get("rule"), e
-    contract = V.load_contract(name)
+    contract = contracts.load_contract(name)
     for c in contract.columns:
         if not c.nullable:
             assert f"null:{c.name}" in reasons
-        if c.type in V.TYPED:
+        if c.type in contracts.TYPED:
             assert f"unparseable:{c.name}" in reasons
     assert "malformed_row" in reasons
-    header = ctx.suites.get(V.contract_suite(name))
-    assert {e.meta["rule"] for e in header.expectations} == {"contract_broken", "added_columns"}
-    cp = ctx.checkpoints.get(V.rows_suite(name))
+    batches = ctx.suites.get(contracts.batches_suite(name))
+    rules = {e.meta["rule"] for e in batches.expectations}
+    assert {"contract_broken", "added_columns", "volume"} <= rules
+    assert all(e.meta.get("level") == "batch" for e in batches.expectations)
+    checks = {e.meta.get("check") for e in batches.expectations if e.meta["rule"] == "contract_broken"}
+    assert {"header", "malformed"} <= checks
+    assert ctx.checkpoints.get(contracts.batches_suite(name))
+    cp = ctx.checkpoints.get(contracts.rows_suite(name))
     assert (
         cp.result_format == {"result_format": "COMPLETE"}
         or cp.result_format.get("result_format") == "COMPLETE"
@@ -81,7 +86,7 @@ def test_every_expectation_names_its_rule(name):
 
 
 def test_transactions_rules_match_spec_section_6():
-    ctx = V.ge_context()
+    ctx = suites.ge_context()
     by_reason = {
         e.meta.get("reason") or e.meta.get("rule"): e
         for e in ctx.suites.get("transactions.rows").expectations
@@ -91,10 +96,28 @@ def test_transactions_rules_match_spec_section_6():
     for reason in ("too_late", "future_event_time", "unknown_merchant", "unknown_currency", "duplicate"):
         assert reason in by_reason
     assert "conflicting_duplicate" in by_reason and "naive_timestamp:event_time" in by_reason
-    for rule in ("volume", "volume_warning", "amount_drift", "contract_broken"):
-        assert rule in by_reason
-    assert "warning" in str(by_reason["volume_warning"].severity).lower()
-    assert "critical" in str(by_reason["volume"].severity).lower()
+    # the time rules compare each row with the bounds of its own batch date (helper columns)
+    late = by_reason["too_late"].configuration.kwargs
+    assert (late["column_A"], late["column_B"], late["or_equal"]) == (
+        "event_time__parsed",
+        "too_late__min",
+        True,
+    )
+    future = by_reason["future_event_time"].configuration.kwargs
+    assert (future["column_A"], future["column_B"], future["or_equal"]) == (
+        "future_event_time__max",
+        "event_time__parsed",
+        False,
+    )
+    by_rule: dict[str, list] = {}
+    for e in ctx.suites.get("transactions.batches").expectations:
+        by_rule.setdefault(e.meta["rule"], []).append(e)
+    for rule in ("volume", "volume_warning", "amount_drift", "contract_broken", "too_many_failing_rows"):
+        assert rule in by_rule
+    assert all("warning" in str(e.severity).lower() for e in by_rule["volume_warning"])
+    assert all("critical" in str(e.severity).lower() for e in by_rule["volume"])
+    share = by_rule["too_many_failing_rows"][0].configuration.kwargs
+    assert (share["column_A"], share["column_B"]) == ("failing_rows_max", "failing_rows")
 
 
 def test_validation_writes_nothing_into_the_repository(home):
@@ -141,7 +164,7 @@ def test_validation_writes_nothing_into_the_repository(home):
         partition_by=["_batch_date"],
         schema=bronze_schema(src),
     )
-    out = V.validate_date(day, ["customers"])["customers"]
+    out = stage.validate_date(day, ["customers"])["customers"]
     assert out.status == "succeeded" and out.rows_silver == 1
     assert snapshot() == before
     assert list((home / "ge" / "validations").rglob("*.json"))

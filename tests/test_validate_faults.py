@@ -13,11 +13,11 @@ import datetime as dt
 import pytest
 
 from flows import lake
-from flows import validate as V
 from flows.config import settings
 from flows.ingest import ingest
 from flows.simulate import generate, parse_fault, parse_scale
 from flows.sources import SOURCE_NAMES
+from flows.validation import stage, storage
 
 START = dt.date(2024, 2, 1)
 
@@ -64,12 +64,12 @@ def run(tmp_path_factory):
         name, _, source = spec.partition(":")
         faults.append(parse_fault(f"{name}@{day(n).isoformat()}" + (f":{source}" if source else "")))
     summary = generate(settings().landing, START, day(LAST), parse_scale("1000x1000"), 11, faults=faults)
-    out: dict[int, dict[str, V.SourceValidation]] = {}
+    out: dict[int, dict[str, storage.SourceValidation]] = {}
     landed: dict[tuple[int, str], int] = {}
     for n in range(1, LAST + 1):
         for s in SOURCE_NAMES:
             landed[(n, s)] = ingest(s, day(n)).rows
-        out[n] = V.validate_date(day(n), build_docs=False)
+        out[n] = stage.validate_date(day(n), build_docs=False)
     yield out, landed, summary
     mp.undo()
 
@@ -90,7 +90,7 @@ def test_conservation_for_every_source_and_date(run):
             assert v.status in ("succeeded", "rejected", "not_delivered"), (n, s, v.message)
             assert v.rows_bronze == landed[(n, s)], (n, s)
             assert v.rows_bronze == v.rows_silver + v.rows_quarantined, (n, s)
-            assert V.check_conservation(s, day(n)) == (v.rows_bronze, v.rows_silver, v.rows_quarantined)
+            assert storage.check_conservation(s, day(n)) == (v.rows_bronze, v.rows_silver, v.rows_quarantined)
 
 
 def test_clean_days_are_unaffected(run):

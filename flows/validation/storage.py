@@ -1,0 +1,282 @@
+"""Where validation's verdicts go: silver (typed rows that passed) and quarantine (rows as they
+arrived, with every reason), one commit per table and source for all the dates validated together;
+the conservation check per source and date; and the outcome records in `ops/validations`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from flows import lake
+from flows.sources import SOURCE_NAMES, Source, bronze_schema, get_source, silver_schema
+from flows.validation.history import scan
+
+QUARANTINE_EXTRA_FIELDS = [
+    pa.field("_reasons", pa.list_(pa.string())),
+    pa.field("_validation_run_id", pa.string()),
+    pa.field("_quarantined_at", pa.timestamp("us", tz="UTC")),
+]
+
+
+def quarantine_schema(source: Source) -> pa.Schema:
+    """Bronze columns exactly as they arrived, plus every failed rule and the run that judged them."""
+    return pa.schema(list(bronze_schema(source)) + QUARANTINE_EXTRA_FIELDS)
+
+
+VALIDATIONS_SCHEMA = pa.schema(
+    [
+        pa.field("_batch_date", pa.date32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("status", pa.string(), nullable=False),
+        pa.field("rows_bronze", pa.int64()),
+        pa.field("rows_silver", pa.int64()),
+        pa.field("rows_quarantined", pa.int64()),
+        pa.field("reasons", pa.string()),
+        pa.field("warnings", pa.string()),
+        pa.field("rejected_rule", pa.string()),
+        pa.field("message", pa.string()),
+        pa.field("validation_run_id", pa.string()),
+        pa.field("data_docs_path", pa.string()),
+        pa.field("amount_usd_median", pa.float64()),
+        pa.field("validated_at", pa.timestamp("us", tz="UTC"), nullable=False),
+    ]
+)
+
+
+class ConservationError(RuntimeError):
+    """Rows were lost or duplicated between bronze and silver + quarantine.
+
+    `day` is the batch date it was found on; `outcome` holds the validations of the earlier dates
+    of the same run, which were written and checked (a run that fails on D still did D-1)."""
+
+    def __init__(self, message: str, day: dt.date | None = None, outcome: dict | None = None):
+        super().__init__(message)
+        self.day = day
+        self.outcome = outcome or {}
+
+
+@dataclass
+class SourceValidation:
+    source: str
+    day: dt.date
+    status: str  # succeeded | rejected | failed | not_delivered
+    rows_bronze: int = 0
+    rows_silver: int = 0
+    rows_quarantined: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    rejected_rule: str | None = None
+    message: str = ""
+    validation_run_id: str | None = None
+    data_docs_url: str | None = None  # file:// URL of the rows validation page
+    data_docs_path: str | None = None  # the same page, relative to the Data Docs root
+    batches_docs_path: str | None = None  # the page of the batch-level rules (per date)
+    elapsed_s: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    amount_usd_median: float | None = None  # of the rows sent to silver: the drift rule's history
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["day"] = self.day.isoformat()
+        return d
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def silver_rows(
+    rows: pa.Table, typed: dict[str, pa.ChunkedArray], source: Source, idx: np.ndarray, run_id: str
+) -> pa.Table:
+    """Rows `idx` of a batch as silver has them: typed contract columns, lineage, the run."""
+    schema = silver_schema(source)
+    idx_arr = pa.array(idx, pa.int64())
+    cols: dict[str, Any] = {}
+    for f in schema:
+        if f.name in typed:
+            cols[f.name] = pc.take(typed[f.name], idx_arr)
+        elif f.name == "_validation_run_id":
+            cols[f.name] = pa.array([run_id] * len(idx), pa.string())
+        else:
+            cols[f.name] = pc.take(rows.column(f.name), idx_arr)
+    return pa.table(cols).cast(schema)
+
+
+def quarantine_rows(
+    rows: pa.Table, source: Source, idx: np.ndarray, reasons: list[list[str]], run_id: str, now: dt.datetime
+) -> pa.Table:
+    """Rows `idx` exactly as they arrived, with every reason and the run that judged them."""
+    base = rows.select(bronze_schema(source).names).take(pa.array(idx, pa.int64()))
+    base = base.append_column("_reasons", pa.array(reasons, pa.list_(pa.string())))
+    base = base.append_column("_validation_run_id", pa.array([run_id] * len(idx), pa.string()))
+    base = base.append_column("_quarantined_at", pa.array([now] * len(idx), pa.timestamp("us", tz="UTC")))
+    return base.cast(quarantine_schema(source))
+
+
+def replace_partitions(
+    layer: str, source: Source, days: Sequence[dt.date], data: pa.Table, schema: pa.Schema
+) -> None:
+    """Replace the `_batch_date` partitions of `days` of a layer's table with `data`, in one commit."""
+    if not days or (data.num_rows == 0 and not lake.exists(layer, source.name)):
+        return  # nothing to replace and nothing to say: an absent table reads as empty
+    lake.replace(
+        layer,
+        source.name,
+        data,
+        predicate=lake.dates_predicate("_batch_date", days),
+        partition_by=["_batch_date"],
+        schema=schema,
+    )
+
+
+def clear_partitions(source: Source, days: Sequence[dt.date]) -> None:
+    """Drop the silver and quarantine rows of `days` (a batch no longer delivered: a stale split
+    of an earlier delivery would no longer match bronze)."""
+    for layer in ("silver", "quarantine"):
+        if days and lake.exists(layer, source.name):
+            lake.delete(layer, source.name, lake.dates_predicate("_batch_date", days))
+
+
+# -------------------------------------------------------------------------------- conservation
+
+
+def row_ids(layer: str, source: str, days: Sequence[dt.date]) -> pa.Table:
+    """(_batch_date, _source_file, _row_number) of a layer's rows of `days`."""
+    cols = ["_batch_date", "_source_file", "_row_number"]
+    got = scan(layer, source, lake.date_filter("_batch_date", days), cols, (min(days), max(days)))
+    if got is None:
+        return pa.table(
+            {
+                "_batch_date": pa.array([], pa.date32()),
+                "_source_file": pa.array([], pa.string()),
+                "_row_number": pa.array([], pa.int64()),
+            }
+        )
+    return got
+
+
+def _row_keys(tables: list[pa.Table]) -> list[np.ndarray]:
+    """(file, row number) of each table's rows as int64 keys, with one file dictionary for all."""
+    files = pa.chunked_array([c for t in tables for c in t.column("_source_file").chunks], type=pa.string())
+    codes = (
+        pc.dictionary_encode(files).combine_chunks().indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    )
+    out, start = [], 0
+    for t in tables:
+        n = t.num_rows
+        rows = t.column("_row_number").to_numpy().astype(np.int64, copy=False) if n else np.zeros(0, np.int64)
+        out.append((codes[start : start + n] << 32) | rows)
+        start += n
+    return out
+
+
+def _of_day(tbl: pa.Table, day: dt.date) -> pa.Table:
+    return tbl.filter(pc.equal(tbl.column("_batch_date"), pa.scalar(day, pa.date32())))
+
+
+def conservation(
+    source: str, days: Sequence[dt.date]
+) -> dict[dt.date, tuple[int, int, int] | ConservationError]:
+    """Per date: bronze == silver + quarantine, row for row ((file, row number) pairs), read once for
+    all the dates. Each date maps to its (bronze, silver, quarantine) counts or to its violation."""
+    if not days:
+        return {}
+    layers = [row_ids(layer, source, days) for layer in ("bronze", "silver", "quarantine")]
+    out: dict[dt.date, tuple[int, int, int] | ConservationError] = {}
+    for day in sorted(days):
+        tables = [_of_day(t, day) for t in layers]
+        nb, ns, nq = (t.num_rows for t in tables)
+        problems = []
+        if nb != ns + nq:
+            problems.append(f"bronze has {nb} rows, silver {ns} + quarantine {nq} = {ns + nq}")
+        else:
+            kb, ks, kq = _row_keys(tables)
+            both = np.sort(np.concatenate([ks, kq]))
+            if both.size and (both[1:] == both[:-1]).any():
+                problems.append(
+                    f"{int((both[1:] == both[:-1]).sum())} row(s) are in silver and quarantine at once"
+                )
+            elif not np.array_equal(both, np.sort(kb)):
+                problems.append("silver + quarantine rows are not the bronze rows")
+        out[day] = (
+            ConservationError(
+                f"conservation violated for {source} {day.isoformat()}: " + "; ".join(problems), day
+            )
+            if problems
+            else (nb, ns, nq)
+        )
+    return out
+
+
+def check_conservation(source: str, day: dt.date) -> tuple[int, int, int]:
+    """bronze D == silver D + quarantine D, row for row. Raises ConservationError on violation."""
+    got = conservation(source, [day])[day]
+    if isinstance(got, ConservationError):
+        raise got
+    return got
+
+
+# ------------------------------------------------------------------------------------- records
+
+
+def record(validations: Sequence[SourceValidation]) -> None:
+    """One row per validated batch in ops/validations, every date and source of a run in one
+    commit (the table is read for every validated date: fewer commits keep that cheap)."""
+    if not validations:
+        return
+    now = dt.datetime.now(dt.UTC)
+    rows = [
+        {
+            "_batch_date": v.day,
+            "source": v.source,
+            "status": v.status,
+            "rows_bronze": v.rows_bronze,
+            "rows_silver": v.rows_silver,
+            "rows_quarantined": v.rows_quarantined,
+            "reasons": json.dumps(v.reasons, sort_keys=True),
+            "warnings": json.dumps(v.warnings),
+            "rejected_rule": v.rejected_rule,
+            "message": v.message,
+            "validation_run_id": v.validation_run_id,
+            "data_docs_path": v.data_docs_path,
+            "amount_usd_median": v.amount_usd_median,
+            "validated_at": now,
+        }
+        for v in validations
+    ]
+    # one commit per set of sources (normally one: every source of every date)
+    groups: dict[frozenset[str], list[int]] = {}
+    for d in sorted({v.day for v in validations}):
+        sources = frozenset(v.source for v in validations if v.day == d)
+        groups.setdefault(sources, []).append(d)
+    for sources, days in groups.items():
+        names = ", ".join(f"'{get_source(s).name}'" for s in sorted(sources))
+        part = [r for r in rows if r["_batch_date"] in set(days)]
+        lake.replace(
+            "ops",
+            "validations",
+            pa.Table.from_pylist(part, schema=VALIDATIONS_SCHEMA),
+            predicate=f"{lake.dates_predicate('_batch_date', days)} AND source IN ({names})",
+            partition_by=["_batch_date"],
+            schema=VALIDATIONS_SCHEMA,
+        )
+
+
+def read_validations(day: dt.date | None = None, source: str | None = None) -> list[dict]:
+    """Recorded validation outcomes (one row per batch date and source)."""
+    if not lake.exists("ops", "validations"):
+        return []
+    rows = lake.read("ops", "validations", days=[day] if day else None).to_pylist()
+    if source:
+        rows = [r for r in rows if r["source"] == get_source(source).name]
+    for r in rows:
+        r["reasons"] = json.loads(r["reasons"] or "{}")
+        r["warnings"] = json.loads(r["warnings"] or "[]")
+    return sorted(rows, key=lambda r: (r["_batch_date"], SOURCE_NAMES.index(r["source"])))

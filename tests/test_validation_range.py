@@ -1,0 +1,153 @@
+"""Validating dates together gives every row and every date exactly the verdict it gets when the
+dates are validated one by one (flows.validation.stage): the same silver, quarantine (with the same
+reasons) and validation records, whatever the chunking. The data has the faults whose effects cross
+dates: a rejected batch (its rows are no earlier delivery and no drift history of later dates), a
+quarantined first copy followed by a corrected re-delivery, duplicates across dates, chargebacks of
+transactions from a rejected batch."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import pytest
+
+from flows import lake
+from flows.validation import stage
+from tests.test_validate import land, merchant, txn
+
+D = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(10)]
+LAYERS = {"silver": ("merchants", "transactions", "chargebacks"), "quarantine": ("merchants", "transactions")}
+VOLATILE = {"_validation_run_id", "_quarantined_at", "validation_run_id", "validated_at", "data_docs_path"}
+
+
+def _chargeback(txn_id: str, day: dt.date) -> dict:
+    return {"txn_id": txn_id, "chargeback_time": f"{day.isoformat()}T05:00:00Z", "reason_code": "fraud"}
+
+
+def _land_everything() -> None:
+    """Ten dates: day 0-6 clean history, then the faults."""
+    n = 0
+    for k, day in enumerate(D):
+        land("merchants", day, [merchant(i) for i in range(1, 5)])
+        land("customers", day, [], header=None)  # an empty change feed: a valid batch
+        rows = [txn(1000 * k + i, day, amount=f"{20 + i % 10}.00") for i in range(40)]
+        if k == 2:  # t02000 quarantined (bad amount) on day 2, re-delivered corrected on day 3
+            rows[0] = txn(2000, day, amount="-5.00")
+        if k == 3:
+            rows.append(txn(2000, D[2], amount="21.00"))  # the corrected re-delivery: first now
+            rows.append(txn(1001, D[1], amount="21.00"))  # same content as day 1's: duplicate
+            rows.append(txn(1002, D[1], amount="99.00"))  # different content: conflicting
+        if k == 7:  # cents: the whole batch rejected by the drift rule
+            rows = [txn(7000 + i, day, amount=f"{(20 + i % 10) * 100}.00") for i in range(40)]
+        if k == 8:  # re-deliveries of the rejected day's rows: first deliveries now
+            rows += [txn(7000 + i, D[7], amount=f"{20 + i % 10}.00") for i in range(3)]
+        land("transactions", day, rows)
+        cbs = [_chargeback("t07001", day)] if k == 8 else []  # known from day 8 on, not day 7
+        if k == 9:
+            cbs = [_chargeback("t07002", day), _chargeback("t09999", day)]  # known / never delivered
+        land("chargebacks", day, cbs, header=["txn_id", "chargeback_time", "reason_code"])
+        n += len(rows)
+
+
+def _snapshot() -> dict[str, list[tuple]]:
+    out: dict[str, list[tuple]] = {}
+    for layer, tables in {**LAYERS, "ops": ("validations",)}.items():
+        for name in tables:
+            if not lake.exists(layer, name):
+                out[f"{layer}/{name}"] = []
+                continue
+            tbl = lake.read(layer, name)
+            keep = [c for c in tbl.column_names if c not in VOLATILE]
+            out[f"{layer}/{name}"] = sorted(
+                tuple(str(v) for v in r.values()) for r in tbl.select(keep).to_pylist()
+            )
+    return out
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Bronze and ingest records of the ten dates, then the day-by-day reference."""
+    home = tmp_path_factory.mktemp("range_landed")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ASOF_HOME", str(home))
+    try:
+        _land_everything()
+    finally:
+        mp.undo()
+    return home
+
+
+@pytest.fixture(scope="module")
+def one_by_one(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("range_daily")
+    shutil.copytree(landed / "lake", home / "lake")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ASOF_HOME", str(home))
+    try:
+        outs = {d: stage.validate_date(d, build_docs=False) for d in D}
+        return {"tables": _snapshot(), "outs": outs}
+    finally:
+        mp.undo()
+
+
+def test_the_faults_cross_dates(one_by_one: dict) -> None:
+    """The data does what the docstring says (else the comparisons below prove little)."""
+    outs = one_by_one["outs"]
+    assert outs[D[7]]["transactions"].rejected_rule == "amount_drift"
+    assert outs[D[2]]["transactions"].reasons == {"amount_out_of_range": 1}
+    assert outs[D[3]]["transactions"].reasons == {"conflicting_duplicate": 1, "duplicate": 1}
+    assert outs[D[8]]["transactions"].reasons == {}  # the rejected day's rows are no earlier delivery
+    assert outs[D[8]]["chargebacks"].rows_silver == 1
+    assert outs[D[9]]["chargebacks"].reasons == {"unknown_transaction": 1}
+    assert all(o["transactions"].status == "succeeded" for d, o in outs.items() if d != D[7])
+    assert all(
+        v.status == "succeeded"
+        for d, o in outs.items()
+        for s, v in o.items()
+        if (d, s) != (D[7], "transactions")
+    )
+
+
+@pytest.mark.parametrize(
+    "chunks",
+    [[D], [D[:4], D[4:]], [D[:8], D[8:]], [D[:3], D[3:7], D[7:]]],
+    ids=["one-range", "4+6", "8+2", "3+4+3"],
+)
+def test_validating_together_equals_one_by_one(
+    chunks: list[list[dt.date]], landed: Path, one_by_one: dict, home: Path
+) -> None:
+    shutil.rmtree(home / "lake", ignore_errors=True)
+    shutil.copytree(landed / "lake", home / "lake")
+    outs: dict[dt.date, dict] = {}
+    for chunk in chunks:
+        outs.update(stage.validate_dates(chunk, build_docs=False))
+    got = _snapshot()
+    for table, rows in one_by_one["tables"].items():
+        assert got[table] == rows, table
+    for d in D:
+        for source, v in one_by_one["outs"][d].items():
+            w = outs[d][source]
+            assert (w.status, w.rows_silver, w.rows_quarantined, w.reasons, w.message) == (
+                v.status,
+                v.rows_silver,
+                v.rows_quarantined,
+                v.reasons,
+                v.message,
+            ), (d, source)
+
+
+def test_stopping_at_the_first_failed_date_validates_nothing_after_it(landed: Path, home: Path) -> None:
+    shutil.rmtree(home / "lake", ignore_errors=True)
+    shutil.copytree(landed / "lake", home / "lake")
+    outs = stage.validate_dates(D, build_docs=False, stop_on_failure=True)
+    assert sorted(outs) == D[:8]  # day 7 is rejected: validated, then the run stops
+    assert outs[D[7]]["transactions"].status == "rejected"
+    for layer, tables in LAYERS.items():
+        for name in tables:
+            if lake.exists(layer, name):
+                days = set(lake.read(layer, name, columns=["_batch_date"]).column("_batch_date").to_pylist())
+                assert not days & set(D[8:]), (layer, name)
+    recorded = {r["_batch_date"] for r in lake.read("ops", "validations").to_pylist()}
+    assert recorded == set(D[:8])
