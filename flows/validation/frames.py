@@ -119,15 +119,23 @@ def row_labels(b: Batches) -> pd.Index:
     return pd.Index(ymd * LINE_DIGITS + np.where(use_position, position, lines))
 
 
-def rows_frame(b: Batches, needed: frozenset[str], helpers: dict[str, Any]) -> pd.DataFrame:
+def _text(values: pa.ChunkedArray, python_strings: bool) -> pd.Series:
+    if python_strings:
+        return values.to_pandas()
+    return values.to_pandas(types_mapper={values.type: pd.StringDtype("pyarrow")}.get)
+
+
+def rows_frame(
+    b: Batches, needed: frozenset[str], helpers: dict[str, Any], regex: frozenset[str] = frozenset()
+) -> pd.DataFrame:
     """The frame `<source>.rows` validates: the columns its expectations read, nothing more (GE copies
-    the frame per metric)."""
+    the frame per metric). Text is Arrow-backed except in the `regex` columns (suites.regex_columns)."""
     data: dict[str, Any] = {}
     for col in b.contract.columns:
         if col.name in needed:
-            data[col.name] = b.rows.column(col.name).to_pandas()
+            data[col.name] = _text(b.rows.column(col.name), col.name in regex)
         if unparseable_col(col.name) in needed:
-            data[unparseable_col(col.name)] = b.unparseable[col.name].to_pandas()
+            data[unparseable_col(col.name)] = _text(b.unparseable[col.name], False)
         if parsed_col(col.name) in needed:
             typed = b.typed[col.name]
             if col.type == "int":
@@ -137,7 +145,7 @@ def rows_frame(b: Batches, needed: frozenset[str], helpers: dict[str, Any]) -> p
             else:
                 data[parsed_col(col.name)] = typed.to_pandas()
     if PARSE_ERROR_COL in needed:
-        data[PARSE_ERROR_COL] = b.rows.column("_parse_error").to_pandas()
+        data[PARSE_ERROR_COL] = _text(b.rows.column("_parse_error"), False)
     for name, values in helpers.items():
         if name in needed:
             data[name] = values

@@ -502,7 +502,7 @@ def evaluate(
         if rows_results is None or not _same(delivery, last_delivery):
             if rows_results is not None:
                 suites.forget([k for k, _ in rows_results])
-            frame = rows_frame(b, needed, helpers)
+            frame = rows_frame(b, needed, helpers, suites.regex_columns(rows_suite(source.name)))
             rows_results = suites.run_suite(
                 rows_suite(source.name), frame, {PARAM_FX_CURRENCIES: sorted(ctx.fx)}, run_id, run_time
             )

@@ -89,6 +89,24 @@ def suite_columns(suite_name: str) -> frozenset[str]:
     return cols
 
 
+_REGEX_COLUMNS: dict[tuple[str, str], frozenset[str]] = {}
+
+
+def regex_columns(suite_name: str) -> frozenset[str]:
+    """Columns a regex expectation reads: they stay Python strings in the frame, because pandas'
+    Arrow-backed strings match with RE2, whose `$` (unlike Python's) does not match before a final
+    newline; every other text column is Arrow-backed (a third less time and memory over a chunk)."""
+    ctx = ge_context()
+    key = (str(id(ctx)), suite_name)
+    cols = _REGEX_COLUMNS.get(key)
+    if cols is None:
+        suite = ctx.suites.get(suite_name)
+        cols = _REGEX_COLUMNS[key] = frozenset(
+            e.configuration.kwargs["column"] for e in suite.expectations if "regex" in e.configuration.type
+        )
+    return cols
+
+
 def run_suite(
     suite_name: str, frame: pd.DataFrame, params: dict[str, Any], run_name: str, run_time: dt.datetime
 ) -> list[tuple[Any, Any]]:
