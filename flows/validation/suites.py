@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import hashlib
 import os
 import threading
 from typing import Any
@@ -59,16 +58,6 @@ def checkpoint(ctx, name: str):
     if cp is None:
         cp = _CHECKPOINTS[key] = ctx.checkpoints.get(name)
     return cp
-
-
-def suite_hashes() -> dict[str, str]:
-    """sha256 of every committed suite file (for training-set manifests)."""
-    out = {}
-    for path in sorted((EXPECTATIONS_DIR / "expectations").rglob("*.json")):
-        out[path.relative_to(EXPECTATIONS_DIR / "expectations").as_posix()] = hashlib.sha256(
-            path.read_bytes()
-        ).hexdigest()
-    return out
 
 
 _SUITE_COLUMNS: dict[tuple[str, str], frozenset[str]] = {}
