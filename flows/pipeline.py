@@ -41,6 +41,9 @@ from flows.runs import ALL_SOURCES, StageRecord
 from flows.sources import SOURCE_NAMES
 
 DEFAULT_CHUNK_DAYS = int(os.environ.get("ASOF_CHUNK_DAYS", "31"))
+# Landed rows validated together at most (ASOF_VALIDATION_MAX_ROWS): GE judges them in one frame, 3.1M
+# bench rows peak at ~4.2 GB (docs/scaling.md section 0).
+VALIDATION_MAX_ROWS = int(os.environ.get("ASOF_VALIDATION_MAX_ROWS", "3500000"))
 # Prefect's default thread pool has no bound: a chunk's 124 ingest tasks parsed every CSV at once,
 # and the allocator kept what those threads grew (90-day backfill: peak 5.9 GB, 3.9 GB with 4
 # workers, ingest 49 s -> 37 s; bench/RESULTS.md). PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS overrides.
@@ -259,12 +262,42 @@ def _collect_ingest(
     _progress(day, "ingested")
 
 
+def validation_slices(days: list[dt.date], results: dict[dt.date, DateResult]) -> list[list[dt.date]]:
+    """Consecutive groups of `days` of at most VALIDATION_MAX_ROWS landed rows (a date alone may hold
+    more): one GE frame holds a slice's rows, so memory follows the slice, not the chunk. A bench
+    chunk (31 x 100k transactions) is one slice; a chunk of 3M-row days is validated a date at a
+    time. Validating in slices gives the same verdicts (tests/test_validation_range.py)."""
+    out: list[list[dt.date]] = []
+    rows = 0
+    for day in days:
+        n = sum((c.get("landed") or 0) for c in results[day].counts.values())
+        if out and rows + n <= VALIDATION_MAX_ROWS:
+            out[-1].append(day)
+            rows += n
+        else:
+            out.append([day])
+            rows = n
+    return out
+
+
 def _validate_stage(
     days: list[dt.date], results: dict[dt.date, DateResult], records: list[StageRecord], stop_on_failure: bool
 ) -> list[dt.date]:
-    """Validate `days` together; record each date's outcome per source. Returns the dates that
-    validated (every source succeeded). With `stop_on_failure` the dates after the first that did
-    not are not validated (no record: the chunk's close marks them not run)."""
+    """Validate `days` slice by slice (`validation_slices`); record each date outcome per source. Returns
+    the dates that validated (every source succeeded). With `stop_on_failure` the dates after the
+    first that did not are not validated (no record: the chunk's close marks them not run)."""
+    good: list[dt.date] = []
+    for part in validation_slices(days, results):
+        ok = _validate_slice(part, results, records, stop_on_failure)
+        good += ok
+        if stop_on_failure and len(ok) < len(part):
+            break
+    return good
+
+
+def _validate_slice(
+    days: list[dt.date], results: dict[dt.date, DateResult], records: list[StageRecord], stop_on_failure: bool
+) -> list[dt.date]:
     if not days:
         return []
     label = days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"

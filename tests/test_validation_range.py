@@ -153,3 +153,19 @@ def test_stopping_at_the_first_failed_date_validates_nothing_after_it(landed: Pa
                 assert not days & set(D[8:]), (layer, name)
     recorded = {r["_batch_date"] for r in lake.read("ops", "validations").to_pylist()}
     assert recorded == set(D[:8])
+
+
+def test_the_pipeline_validates_a_chunk_in_slices_of_bounded_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One GE frame holds a slice: consecutive dates up to the row bound, a big date alone."""
+    from flows import pipeline
+
+    monkeypatch.setattr(pipeline, "VALIDATION_MAX_ROWS", 100)
+    landed = [30, 30, 30, 250, 10, 95, 5]
+    results = {}
+    for day, n in zip(D, landed, strict=False):
+        r = pipeline.DateResult(day)
+        r.counts = {"transactions": {"landed": n - 5}, "merchants": {"landed": 5}}
+        results[day] = r
+    slices = pipeline.validation_slices(D[: len(landed)], results)
+    assert slices == [D[0:3], D[3:4], D[4:5], D[5:7]]
+    assert [d for s in slices for d in s] == D[: len(landed)]
