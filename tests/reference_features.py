@@ -4,12 +4,20 @@ reference implementation of the gold features (SPEC 5 and 7) in plain pandas.
 The reference is deliberately naive and independent of the SQL: for every as-of day D it filters
 the silver rows known by D (`_batch_date <= D`, `event_time < D+1`) and computes each feature with
 an explicit per-window filter, entity by entity.
+
+`silver_from_landing` feeds it from landing files instead of the lake: it parses them with plain
+csv/json and applies the SPEC 6 row rules itself (end-to-end tests compare gold with that).
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import decimal
+import json
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -508,3 +516,257 @@ def reference_features_vectorized(
         key = cols[name][0]
         out[name] = df[cols[name]].sort_values([key, "as_of_date"]).reset_index(drop=True)
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# silver from the landing files, parsed independently of asof's ingest and validation
+
+_INT = re.compile(r"^-?[0-9]{1,18}$")
+_ISO2 = re.compile(r"^[A-Z]{2}$")
+_MCC = re.compile(r"^[0-9]{4}$")
+_SOURCE_FORMAT = {"merchants": "csv", "customers": "jsonl", "transactions": "csv", "chargebacks": "csv"}
+_COLUMNS = {
+    "merchants": ["merchant_id", "name", "mcc", "country", "risk_tier"],
+    "customers": ["customer_id", "op", "updated_at", "country", "kyc_level", "signup_date"],
+    "transactions": ["txn_id", "customer_id", "merchant_id", "amount", "currency", "channel", "event_time"],
+    "chargebacks": ["txn_id", "chargeback_time", "reason_code"],
+}
+_NOTHING = object()
+_LINEAGE = ["_batch_date", "_source_file", "_row_number", "_delivery_order"]
+
+
+@dataclass
+class LandedRow:
+    """One data row of a landing file, with the SPEC 6 verdict of the reference."""
+
+    source: str
+    batch_date: dt.date
+    file: str  # file name inside landing/<source>/<batch_date>/
+    row_number: int  # 1-based data row of the file
+    raw: dict
+    values: dict | None = None  # typed contract values when every column parses
+    reasons: list[str] = field(default_factory=list)
+
+
+def _landed_rows(landing: Path, source: str, day: dt.date) -> list[LandedRow]:
+    """The data rows of batch `day` in delivery order (file name, then row), with plain csv/json."""
+    folder = landing / source / day.isoformat()
+    names = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    files = [folder / n for n in names if not n.startswith((".", "_"))]
+    out = []
+    for path in files:
+        if _SOURCE_FORMAT[source] == "jsonl":
+            lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
+            records = [json.loads(ln) for ln in lines]
+        else:
+            with path.open(newline="", encoding="utf-8-sig") as fh:
+                records = list(csv.DictReader(fh))
+        out += [LandedRow(source, day, path.name, i, rec) for i, rec in enumerate(records, start=1)]
+    return out
+
+
+def _text(v) -> str | None:
+    return None if v is None or str(v) == "" else str(v)
+
+
+def _int(v) -> int | None:
+    s = _text(v)
+    return int(s) if s is not None and _INT.match(s) else None
+
+
+def _utc(v) -> pd.Timestamp | None:
+    """An ISO-8601 timestamp with a zone, in UTC; None when missing, unparseable or without zone."""
+    s = _text(v)
+    if s is None:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(s)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return pd.Timestamp(parsed.astimezone(UTC))
+
+
+def _amount(v) -> float | None:
+    s = _text(v)
+    try:
+        d = decimal.Decimal(s) if s is not None else None
+    except decimal.InvalidOperation:
+        return None
+    if d is None or not d.is_finite() or d != d.quantize(decimal.Decimal("0.01")):
+        return None  # more than 2 decimal places is not an amount of the contract
+    return float(d)
+
+
+def _parse(row: LandedRow) -> dict | None:
+    r = row.raw
+    if row.source == "transactions":
+        v = {
+            "txn_id": _text(r.get("txn_id")),
+            "customer_id": _int(r.get("customer_id")),
+            "merchant_id": _int(r.get("merchant_id")),
+            "amount": _amount(r.get("amount")),
+            "currency": _text(r.get("currency")),
+            "channel": _text(r.get("channel")),
+            "event_time": _utc(r.get("event_time")),
+        }
+        ok = v["currency"] in FX and v["channel"] in ("web", "app", "pos")
+    elif row.source == "customers":
+        signup = _text(r.get("signup_date"))
+        try:
+            signup_date = dt.date.fromisoformat(signup) if signup else None
+        except ValueError:
+            signup_date = None
+        v = {
+            "customer_id": _int(r.get("customer_id")),
+            "op": _text(r.get("op")),
+            "updated_at": _utc(r.get("updated_at")),
+            "country": _text(r.get("country")),
+            "kyc_level": _int(r.get("kyc_level")),
+            "signup_date": signup_date,
+        }
+        ok = v["op"] in ("c", "u") and v["kyc_level"] in (0, 1, 2, 3)
+        ok = ok and bool(_ISO2.match(v["country"] or ""))
+    elif row.source == "merchants":
+        v = {
+            "merchant_id": _int(r.get("merchant_id")),
+            "name": _text(r.get("name")),
+            "mcc": _text(r.get("mcc")),
+            "country": _text(r.get("country")),
+            "risk_tier": _text(r.get("risk_tier")),
+        }
+        ok = (
+            bool(_MCC.match(v["mcc"] or ""))
+            and bool(_ISO2.match(v["country"] or ""))
+            and v["risk_tier"] in ("low", "medium", "high")
+        )
+    else:
+        v = {
+            "txn_id": _text(r.get("txn_id")),
+            "chargeback_time": _utc(r.get("chargeback_time")),
+            "reason_code": _text(r.get("reason_code")),
+        }
+        ok = True
+    return v if ok and all(x is not None for x in v.values()) else None
+
+
+@dataclass
+class LandingSilver:
+    """What SPEC 6 lets into silver, from the landing files: `silver` holds, per source, the accepted
+    rows in delivery order with `_batch_date`, `_source_file` (file name) and `_row_number` (the
+    file's data row); `_delivery_order` orders a batch by (file, row), the SPEC's tie-break.
+    `rows` keeps every landed row with its reasons (empty for the accepted ones)."""
+
+    silver: dict[str, pd.DataFrame]
+    rows: list[LandedRow]
+
+    def for_reference(self) -> dict[str, pd.DataFrame]:
+        """The frames `reference_features[_vectorized]` take: `_row_number` replaced by the delivery
+        order within the batch, so their (batch, row) first-delivery sort is the SPEC's
+        (batch, file, row)."""
+        return {
+            name: df.drop(columns=["_row_number"]).rename(columns={"_delivery_order": "_row_number"})
+            for name, df in self.silver.items()
+        }
+
+
+def silver_from_landing(landing: Path, start: dt.date, end: dt.date) -> LandingSilver:
+    """Apply the SPEC 6 row rules to the landing files of batches [start, end], batch by batch in the
+    validation order (merchants, customers, transactions, chargebacks), without asof's code:
+
+    * every contract column present and parseable (timestamps need a zone), enums in their sets;
+    * transactions: 0 < amount <= 1,000,000; currency in the FX seed; D-30 00:00 <= event_time < D+1;
+      merchant_id in a merchants snapshot of a batch <= D;
+    * customers: updated_at < D+1; chargebacks: chargeback_time < D+1 and txn_id of a silver
+      transaction of a batch <= D;
+    * duplicates (key: txn_id; customers (customer_id, updated_at); merchants merchant_id within one
+      snapshot): the first delivery, by (batch date, file, row), wins. Within a batch the first row
+      of a key wins even when it fails another rule; a later batch's copy is compared with the silver
+      row: identical -> `duplicate`, different -> `conflicting_duplicate`.
+
+    Batch-level rules are not applied: the callers check that no date was rejected.
+    """
+    keys = {
+        "merchants": lambda v: v["merchant_id"],
+        "customers": lambda v: (v["customer_id"], v["updated_at"]),
+        "transactions": lambda v: v["txn_id"],
+        "chargebacks": lambda v: v["txn_id"],
+    }
+    raw_key = {
+        "merchants": lambda r: _int(r.get("merchant_id")),
+        "customers": lambda r: (_int(r.get("customer_id")), _utc(r.get("updated_at"))),
+        "transactions": lambda r: _text(r.get("txn_id")),
+        "chargebacks": lambda r: _text(r.get("txn_id")),
+    }
+    accepted: dict[str, dict] = {s: {} for s in _SOURCE_FORMAT}  # key -> first silver values
+    silver_rows: dict[str, list[dict]] = {s: [] for s in _SOURCE_FORMAT}
+    known_merchants: set[int] = set()
+    known_txns: set[str] = set()
+    everything: list[LandedRow] = []
+    for day in date_range(start, end):
+        next_midnight = _ts(day, 86_400)
+        for source in _SOURCE_FORMAT:
+            batch = _landed_rows(landing, source, day)
+            first_in_batch: dict = {}  # key -> values of its first row in this batch
+            snapshot_merchants: set[int] = set()
+            for order, row in enumerate(batch, start=1):
+                everything.append(row)
+                v = row.values = _parse(row)
+                if v is None:
+                    row.reasons.append("unparseable_or_missing")
+                key = keys[source](v) if v is not None else raw_key[source](row.raw)
+                dup_of = _NOTHING
+                if key is not None and not (isinstance(key, tuple) and None in key):
+                    if source != "merchants" and key in accepted[source]:
+                        dup_of = accepted[source][key]  # the silver row of an earlier batch
+                    elif key in first_in_batch:
+                        dup_of = first_in_batch[key]  # this batch's first row, whatever its fate
+                    else:
+                        first_in_batch[key] = v
+                if dup_of is not _NOTHING:
+                    same = v is not None and v == dup_of
+                    row.reasons.append("duplicate" if same else "conflicting_duplicate")
+                if v is None:
+                    continue
+                if source == "transactions":
+                    if not 0 < v["amount"] <= 1_000_000:
+                        row.reasons.append("amount_out_of_range")
+                    if v["event_time"] >= next_midnight:
+                        row.reasons.append("future_event_time")
+                    if v["event_time"] < next_midnight - pd.Timedelta(days=31):
+                        row.reasons.append("too_late")
+                    if v["merchant_id"] not in known_merchants:
+                        row.reasons.append("unknown_merchant")
+                elif source == "customers" and v["updated_at"] >= next_midnight:
+                    row.reasons.append("future_updated_at")
+                elif source == "chargebacks":
+                    if v["chargeback_time"] >= next_midnight:
+                        row.reasons.append("future_chargeback_time")
+                    if v["txn_id"] not in known_txns:
+                        row.reasons.append("unknown_transaction")
+                if row.reasons:
+                    continue
+                if source != "merchants":
+                    accepted[source][key] = v
+                silver_rows[source].append(
+                    {
+                        **v,
+                        "_batch_date": day,
+                        "_source_file": row.file,
+                        "_row_number": row.row_number,
+                        "_delivery_order": order,
+                    }
+                )
+                if source == "merchants":
+                    snapshot_merchants.add(v["merchant_id"])
+                elif source == "transactions":
+                    known_txns.add(v["txn_id"])
+            known_merchants |= snapshot_merchants
+    silver = {}
+    for source, recs in silver_rows.items():
+        df = pd.DataFrame(recs, columns=[*_COLUMNS[source], *_LINEAGE])
+        if "event_time" in df:
+            df["event_time"] = pd.to_datetime(df["event_time"], utc=True)
+        silver[source] = df
+    return LandingSilver(silver, everything)
