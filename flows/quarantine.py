@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from flows import lake
+from flows import lake, runs
 from flows.sources import SOURCE_NAMES, bronze_schema, get_source, silver_schema
 from flows.validation import storage
 from flows.validation.stage import Evaluation, revalidate, write_split
@@ -233,7 +233,11 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
         storage.replace_partitions("silver", src, [day], new_silver, silver_schema(src))
         storage.replace_partitions("quarantine", src, [day], new_q, storage.quarantine_schema(src))
 
-    _, n_silver, n_quarantine = storage.check_conservation(src.name, day)
+    try:
+        _, n_silver, n_quarantine = storage.check_conservation(src.name, day)
+    except storage.ConservationError as exc:
+        _mark_failed(src.name, day, exc)
+        raise
     res.rows_released = len(released)
     res.rows_still_quarantined = n_quarantine
     res.release_id = f"release-{day.isoformat()}-{src.name}-{uuid.uuid4().hex[:12]}"
@@ -248,6 +252,18 @@ def _release(source: str, day: dt.date, rule: str | None, *, build_docs: bool) -
     _refresh_validation_record(src.name, day, n_silver, n_quarantine, res, median)
     _publish(ev, build_docs, res)
     return res
+
+
+def _mark_failed(source: str, day: dt.date, exc: Exception) -> None:
+    """A release that broke conservation leaves the date's silver and quarantine inconsistent: the
+    date is recorded as failed (its validate stage, for this source), so `asof status` says so and a
+    backfill without --force reruns it, which rebuilds both partitions from bronze."""
+    message = f"release: {type(exc).__name__}: {exc}; rerun the date (asof run --date {day.isoformat()})"
+    runs.append(
+        f"release-{uuid.uuid4().hex[:12]}",
+        None,
+        [runs.StageRecord(day, "validate", source, "failed", message=message)],
+    )
 
 
 def _refresh_reasons(remaining: pa.Table, cand: pa.Table, ev: Evaluation) -> pa.Table:

@@ -259,6 +259,11 @@ def test_release_raises_when_its_writes_lose_or_double_a_row(
     # no release is recorded and the validation record is not refreshed to the broken counts
     assert Q.read_releases("transactions", Q_DAY) == []
     assert storage.read_validations(Q_DAY, "transactions")[0] == validated
+    # the date is recorded as failed, with the reason, so status says so and a backfill reruns it
+    assert runs.date_status(runs.latest(Q_DAY, Q_DAY)) == {Q_DAY: "failed"}
+    failed = [r for r in runs.latest(Q_DAY, Q_DAY) if r["status"] == "failed"]
+    assert [(r["stage"], r["source"]) for r in failed] == [("validate", "transactions")]
+    assert "ConservationError" in failed[0]["message"] and problem in failed[0]["message"]
 
 
 def test_release_of_a_rejected_batch_raises_when_its_split_loses_a_row(
