@@ -25,6 +25,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact, create_table_artifact
@@ -165,16 +166,29 @@ def validate_dates(days: list[dt.date], stop_on_failure: bool, label: str) -> di
     return validate(days, stop_on_failure=stop_on_failure)
 
 
+@dataclass
+class StageOutcome:
+    """What a stage run over a span of dates reports to the flow: the same shape for every stage's
+    task, whatever its module returns."""
+
+    status: str
+    message: str = ""
+    rows: Any = None
+    details: dict = field(default_factory=dict)
+
+
 @task(
     name="transform-features",
     cache_policy=NO_CACHE,
     task_run_name="dbt {start}..{end}",
     timeout_seconds=stage_timeout("transform"),
 )
-def transform_features(start: dt.date, end: dt.date):
+def transform_features(start: dt.date, end: dt.date) -> StageOutcome:
     from flows.transform import transform_range
 
-    return transform_range(start, end)
+    out = transform_range(start, end)
+    details = {"rows": out.rows, "versions": out.versions, "elapsed_s": out.elapsed_s}
+    return StageOutcome(out.status, out.message, out.rows, details)
 
 
 @task(
@@ -185,10 +199,11 @@ def transform_features(start: dt.date, end: dt.date):
     task_run_name="materialize {start}..{end}",
     timeout_seconds=stage_timeout("materialize"),
 )
-def materialize_features(start: dt.date, end: dt.date):
+def materialize_features(start: dt.date, end: dt.date) -> StageOutcome:
     from flows.featurestore import materialize_span
 
-    return materialize_span(start, end)
+    out = materialize_span(start, end)
+    return StageOutcome(out.get("status", "succeeded"), out.get("message", ""), out.get("rows"), out)
 
 
 @task(
@@ -212,10 +227,6 @@ def _contiguous(days: Sequence[dt.date]) -> list[tuple[dt.date, dt.date]]:
         else:
             spans.append((d, d))
     return spans
-
-
-def _attr(obj, name, default=None):
-    return obj.get(name, default) if isinstance(obj, dict) else getattr(obj, name, default)
 
 
 def _submit_ingest(days: list[dt.date]) -> dict[tuple[str, dt.date], PrefectFuture]:
@@ -368,13 +379,8 @@ def _transform_stage(
     for start, end in _contiguous(good):
         try:
             out = transform_features(start, end)
-            status, message = _attr(out, "status", "failed"), _attr(out, "message", "")
-            details = {
-                "rows": _attr(out, "rows", None),
-                "versions": _attr(out, "versions", None),
-                "elapsed_s": _attr(out, "elapsed_s", None),
-                "span": [start.isoformat(), end.isoformat()],
-            }
+            status, message = out.status, out.message
+            details = {**out.details, "span": [start.isoformat(), end.isoformat()]}
         except Exception as exc:
             status, message, details = "failed", f"{type(exc).__name__}: {exc}", {}
         for day in date_range(start, end):
@@ -399,8 +405,7 @@ def _materialize_stage(
     for start, end in _contiguous(days):
         try:
             out = materialize_features(start, end)
-            status, message = _attr(out, "status", "succeeded"), _attr(out, "message", "")
-            rows = _attr(out, "rows")
+            status, message, rows = out.status, out.message, out.rows
         except Exception as exc:
             status, message, rows = "failed", f"{type(exc).__name__}: {exc}", None
         if start != end:
