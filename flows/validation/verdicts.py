@@ -8,7 +8,6 @@ computed here is the wording: observed against expected, per date, from the summ
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,11 +174,3 @@ def batch_verdicts(
             v.status = "rejected"
             v.message = "batch rejected: " + " | ".join(text for _, text in v.rejected)
     return out
-
-
-def top_reasons(
-    reasons: dict[int, list[str]], rows: range | slice, ignored: set[str]
-) -> list[tuple[str, int]]:
-    positions = range(rows.start, rows.stop) if isinstance(rows, slice) else rows
-    counts = Counter(x for i in positions for x in reasons.get(i, ()) if x not in ignored)
-    return counts.most_common(3)
