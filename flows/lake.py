@@ -305,38 +305,54 @@ def read(
     return dset.to_table(filter=filter, columns=list(columns) if columns else None)
 
 
+_EPOCH_DAY = dt.date(1970, 1, 1)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_PER_US = {"s": 1_000_000, "ms": 1_000, "us": 1, "ns": None}
+
+
+def _python_values(col: pa.ChunkedArray) -> list[Any]:
+    """`col.to_pylist()` without pyarrow's pandas-backed conversions: dates and timestamps go
+    through integers (timezone-aware timestamps come back in UTC, as pyarrow returns them)."""
+    if pa.types.is_date32(col.type):
+        return [
+            None if v is None else _EPOCH_DAY + dt.timedelta(days=v) for v in col.cast(pa.int32()).to_pylist()
+        ]
+    if pa.types.is_timestamp(col.type) and _PER_US.get(col.type.unit):
+        per = _PER_US[col.type.unit]
+        base = _EPOCH if col.type.tz else _EPOCH.replace(tzinfo=None)
+        return [
+            None if v is None else base + dt.timedelta(microseconds=v * per)
+            for v in col.cast(pa.int64()).to_pylist()
+        ]
+    return col.to_pylist()
+
+
 def read_rows(layer: str, name: str, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Every row of a small unpartitioned table (ops/runs, ops/releases) as Python dicts.
 
-    Why not `read(...).to_pylist()`: Arrow datasets and pyarrow's Python conversions import pandas,
-    which was 1 s of `asof status` (2.0 s). Local files are read by DuckDB, whose rows come back as
-    Python values without it; anything else (object storage, a partitioned table) goes to `read`."""
+    Why not `read(...).to_pylist()`: Arrow datasets and pyarrow's conversions of dates and times
+    import pandas, which was 1 s of `asof status` (2.0 s). The table's files are read one by one
+    with pyarrow.parquet instead; a partitioned table goes to `read`."""
     tbl = table(layer, name)
     schema = pa.schema(tbl.schema().to_arrow())
     wanted = list(columns) if columns else schema.names
-    if tbl.metadata().partition_columns or not settings().is_local_lake:
+    if tbl.metadata().partition_columns:
         return read(layer, name, columns=wanted).to_pylist()
-    actions = pa.RecordBatchReader.from_stream(tbl.get_add_actions(flatten=True)).read_all()
-    root = Path(uri(layer, name)).resolve()
-    files = [str(root / unquote(rel)) for rel in actions.column("path").to_pylist()]
-    if not files:
-        return []
-    import duckdb
+    import pyarrow.parquet as pq
 
-    con = duckdb.connect()
-    try:
-        present = {
-            r[0]
-            for r in con.execute(
-                "DESCRIBE SELECT * FROM read_parquet(?, union_by_name=true)", [files]
-            ).fetchall()
+    actions = pa.RecordBatchReader.from_stream(tbl.get_add_actions(flatten=True)).read_all()
+    fs, root = _table_fs(layer, name)
+    rows: list[dict[str, Any]] = []
+    for rel in actions.column("path").to_pylist():
+        with fs.open_input_file(_join(root, unquote(rel))) as fh:
+            piece = pq.ParquetFile(fh).read()
+        n = piece.num_rows
+        # a column added after the file was written reads as null, as it does through Delta
+        values = {
+            c: _python_values(piece.column(c)) if c in piece.column_names else [None] * n for c in wanted
         }
-        # a column added after every file was written reads as null, as it does through Delta
-        select = ", ".join(f'"{c}"' if c in present else f'NULL AS "{c}"' for c in wanted)
-        cur = con.execute(f"SELECT {select} FROM read_parquet(?, union_by_name=true)", [files])
-        return [dict(zip(wanted, row, strict=True)) for row in cur.fetchall()]
-    finally:
-        con.close()
+        rows += [{c: values[c][i] for c in wanted} for i in range(n)]
+    return rows
 
 
 def date_filter(column: str, days: Iterable[dt.date]) -> ds.Expression:

@@ -41,6 +41,29 @@ def lake_field(name: str, type_: str):
     return Field(name, type_, nullable=True)
 
 
+def test_read_rows_converts_dates_and_times_as_pyarrow_does(home: Path) -> None:
+    schema = pa.schema(
+        [
+            ("d", pa.date32()),
+            ("t", pa.timestamp("us", tz="UTC")),
+            ("n", pa.timestamp("us")),
+            ("s", pa.string()),
+        ]
+    )
+    when = dt.datetime(2024, 2, 29, 23, 59, 59, 999999, tzinfo=dt.UTC)
+    data = pa.table(
+        {
+            "d": [dt.date(2024, 2, 29), None, dt.date(1969, 12, 31)],
+            "t": [when, None, dt.datetime(1970, 1, 1, tzinfo=dt.UTC)],
+            "n": [when.replace(tzinfo=None), dt.datetime(1999, 1, 1), None],
+            "s": ["a", None, "c"],
+        },
+        schema=schema,
+    )
+    lake.append("ops", "typed", data, schema=schema)
+    assert lake.read_rows("ops", "typed") == lake.read("ops", "typed").to_pylist()
+
+
 def test_read_rows_hands_partitioned_tables_to_read(home: Path) -> None:
     schema = pa.schema([("_batch_date", pa.date32()), ("n", pa.int64())])
     data = pa.table({"_batch_date": [dt.date(2024, 1, 1), dt.date(2024, 1, 2)], "n": [1, 2]}, schema=schema)
