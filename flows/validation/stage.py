@@ -237,9 +237,10 @@ def _known(b: Batches, rule: dict, ctx: _Context) -> np.ndarray:
     return out
 
 
-def _earlier(b: Batches, rule: dict, ctx: _Context) -> pa.Table | None:
+def _earlier(b: Batches, rule: dict, ctx: _Context, *, include_day: bool = False) -> pa.Table | None:
     """Silver rows of earlier batch dates that may share a key with these rows (look-back window of
-    the first date; each row applies its own)."""
+    the first date; each row applies its own). `include_day`: the run's own date too (a release
+    judges quarantined rows of a date against that date's silver)."""
     contract = b.contract
     lookback = rule.get("lookback_days")
     if not rule.get("across_batches"):
@@ -247,10 +248,9 @@ def _earlier(b: Batches, rule: dict, ctx: _Context) -> pa.Table | None:
     lead = contract.key[0]
     wanted = pc.unique(pc.drop_null(b.typed[lead].combine_chunks()))
     start = ctx.first - dt.timedelta(days=int(lookback)) if lookback else None
+    before = ctx.last + dt.timedelta(days=1) if include_day else ctx.first
     old = [d for d in ctx.old_days(b.source.name) if d < ctx.last]  # its own: processed
-    return history.earlier_deliveries(
-        b.source, contract.column_names, lead, wanted, start, ctx.first, also=old
-    )
+    return history.earlier_deliveries(b.source, contract.column_names, lead, wanted, start, before, also=old)
 
 
 def _volume_bounds(
@@ -444,18 +444,8 @@ def evaluate(
         helpers[AMOUNT_USD_COL] = usd
     fd_rules = contract.rules_of("first_delivery_wins")
     fd = fd_rules[0] if fd_rules else None
-    earlier = None
     lookback_days = int(fd["lookback_days"]) if fd is not None and fd.get("lookback_days") else None
-    if fd is not None and include_day_silver and fd.get("across_batches"):
-        # a release judges rows of a date against that date's silver too
-        lead = contract.key[0]
-        wanted = pc.unique(pc.drop_null(b.typed[lead].combine_chunks()))
-        start = days[0] - dt.timedelta(days=lookback_days) if lookback_days else None
-        earlier = history.earlier_deliveries(
-            source, contract.column_names, lead, wanted, start, days[-1] + dt.timedelta(days=1)
-        )
-    elif fd is not None:
-        earlier = _earlier(b, fd, ctx)
+    earlier = _earlier(b, fd, ctx, include_day=include_day_silver) if fd is not None else None
     needed = suites.suite_columns(rows_suite(source.name))
     landed: dict[dt.date, int] = {}
     drift_history = None

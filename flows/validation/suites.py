@@ -60,40 +60,34 @@ def checkpoint(ctx, name: str):
     return cp
 
 
-_SUITE_COLUMNS: dict[tuple[str, str], frozenset[str]] = {}
+_EXPECTATIONS: dict[tuple[str, str], list[tuple[str, dict]]] = {}
+
+
+def _expectations(suite_name: str) -> list[tuple[str, dict]]:
+    """(type, kwargs) of each expectation of the suite, read once per context."""
+    ctx = ge_context()
+    key = (str(id(ctx)), suite_name)
+    got = _EXPECTATIONS.get(key)
+    if got is None:
+        suite = ctx.suites.get(suite_name)
+        got = _EXPECTATIONS[key] = [
+            (e.configuration.type, e.configuration.kwargs) for e in suite.expectations
+        ]
+    return got
 
 
 def suite_columns(suite_name: str) -> frozenset[str]:
     """Columns the suite's expectations read (GE copies the whole frame per metric: keep it narrow)."""
-    ctx = ge_context()
-    key = (str(id(ctx)), suite_name)
-    cols = _SUITE_COLUMNS.get(key)
-    if cols is None:
-        suite = ctx.suites.get(suite_name)
-        names: set[str] = set()
-        for e in suite.expectations:
-            kwargs = e.configuration.kwargs
-            names.update(kwargs[k] for k in ("column", "column_A", "column_B") if kwargs.get(k))
-        cols = _SUITE_COLUMNS[key] = frozenset(names)
-    return cols
-
-
-_REGEX_COLUMNS: dict[tuple[str, str], frozenset[str]] = {}
+    return frozenset(
+        kw[k] for _, kw in _expectations(suite_name) for k in ("column", "column_A", "column_B") if kw.get(k)
+    )
 
 
 def regex_columns(suite_name: str) -> frozenset[str]:
     """Columns a regex expectation reads: they stay Python strings in the frame, because pandas'
     Arrow-backed strings match with RE2, whose `$` (unlike Python's) does not match before a final
     newline; every other text column is Arrow-backed (a third less time and memory over a chunk)."""
-    ctx = ge_context()
-    key = (str(id(ctx)), suite_name)
-    cols = _REGEX_COLUMNS.get(key)
-    if cols is None:
-        suite = ctx.suites.get(suite_name)
-        cols = _REGEX_COLUMNS[key] = frozenset(
-            e.configuration.kwargs["column"] for e in suite.expectations if "regex" in e.configuration.type
-        )
-    return cols
+    return frozenset(kw["column"] for etype, kw in _expectations(suite_name) if "regex" in etype)
 
 
 def run_suite(
