@@ -373,14 +373,9 @@ def _to_table(
     return pa.table(cols, schema=bronze_schema(source))
 
 
-def _files_predicate(source: Source, day: dt.date) -> str:
-    return f"{lake.date_predicate('_batch_date', day)} AND source = '{source.name}'"
-
-
-def ingest(source_name: str, day: dt.date) -> IngestOutcome:
-    """Ingest batch `day` of one source: replaces exactly that `_batch_date` partition in bronze."""
-    source = get_source(source_name)
-    now = dt.datetime.now(dt.UTC)
+def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcome, pa.Table]:
+    """Read batch `day` of `source` from the landing zone: its outcome and its bronze rows (nothing
+    written yet)."""
     folder = landing_dir(source.name, day)
     entries = (
         sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_"))) if folder.is_dir() else []
@@ -413,45 +408,91 @@ def ingest(source_name: str, day: dt.date) -> IngestOutcome:
         notes = [f"{r.file}: {r.message}" for r in outcome.files if r.message]
         if notes:
             outcome.message += " (" + "; ".join(notes) + ")"
+    return outcome, _to_table(rows, counts, source, day, now)
 
-    data = _to_table(rows, counts, source, day, now)
-    outcome.bronze_version = lake.replace(
+
+def ingest_dates(source_name: str, days: list[dt.date]) -> dict[dt.date, IngestOutcome]:
+    """Ingest the batches `days` of one source: each date's `_batch_date` partition of bronze is
+    replaced, all of them in one Delta commit (and one commit of their file records), so a chunk
+    of a backfill pays two commits per source instead of two per date.
+
+    One date never spoils another: a date whose files cannot be read at all (an unexpected error)
+    is left out of the commit and reported `failed`, and the bronze row count is checked per date
+    after the commit (a date whose count is off is reported `failed`, the others stand)."""
+    source = get_source(source_name)
+    now = dt.datetime.now(dt.UTC)
+    outcomes: dict[dt.date, IngestOutcome] = {}
+    tables: list[pa.Table] = []
+    for day in days:
+        try:
+            outcome, table = _parse(source, day, now)
+        except Exception as exc:  # reported for this date only
+            outcomes[day] = IngestOutcome(
+                source.name, day, "failed", 0, message=f"{type(exc).__name__}: {exc}"
+            )
+            continue
+        outcomes[day] = outcome
+        tables.append(table)
+    written = [d for d in days if outcomes[d].status != "failed"]
+    if not written:
+        return outcomes
+    version = lake.replace(
         "bronze",
         source.name,
-        data,
-        predicate=lake.date_predicate("_batch_date", day),
+        pa.concat_tables(tables),
+        predicate=lake.dates_predicate("_batch_date", written),
         partition_by=["_batch_date"],
         schema=bronze_schema(source),
     )
-    _record_files(source, day, outcome.files, now)
-    landed = lake.read("bronze", source.name, days=[day], columns=["_row_number"]).num_rows
-    if landed != outcome.rows:
-        raise RuntimeError(
-            f"conservation violated for {source.name} {day}: "
-            f"parsed {outcome.rows} rows, bronze holds {landed}"
-        )
+    _record_files(source, {d: outcomes[d].files for d in written}, now)
+    landed = _bronze_counts(source, written)
+    for day in written:
+        outcome = outcomes[day]
+        outcome.bronze_version = version
+        if landed.get(day, 0) != outcome.rows:
+            outcome.status = "failed"
+            outcome.message = (
+                f"conservation violated for {source.name} {day}: "
+                f"parsed {outcome.rows} rows, bronze holds {landed.get(day, 0)}"
+            )
+    return outcomes
+
+
+def _bronze_counts(source: Source, days: list[dt.date]) -> dict[dt.date, int]:
+    dates = lake.read("bronze", source.name, days=days, columns=["_batch_date"]).column("_batch_date")
+    counts = pc.value_counts(dates)
+    return dict(zip(counts.field("values").to_pylist(), counts.field("counts").to_pylist(), strict=True))
+
+
+def ingest(source_name: str, day: dt.date) -> IngestOutcome:
+    """Ingest batch `day` of one source (`ingest_dates` for one date); raises instead of reporting
+    `failed`, for callers that handle one batch."""
+    outcome = ingest_dates(source_name, [day])[day]
+    if outcome.status == "failed":
+        raise RuntimeError(outcome.message)
     return outcome
 
 
-def _record_files(source: Source, day: dt.date, files: list[FileRecord], now: dt.datetime) -> None:
+def _record_files(source: Source, files: dict[dt.date, list[FileRecord]], now: dt.datetime) -> None:
+    rows = [(day, f) for day, fs in files.items() for f in fs]
     records = {
-        "_batch_date": [day] * len(files),
-        "source": [source.name] * len(files),
-        "file": [f.file for f in files],
-        "status": [f.status for f in files],
-        "header": [json.dumps(f.header) if f.header is not None else None for f in files],
-        "rows": [f.rows for f in files],
-        "bytes": [f.bytes for f in files],
-        "sha256": [f.sha256 for f in files],
-        "encoding": [f.encoding for f in files],
-        "message": [f.message for f in files],
-        "ingested_at": [now] * len(files),
+        "_batch_date": [day for day, _ in rows],
+        "source": [source.name] * len(rows),
+        "file": [f.file for _, f in rows],
+        "status": [f.status for _, f in rows],
+        "header": [json.dumps(f.header) if f.header is not None else None for _, f in rows],
+        "rows": [f.rows for _, f in rows],
+        "bytes": [f.bytes for _, f in rows],
+        "sha256": [f.sha256 for _, f in rows],
+        "encoding": [f.encoding for _, f in rows],
+        "message": [f.message for _, f in rows],
+        "ingested_at": [now] * len(rows),
     }
     lake.replace(
         "ops",
         "ingest_files",
         pa.table(records, schema=INGEST_FILES_SCHEMA),
-        predicate=_files_predicate(source, day),
+        predicate=f"{lake.dates_predicate('_batch_date', files)} AND source = '{source.name}'",
         partition_by=["_batch_date"],
         schema=INGEST_FILES_SCHEMA,
     )

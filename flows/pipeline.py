@@ -1,6 +1,6 @@
 """Prefect flows: the pipeline diagram, one task per stage.
 
-    ingest (per source, in parallel) -> validate (per date, in date order) -> transform (dbt, one
+    ingest (per source, in parallel) -> validate (the chunk as one set) -> transform (dbt, one
     invocation per chunk of dates) -> materialize (Feast, once per run)
 
 A backfill is the same chain over a range: dates are processed in order, in chunks, so dbt runs once
@@ -37,7 +37,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import key_index, lake, monitor, notify, runs
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range
-from flows.ingest import IngestOutcome, ingest
+from flows.ingest import IngestOutcome, ingest_dates
 from flows.runs import ALL_SOURCES, StageRecord
 from flows.sources import SOURCE_NAMES
 
@@ -45,9 +45,10 @@ DEFAULT_CHUNK_DAYS = int(os.environ.get("ASOF_CHUNK_DAYS", "31"))
 # Landed rows validated together at most (ASOF_VALIDATION_MAX_ROWS): GE judges them in one frame, 3.1M
 # bench rows peak at ~4.2 GB (docs/scaling.md section 0).
 VALIDATION_MAX_ROWS = int(os.environ.get("ASOF_VALIDATION_MAX_ROWS", "3500000"))
-# Prefect's default thread pool has no bound: a chunk's 124 ingest tasks parsed every CSV at once,
-# and the allocator kept what those threads grew (90-day backfill: peak 5.9 GB, 3.9 GB with 4
-# workers, ingest 49 s -> 37 s; bench/RESULTS.md). PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS overrides.
+# Prefect's default thread pool has no bound: when ingest was a task per source and date, a chunk's
+# 124 tasks parsed every CSV at once and the allocator kept what those threads grew (90-day
+# backfill: peak 5.9 GB, 3.9 GB with 4 workers; bench/RESULTS.md). Ingest is now a task per source
+# (4); the bound stays for whatever else is submitted. PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS overrides.
 THREAD_WORKERS = int(os.environ.get("PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS") or 4)
 
 # Per-attempt limits of each stage task, in seconds (ASOF_TIMEOUT_<STAGE>_S; 0 = no limit). A stage
@@ -140,15 +141,16 @@ def _progress(day: dt.date, what: str) -> None:
 
 
 @task(
-    name="ingest-batch",
+    name="ingest-source",
     retries=2,
     retry_delay_seconds=[1, 5],
     cache_policy=NO_CACHE,
-    task_run_name="ingest {source} {day}",
+    task_run_name="ingest {source} {label}",
     timeout_seconds=stage_timeout("ingest"),
 )
-def ingest_batch(source: str, day: dt.date) -> IngestOutcome:
-    return ingest(source, day)
+def ingest_source(source: str, days: list[dt.date], label: str) -> dict[dt.date, IngestOutcome]:
+    """One source's batches of the chunk, in one bronze commit (flows.ingest.ingest_dates)."""
+    return ingest_dates(source, days)
 
 
 @task(
@@ -229,48 +231,56 @@ def _contiguous(days: Sequence[dt.date]) -> list[tuple[dt.date, dt.date]]:
     return spans
 
 
-def _submit_ingest(days: list[dt.date]) -> dict[tuple[str, dt.date], PrefectFuture]:
-    """Every (source, date) batch of the chunk goes to the task runner at once, in date order."""
-    return {(s, d): ingest_batch.submit(s, d) for d in days for s in SOURCE_NAMES}
+def _submit_ingest(days: list[dt.date]) -> dict[str, PrefectFuture]:
+    """Each source's batches of the chunk go to the task runner as one task: sources are independent
+    (they run in parallel), a source's dates share one Delta commit."""
+    label = _label(days)
+    return {s: ingest_source.submit(s, days, label) for s in SOURCE_NAMES}
+
+
+def _label(days: Sequence[dt.date]) -> str:
+    return days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
 
 def _collect_ingest(
-    day: dt.date,
-    futures: dict[tuple[str, dt.date], PrefectFuture],
+    days: list[dt.date],
+    futures: dict[str, PrefectFuture],
     results: dict[dt.date, DateResult],
     records: list[StageRecord],
 ) -> None:
-    """Wait for the ingest of one date's sources and record each outcome."""
-    res = results[day]
-    for source in SOURCE_NAMES:
-        fut = futures.pop((source, day))
+    """Wait for every source's ingest of the chunk and record each (source, date) outcome; a source
+    whose task failed fails each of its dates, and no other source's."""
+    outcomes: dict[str, dict[dt.date, IngestOutcome] | Exception] = {}
+    for source, fut in futures.items():
         try:
-            out: IngestOutcome = fut.result()
-            status = out.status
-            records.append(
-                StageRecord(
-                    day,
-                    "ingest",
-                    source,
-                    status,
-                    rows_out=out.rows,
-                    message=out.message,
-                    details={"files": [asdict(f) for f in out.files], "bronze_version": out.bronze_version},
-                )
-            )
-            res.counts.setdefault(source, {})["landed"] = out.rows
-        except Exception as exc:  # a crash of one batch must not hide the others
-            status = "failed"
-            records.append(
-                StageRecord(day, "ingest", source, "failed", message=f"{type(exc).__name__}: {exc}")
-            )
-        if status != "succeeded":
-            rank = ["succeeded", "malformed", "failed", "not_delivered"]
-            current = res.stages.get("ingest", "succeeded")
-            res.stages["ingest"] = max(current, status, key=rank.index)
-            res.message = "; ".join(m for m in [res.message, f"ingest {source}: {records[-1].message}"] if m)
-    res.stages.setdefault("ingest", "succeeded")
-    _progress(day, "ingested")
+            outcomes[source] = fut.result()
+        except Exception as exc:  # a crash of one source must not hide the others
+            outcomes[source] = exc
+    rank = ["succeeded", "malformed", "failed", "not_delivered"]
+    for day in days:
+        res = results[day]
+        for source in SOURCE_NAMES:
+            got = outcomes[source]
+            record = _ingest_record(day, source, got if isinstance(got, Exception) else got[day])
+            records.append(record)
+            if record.rows_out is not None:
+                res.counts.setdefault(source, {})["landed"] = record.rows_out
+            if record.status != "succeeded":
+                worst = max(res.stages.get("ingest", "succeeded"), record.status, key=rank.index)
+                res.stages["ingest"] = worst
+                res.message = "; ".join(m for m in [res.message, f"ingest {source}: {record.message}"] if m)
+        res.stages.setdefault("ingest", "succeeded")
+        _progress(day, "ingested")
+
+
+def _ingest_record(day: dt.date, source: str, out: IngestOutcome | Exception) -> StageRecord:
+    if isinstance(out, Exception):
+        return StageRecord(day, "ingest", source, "failed", message=f"{type(out).__name__}: {out}")
+    files = [asdict(f) for f in out.files]
+    details = {"files": files, "bronze_version": out.bronze_version}
+    return StageRecord(
+        day, "ingest", source, out.status, rows_out=out.rows, message=out.message, details=details
+    )
 
 
 def validation_slices(days: list[dt.date], results: dict[dt.date, DateResult]) -> list[list[dt.date]]:
@@ -311,9 +321,8 @@ def _validate_slice(
 ) -> list[dt.date]:
     if not days:
         return []
-    label = days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
     try:
-        outcome = validate_dates(days, stop_on_failure, label)
+        outcome = validate_dates(days, stop_on_failure, _label(days))
     except Exception as exc:
         # a conservation violation on D: the dates before it were written and checked
         done = getattr(exc, "outcome", None) or {}
@@ -526,8 +535,7 @@ def _process_chunks(
             # chunk is then validated as one set (flows.validation.stage).
             ingesting = _submit_ingest(chunk)
             with _timed("ingest"):
-                for day in chunk:
-                    _collect_ingest(day, ingesting, results, records)
+                _collect_ingest(chunk, ingesting, results, records)
             # Malformed files still go through validation, so their rows land in quarantine with
             # a reason; a source not delivered at all stops the date here.
             todo: list[dt.date] = []

@@ -1,7 +1,7 @@
 """Where a flow's parallel tasks run: the default thread pool, or a Dask cluster.
 
 Why a module of its own: the pipeline (flows/pipeline.py) only says *what* may run in parallel
-(`ingest_batch.submit`, one task per source and date); *where* is the caller's choice, made by
+(`ingest_source.submit`, one task per source and chunk); *where* is the caller's choice, made by
 handing a Prefect task runner to `flow.with_options(task_runner=...)`. Running tasks in other
 processes (or on other hosts) needs three things this module takes care of, none of which belongs
 in the pipeline:

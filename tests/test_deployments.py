@@ -53,7 +53,7 @@ def test_stage_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
     from flows import pipeline
 
     tasks = {
-        "ingest": pipeline.ingest_batch,
+        "ingest": pipeline.ingest_source,
         "validate": pipeline.validate_dates,
         "transform": pipeline.transform_features,
         "materialize": pipeline.materialize_features,
@@ -278,9 +278,9 @@ def test_a_stage_over_its_timeout_fails_the_run_and_notifies(
     from flows import pipeline, runs
 
     if stage == "ingest":
-        monkeypatch.setattr(pipeline, "ingest", _hang_in_python)
+        monkeypatch.setattr(pipeline, "ingest_dates", _hang_in_python)
         monkeypatch.setattr(
-            pipeline, "ingest_batch", pipeline.ingest_batch.with_options(timeout_seconds=1, retries=0)
+            pipeline, "ingest_source", pipeline.ingest_source.with_options(timeout_seconds=1, retries=0)
         )
     else:
         monkeypatch.setattr("flows.validation.stage.validate_dates", _hang_blocking)

@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows import lake
-from flows.ingest import ingest, read_file_records
+from flows.ingest import ingest, ingest_dates, read_file_records
 
 D = dt.date(2024, 3, 1)
 HEADER = "txn_id,customer_id,merchant_id,amount,currency,channel,event_time"
@@ -202,6 +202,65 @@ def test_ingest_files_table_replaced_per_source_and_date(home: Path) -> None:
     assert sorted(r["source"] for r in recs) == ["chargebacks", "transactions"]
     tbl = lake.read("ops", "ingest_files")
     assert pc.sum(pc.equal(tbl["source"], "transactions")).as_py() == 1
+
+
+def test_a_chunk_of_dates_is_one_commit_equal_to_date_by_date(home: Path, tmp_path: Path) -> None:
+    """`ingest_dates` writes the same bronze rows and file records as one `ingest` per date, in one
+    Delta commit per table; dates outside the chunk are not touched."""
+    days = [D + dt.timedelta(days=i) for i in range(4)]
+    for i, day in enumerate(days):
+        land(home, "transactions", day, "a.csv", csv_text(i + 1))
+    land(home, "transactions", days[2], "b.csv", csv_text(2))
+    outside = D - dt.timedelta(days=1)
+    land(home, "transactions", outside, "a.csv", csv_text(7))
+    ingest("transactions", outside)
+
+    def lake_rows() -> tuple[list[dict], list[dict]]:
+        drop = ("_ingested_at", "ingested_at")
+        rows = [
+            {k: v for k, v in r.items() if k not in drop} for d in days for r in bronze("transactions", d)
+        ]
+        recs = [{k: v for k, v in r.items() if k not in drop} for d in days for r in read_file_records(d)]
+        return rows, recs
+
+    for day in days:
+        ingest("transactions", day)
+    one_by_one = lake_rows()
+    before = lake.version("bronze", "transactions")
+    files_before = lake.version("ops", "ingest_files")
+    out = ingest_dates("transactions", days)
+    assert lake.version("bronze", "transactions") == before + 1
+    assert lake.version("ops", "ingest_files") == files_before + 1
+    assert lake_rows() == one_by_one
+    assert [out[d].rows for d in days] == [1, 2, 5, 4]
+    assert {out[d].bronze_version for d in days} == {before + 1}
+    assert len(bronze("transactions", outside)) == 7
+
+
+def test_a_date_that_cannot_be_read_fails_alone(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unexpected error reading one date's files fails that date; the chunk's other dates are
+    written, and the failed date's earlier bronze partition is left as it was."""
+    from flows import ingest as ingest_module
+
+    days = [D, D + dt.timedelta(days=1)]
+    land(home, "transactions", days[0], "a.csv", csv_text(3))
+    bad = land(home, "transactions", days[1], "a.csv", csv_text(2))
+    ingest("transactions", days[1])
+    bad.write_text(csv_text(6))
+    real = ingest_module.read_file
+
+    def broken(path: Path, source):
+        if path == bad:
+            raise OSError("device not ready")
+        return real(path, source)
+
+    monkeypatch.setattr(ingest_module, "read_file", broken)
+    out = ingest_dates("transactions", days)
+    assert out[days[0]].status == "succeeded" and len(bronze("transactions", days[0])) == 3
+    assert out[days[1]].status == "failed" and out[days[1]].message == "OSError: device not ready"
+    assert len(bronze("transactions", days[1])) == 2  # the earlier ingest of that date stands
+    with pytest.raises(RuntimeError, match="device not ready"):
+        ingest("transactions", days[1])
 
 
 def _slow(data: bytes, source_name: str):
