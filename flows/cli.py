@@ -174,7 +174,14 @@ def _print_results(results: list[dict]) -> None:
 
 def _run_flow(kind: str, days: int, task_runner: object | None = None, **params) -> list[dict]:
     _prefect_env()
+    from flows import prefect_api
+
+    server_ready = prefect_api.start_in_background()
     from flows import pipeline
+
+    if server_ready is not None:
+        prefect_api.preload()  # on the other core while the temporary server starts
+        server_ready()
 
     with _progress_bar(days, kind) as advance:
         pipeline.PROGRESS_HOOK = advance

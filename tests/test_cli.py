@@ -82,3 +82,45 @@ def test_parse_range_orders(d1: dt.date, d2: dt.date) -> None:
             parse_range(d1.isoformat(), d2.isoformat())
     else:
         assert parse_range(d1.isoformat(), d2.isoformat()) == (d1, d2)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_a_run_without_a_server_starts_one_temporary_server_and_stops_it(tmp_path: Path) -> None:
+    """No PREFECT_API_URL: the CLI starts Prefect's temporary server while it loads the stages
+    (flows/prefect_api.py), the flow uses that same server (one start, not two), its database lives
+    under ASOF_HOME, and it is gone when the command ends."""
+    import re
+    import socket
+
+    from flows import simulate
+
+    home = tmp_path / "home"
+    day = dt.date(2024, 1, 1)
+    simulate.generate(home / "landing", day, day, simulate.parse_scale("200x400"), seed=3)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"ASOF_HOME": str(home), "PREFECT_LOGGING_LEVEL": "INFO"})
+    res = subprocess.run(
+        [*ASOF, "backfill", "--start", day.isoformat(), "--end", day.isoformat()],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=280,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "summary: succeeded=1" in res.stdout
+    started = re.findall(r"Stopping temporary server on http://127\.0\.0\.1:(\d+)", res.stderr)
+    assert len(started) == 1, res.stderr[-3000:]
+    assert (home / "prefect" / "prefect.db").is_file()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(started[0]))) != 0, "the temporary server outlived the run"
+
+
+def test_a_configured_server_is_used_as_is() -> None:
+    """With PREFECT_API_URL set nothing is started and nothing preloaded."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows import prefect_api
+
+    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
+        assert prefect_api.start_in_background() is None
