@@ -12,17 +12,23 @@ a run against a live server pays each import only if it gets to that stage.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import threading
 from collections.abc import Callable
 
-# What the stages import when they first run (the heavy part of a fresh process).
+# What the stages import when they first run (the heavy part of a fresh process; the flows modules
+# themselves import these lazily, so `asof --help` and `asof status` stay light).
 STAGE_MODULES = (
-    "flows.validation.stage",  # great_expectations
+    "great_expectations",  # validation
+    "flows.validation.stage",
     "flows.datadocs",
-    "dbt.cli.main",
+    "dbt.cli.main",  # transform
+    "dbt.adapters.duckdb",
     "flows.transform",
-    "flows.featurestore",  # feast
+    "feast",  # materialize
+    "flows.feast_offline",
+    "flows.featurestore",
 )
 
 
@@ -56,6 +62,11 @@ def start_in_background() -> Callable[[], None] | None:
 
 
 def preload() -> None:
-    """Import the stages' heavy modules now (while a server starts on the other core)."""
+    """Import the stages' heavy modules and parse the dbt project now (while a server starts on the
+    other core). A project that does not parse is left for the transform stage to report."""
     for name in STAGE_MODULES:
         importlib.import_module(name)
+    from flows.transform import DbtParseError, parse_project
+
+    with contextlib.suppress(DbtParseError):
+        parse_project()

@@ -202,6 +202,13 @@ class _Dbt:
 _DBT = _Dbt()
 
 
+def parse_project() -> None:
+    """Parse the dbt project now instead of at the first transform (raises DbtParseError): a run
+    that waits for something else anyway (its Prefect server starting) gets the parse for free."""
+    with _DBT.lock:
+        _DBT.manifest()
+
+
 def _reset_compiled_state(manifest) -> None:
     """Make a reused manifest compile afresh.
 

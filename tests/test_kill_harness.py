@@ -177,7 +177,7 @@ def _zygote_main() -> None:  # pragma: no cover - runs in the zygote process
             importlib.import_module(name)
     # parse the dbt project once: children reuse the manifest (re-parsed if the project changes)
     with contextlib.suppress(Exception):
-        importlib.import_module("flows.transform")._DBT.manifest()
+        importlib.import_module("flows.transform").parse_project()
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints must not corrupt the protocol
 
