@@ -14,9 +14,11 @@ from typing import Annotated
 
 import typer
 
+from flows import cli_features, cli_monitor, cli_validation, usage
 from flows.dates import DateError, parse_date, parse_range
 from flows.runners import DEFAULT_WORKERS, DaskOptions, Runner, RunnerError, task_runner
-from flows.usage import Refused
+from flows.usage import Refused as Refused  # re-exported: tests and callers catch flows.cli.Refused
+from flows.usage import fail, refuse
 
 app = typer.Typer(
     name="asof",
@@ -25,29 +27,28 @@ app = typer.Typer(
         "landing -> bronze (Delta) -> validate (GE) -> silver + quarantine -> dbt -> gold -> Feast.\n"
         "Data lives under $ASOF_HOME (default ./data). Dates are ISO YYYY-MM-DD."
     ),
+    epilog=(
+        "Exit status: 0 done, 1 failed, 2 bad usage (nothing ran), "
+        "3 a package the command needs is missing or broken, 130 aborted."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
 
 
-def fail(message: str, code: int = 1) -> None:
-    typer.echo(f"asof: error: {message}", err=True)
-    raise typer.Exit(code)
-
-
 def _date(value: str, what: str) -> dt.date:
     try:
         return parse_date(value, what)
     except DateError as exc:
-        raise Refused(str(exc)) from None
+        refuse(str(exc))
 
 
 def _range(start: str, end: str) -> tuple[dt.date, dt.date]:
     try:
         return parse_range(start, end)
     except DateError as exc:
-        raise Refused(str(exc)) from None
+        refuse(str(exc))
 
 
 def _prefect_env() -> None:
@@ -87,7 +88,7 @@ def generate(
         sc = simulate.parse_scale(scale)
         faults = [simulate.parse_fault(f) for f in inject or []]
     except ValueError as exc:
-        raise Refused(str(exc)) from None
+        refuse(str(exc))
     landing = settings().landing
     days = (d2 - d1).days + 1
     with _progress_bar(days, "generating") as advance:
@@ -96,7 +97,7 @@ def generate(
                 landing, d1, d2, sc, seed=seed, faults=faults, progress=lambda d: advance(d, "generated")
             )
         except ValueError as exc:
-            raise Refused(str(exc)) from None
+            refuse(str(exc))
     rows = sum(
         (v.get("rows", 0) or 0)
         for per_day in (summary.get("dates") or {}).values()
@@ -194,7 +195,6 @@ def _run_flow(kind: str, days: int, task_runner: object | None = None, **params)
             # The data path finished; monitoring marked the run failed. Show the dates, then fail.
             _print_results(exc.data)
             fail(str(exc))
-            raise
         finally:
             pipeline.PROGRESS_HOOK = None
 
@@ -261,15 +261,15 @@ def backfill(
     """
     d1, d2 = _range(start, end)
     if runner is Runner.threads and (address or workers is not None or dashboard_port is not None):
-        raise Refused("--address, --workers and --dashboard-port need --runner dask")
+        refuse("--address, --workers and --dashboard-port need --runner dask")
     if address and (workers is not None or dashboard_port is not None):
-        raise Refused("--workers and --dashboard-port apply to a local cluster, not to --address")
+        refuse("--workers and --dashboard-port apply to a local cluster, not to --address")
     try:
         options = DaskOptions(
             address=address, n_workers=workers or DEFAULT_WORKERS, dashboard_port=dashboard_port
         )
     except RunnerError as exc:
-        raise Refused(str(exc)) from None
+        refuse(str(exc))
     _prefect_env()
     try:
         with task_runner(runner, options if runner is Runner.dask else None) as flow_runner:
@@ -285,7 +285,6 @@ def backfill(
             )
     except RunnerError as exc:
         fail(str(exc))
-        raise
     _print_results(results)
     bad = [r for r in results if r["status"] not in ("succeeded", "skipped")]
     if bad:
@@ -308,7 +307,7 @@ def status(
     from flows.sources import SOURCE_NAMES
 
     if end and not start:
-        raise Refused("--end needs --start")
+        refuse("--end needs --start")
     d1, d2 = _range(start, end or start) if start else (None, None)
     records = runs.latest(d1, d2)
     if not records:
@@ -344,62 +343,16 @@ def status(
         typer.echo(f"{r['execution_date']} {r['stage']} {r['source']}: {r['status']}: {r['message']}")
 
 
-def _register_optional() -> None:
-    """Commands owned by later stages register themselves if their modules are present."""
-    try:
-        from flows.cli_validation import docs_command, quarantine_app
-
-        app.add_typer(quarantine_app, name="quarantine", help="Inspect and replay quarantined rows.")
-
-        @app.command()
-        def docs(
-            serve: Annotated[bool, typer.Option("--serve", help="Serve the site on 127.0.0.1.")] = False,
-            port: Annotated[int, typer.Option(help="Port for --serve (0 = any free port).")] = 0,
-        ) -> None:
-            """Build the validation Data Docs (offline-ready); --serve serves them on 127.0.0.1."""
-            typer.echo(docs_command(serve=serve, port=port))
-    except ImportError:
-        pass
-    try:
-        from flows import cli_features
-
-        cli_features.register(app)
-    except ImportError:
-        pass
-    try:
-        from flows import cli_monitor
-
-        cli_monitor.register(app)
-    except ImportError:
-        pass
-
-
-_register_optional()
+# Registered unconditionally: these modules import only typer and the light flows modules, and every
+# command imports its heavy dependencies in its body, where usage.guard_commands reports a failed import.
+cli_validation.register(app)
+cli_features.register(app)
+cli_monitor.register(app)
+usage.guard_commands(app)
 
 
 def main() -> None:
-    try:
-        # With standalone_mode=False click *returns* the code of a typer.Exit instead of raising.
-        code = app(standalone_mode=False)
-        sys.exit(code if isinstance(code, int) else 0)
-    except Refused as exc:
-        typer.echo(f"asof: error: {exc}", err=True)
-        sys.exit(2)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except typer.Abort:
-        typer.echo("asof: aborted", err=True)
-        sys.exit(130)
-    except Exception as exc:  # click usage errors and anything unexpected: one line, non-zero
-        # typer vendors its own click, so match click's usage errors by shape, not by class.
-        if hasattr(exc, "format_message") and hasattr(exc, "exit_code"):
-            hint = f" (see '{exc.ctx.command_path} --help')" if getattr(exc, "ctx", None) else ""
-            typer.echo(f"asof: error: {exc.format_message()}{hint}", err=True)
-            sys.exit(exc.exit_code)
-        typer.echo(f"asof: error: {type(exc).__name__}: {exc}", err=True)
-        if os.environ.get("ASOF_DEBUG"):
-            raise
-        sys.exit(1)
+    usage.run(app)
 
 
 if __name__ == "__main__":

@@ -12,30 +12,18 @@ from typing import Annotated
 
 import typer
 
+from flows import usage
 from flows.dates import DateError, parse_date, parse_range
+from flows.usage import fail, refuse
 
 SERVICES = ("fraud_v1", "fraud_v2")
 
 
-def _refuse(message: str) -> None:
-    """Bad arguments: `asof` reports them as one line on stderr with exit status 2."""
-    try:
-        from flows.usage import Refused
-    except ImportError:  # pragma: no cover - standalone use without the main CLI
-        raise typer.BadParameter(message) from None
-    raise Refused(message)
-
-
-def _error(message: str) -> None:
-    typer.echo(f"asof: error: {message}", err=True)
-    raise typer.Exit(1)
-
-
 def _parquet_path(out: Path, option: str) -> Path:
     if out.suffix != ".parquet":
-        _refuse(f"{option}: {out} must end in .parquet")
+        refuse(f"{option}: {out} must end in .parquet")
     if out.is_dir():
-        _refuse(f"{option}: {out} is a directory")
+        refuse(f"{option}: {out} is a directory")
     return out
 
 
@@ -54,10 +42,9 @@ def training_set(
         d1, d2 = parse_range(start, end)
         cutoff = parse_date(label_cutoff, "label cutoff") if label_cutoff else None
     except DateError as exc:
-        _refuse(str(exc))
-        return
+        refuse(str(exc))
     if service not in SERVICES:
-        _refuse(f"--service: unknown feature service {service!r} (known: {', '.join(SERVICES)})")
+        refuse(f"--service: unknown feature service {service!r} (known: {', '.join(SERVICES)})")
     out = _parquet_path(out, "--out")
 
     from flows import lake
@@ -66,8 +53,7 @@ def training_set(
     try:
         manifest = build_training_set(d1, d2, service, out, label_cutoff=cutoff)
     except (TrainingSetError, lake.LakeError) as exc:
-        _error(str(exc))
-        return
+        fail(str(exc))
     o = manifest["output"]
     typer.echo(
         f"wrote {o['rows']} rows ({o['positives']} fraud) x {len(o['columns'])} columns to {out}\n"
@@ -84,7 +70,7 @@ def reproduce(
 ) -> None:
     """Rebuild a training set bit for bit from the table versions in its manifest."""
     if not manifest.is_file():
-        _refuse(f"manifest {manifest} does not exist")
+        refuse(f"manifest {manifest} does not exist")
     out = _parquet_path(out, "--out")
 
     from flows import lake
@@ -94,12 +80,11 @@ def reproduce(
     try:
         result = rebuild(manifest, out)
     except (TrainingSetError, lake.LakeError) as exc:
-        _error(str(exc))
-        return
+        fail(str(exc))
     rep = result["reproduction"]
     if not rep["identical"]:
         changed = ", ".join(rep["changed_since"]) or "nothing recorded"
-        _error(
+        fail(
             f"{out} differs from the original (sha256 {result['output']['sha256']} != "
             f"{rep['expected_sha256']}; changed since: {changed})"
         )
@@ -120,9 +105,9 @@ def serve(
     Uses the same store as the pipeline (SQLite, or Redis with ASOF_ONLINE_STORE=redis).
     """
     if not 0 < port < 65536:
-        _refuse("--port must be 1-65535")
+        refuse("--port must be 1-65535")
     if workers < 1:
-        _refuse("--workers must be >= 1")
+        refuse("--workers must be >= 1")
     from feast.feature_server import start_server
 
     from flows.featurestore import get_store
@@ -161,22 +146,12 @@ features_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 register(features_app)
+usage.guard_commands(features_app)
 
 
 def main() -> None:
     """Standalone entry point (`python -m flows.cli_features`)."""
-    import sys
-
-    try:
-        features_app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        if hasattr(exc, "show"):  # typer/click usage errors
-            exc.show()
-            sys.exit(getattr(exc, "exit_code", 2))
-        typer.echo(f"asof: error: {exc}", err=True)
-        sys.exit(2 if type(exc).__name__ == "Refused" else 1)
+    usage.run(features_app)
 
 
 if __name__ == "__main__":

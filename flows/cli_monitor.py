@@ -15,19 +15,14 @@ from typing import Annotated
 
 import typer
 
+from flows import usage
 from flows.dates import DateError, parse_date, parse_range
+from flows.usage import Refused, fail
 
 
-class MonitorArgumentError(ValueError):
-    """Bad arguments (the `asof` CLI reports them as one line with exit status 2)."""
-
-
-def _refuse(message: str) -> None:
-    try:
-        from flows.usage import Refused
-    except ImportError:  # pragma: no cover - standalone use without the main CLI
-        raise typer.BadParameter(message) from None
-    raise Refused(message)
+class MonitorArgumentError(Refused, ValueError):
+    """Bad arguments. A ValueError for callers of `monitor_command`; a Refused, so `asof monitor`
+    reports it as one line with exit status 2."""
 
 
 def resolve_range(start: str | None, end: str | None, default_days: int) -> tuple[dt.date, dt.date] | None:
@@ -177,14 +172,9 @@ def monitor(
 
     Without --start/--end: the newest 30 days with metrics. Thresholds: monitoring.toml.
     """
-    try:
-        code = monitor_command(start, end, html, recompute=recompute, online=online, strict=strict)
-    except MonitorArgumentError as exc:
-        _refuse(str(exc))
-        return
+    code = monitor_command(start, end, html, recompute=recompute, online=online, strict=strict)
     if code:
-        typer.echo("asof: error: a failure-severity monitoring threshold was breached", err=True)
-        raise typer.Exit(code)
+        fail("a failure-severity monitoring threshold was breached", code)
 
 
 def register(app: typer.Typer) -> None:
@@ -199,21 +189,12 @@ monitor_app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 monitor_app.command("monitor")(monitor)
+usage.guard_commands(monitor_app)
 
 
 def main() -> None:
-    import sys
-
-    try:
-        monitor_app(standalone_mode=False)
-    except typer.Exit as exc:
-        sys.exit(exc.exit_code)
-    except Exception as exc:
-        if hasattr(exc, "show"):
-            exc.show()
-            sys.exit(getattr(exc, "exit_code", 2))
-        typer.echo(f"asof: error: {exc}", err=True)
-        sys.exit(2 if type(exc).__name__ in ("Refused", "MonitorArgumentError") else 1)
+    """Standalone entry point (`python -m flows.cli_monitor`)."""
+    usage.run(monitor_app)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""`asof quarantine list|show|release` and `asof docs` (registered by flows/cli.py).
+"""`asof quarantine list|show|release` and `asof docs` (flows/cli.py calls `register(app)`).
 
 Arguments are checked before anything is read or written; heavy modules (Great Expectations) are
 imported only by the commands that need them.
@@ -14,6 +14,7 @@ import typer
 
 from flows.dates import DateError, parse_date
 from flows.sources import SOURCE_NAMES, UnknownSourceError, get_source
+from flows.usage import refuse
 
 quarantine_app = typer.Typer(
     help=(
@@ -40,35 +41,26 @@ RuleOpt = Annotated[
 ]
 
 
-def _refuse(message: str) -> None:
-    """Bad arguments: one line on stderr, exit status 2 (flows.cli.main reports `Refused` that way)."""
-    try:
-        from flows.usage import Refused
-    except ImportError:  # pragma: no cover - cli.py always exists in the project
-        raise typer.BadParameter(message) from None
-    raise Refused(message)
-
-
 def _source(value: str | None, required: bool = False) -> str | None:
     if value is None:
         if required:
-            _refuse("--source is required")
+            refuse("--source is required")
         return None
     try:
         return get_source(value).name
     except UnknownSourceError as exc:
-        _refuse(str(exc))
+        refuse(str(exc))
 
 
 def _day(value: str | None, required: bool = False) -> dt.date | None:
     if value is None:
         if required:
-            _refuse("--date is required")
+            refuse("--date is required")
         return None
     try:
         return parse_date(value, "--date")
     except DateError as exc:
-        _refuse(str(exc))
+        refuse(str(exc))
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
@@ -175,7 +167,7 @@ def docs_command(serve: bool = False, port: int = 0) -> str:
 
     Returns the line to print when done (while serving, the URL is printed immediately)."""
     if port < 0 or port > 65535:
-        _refuse(f"--port must be between 0 and 65535, got {port}")
+        refuse(f"--port must be between 0 and 65535, got {port}")
     from flows import datadocs
 
     index = datadocs.build_site()
@@ -190,3 +182,17 @@ def docs_command(serve: bool = False, port: int = 0) -> str:
     finally:
         server.server_close()
     return f"stopped serving {url}"
+
+
+def docs(
+    serve: Annotated[bool, typer.Option("--serve", help="Serve the site on 127.0.0.1.")] = False,
+    port: Annotated[int, typer.Option(help="Port for --serve (0 = any free port).")] = 0,
+) -> None:
+    """Build the validation Data Docs (offline-ready); --serve serves them on 127.0.0.1."""
+    typer.echo(docs_command(serve=serve, port=port))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `quarantine` and `docs` to the `asof` app."""
+    app.add_typer(quarantine_app, name="quarantine", help="Inspect and replay quarantined rows.")
+    app.command("docs")(docs)
