@@ -6,7 +6,7 @@ with no lineage, Delta, Great Expectations, dbt or Feast (issue 17, "Measure").
 
 It reads `$home/landing/<source>/<YYYY-MM-DD>/*` for the batch dates start..end (the batches a
 fresh `asof backfill --start --end` processes), applies the row rules and first-delivery-wins of
-SPEC 6 and computes the gold tables of SPEC 7 with the semantics of the dbt models
+contract §6 and computes the gold tables of contract §7 with the semantics of the dbt models
 (dbt_project/models): `customer_txn_features_daily`, `merchant_features_daily`, `customer_profile`.
 The tables are written as Parquet (timed: asof's time includes writing its gold tables too) and,
 with --check-against, compared row by row and value by value with asof's gold Delta tables in a
@@ -21,7 +21,7 @@ Design (the queries, in order):
    channel allowed, batch day - 30 <= event day <= batch day, merchant known by the batch day), then
    first delivery wins among the valid rows (earliest batch, then file): only the txn_ids that occur
    more than once (found by a hash aggregate) are ranked. A valid row has event day <= batch day, so
-   its knowledge day (SPEC 5) is its batch day `k`.
+   its knowledge day (contract §5) is its batch day `k`.
 3. `customer_txn_features_daily`, as running sums over daily deltas (no range join): a transaction
    is in the w-day window of as-of day D exactly when k <= D <= e + w - 1 (e its event day), so each
    (customer, e, k) cell adds its count/amount on day k and removes it on day e + w; the deltas are

@@ -1,4 +1,4 @@
-"""Batch sources: the three gold Delta tables written by the dbt stage (SPEC section 7).
+"""Batch sources: the three gold Delta tables written by the dbt stage (contract §7).
 
 Paths come from `flows.lake.uri` (the lake root follows ASOF_HOME / ASOF_LAKE_URI), so set
 ASOF_HOME before `feast apply`. The project's offline store resolves each path back to its lake

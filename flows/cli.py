@@ -1,4 +1,4 @@
-"""`asof`: the command line (SPEC section 3).
+"""`asof`: the command line (contract §3).
 
 Arguments are parsed and validated before anything heavy is imported or written, so a typo costs
 milliseconds and leaves the data root untouched. Heavy modules (Prefect, GE, dbt, Feast) are
@@ -76,7 +76,7 @@ def generate(
     seed: Annotated[int, typer.Option(help="Random seed: same seed + date -> identical files.")] = 42,
     inject: Annotated[
         list[str] | None,
-        typer.Option(help="Add a fault: FAULT@YYYY-MM-DD[:source] (repeatable). See SPEC section 4."),
+        typer.Option(help="Add a fault: FAULT@YYYY-MM-DD[:source] (repeatable). See contract §4."),
     ] = None,
 ) -> None:
     """Play the upstream systems: write daily landing files for every source."""

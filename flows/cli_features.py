@@ -1,4 +1,4 @@
-"""`asof training-set`, `asof reproduce`, `asof serve` (SPEC sections 3 and 8).
+"""`asof training-set`, `asof reproduce`, `asof serve` (contract sections 3 and 8).
 
 `flows.cli` calls `register(app)`; `features_app` is the same commands as a standalone Typer app
 (`python -m flows.cli_features --help`). Arguments are checked before Feast is imported (it costs

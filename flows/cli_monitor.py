@@ -1,4 +1,4 @@
-"""`asof monitor [--start D1 --end D2] [--html FILE]`: pipeline health per date (SPEC section 9).
+"""`asof monitor [--start D1 --end D2] [--html FILE]`: pipeline health per date (contract §9).
 
 `flows.cli` calls `register(app)`; `monitor_app` is the same command as a standalone Typer app
 (`python -m flows.cli_monitor --help`). `monitor_command(...)` is the plain-Python entry point.

@@ -53,5 +53,5 @@ def day_start_utc(day: dt.date) -> dt.datetime:
 
 
 def feature_timestamp(as_of: dt.date) -> dt.datetime:
-    """Features as of day D become available at D+1 00:00 UTC (SPEC section 5)."""
+    """Features as of day D become available at D+1 00:00 UTC (contract §5)."""
     return day_start_utc(as_of + dt.timedelta(days=1))

@@ -17,7 +17,7 @@ with the same join keys and the greatest `timestamp_field <= entity timestamp`; 
 timestamp go to the greatest `created_timestamp_column`; the row is used only when it is within
 the view's ttl, otherwise the features are null. The ttl lower bound is exclusive by default
 (`ts > entity_ts - ttl`): a daily row published at D+1 00:00 with ttl 1 day is not served at
-D+2 00:00, so an entity with no newer row reads null rather than a stale value (SPEC 8). Feast's
+D+2 00:00, so an entity with no newer row reads null rather than a stale value (contract §8). Feast's
 own stores use an inclusive bound (`ts >= entity_ts - ttl`); `ttl_lower_bound: inclusive` gives
 exactly that. The two differ only for an entity timestamp exactly `ttl` after the latest row.
 

@@ -289,7 +289,7 @@ def _rows_to_write(fv: FeatureView, start: dt.datetime, end: dt.datetime) -> int
 def materialize_date(day: dt.date | str, views: Sequence[str] | None = None) -> dict[str, Any]:
     """Load into the online store the feature rows that became available on `day`.
 
-    Daily rows of as-of day D carry feature_timestamp D+1 00:00 (SPEC 5): they are the rows of
+    Daily rows of as-of day D carry feature_timestamp D+1 00:00 (contract §5): they are the rows of
     `execution_date` D, materialized with Feast over [D+1 00:00, D+2 00:00). Reads go through
     `feast_offline.current_rows_only()`: a row whose entity already has a newer row in the table is
     skipped (the newer row belongs to, and is written by, a later date). Hence:

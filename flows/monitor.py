@@ -1,4 +1,4 @@
-"""Monitoring per execution date (SPEC section 9): metrics, thresholds, alerts.
+"""Monitoring per execution date (contract §9): metrics, thresholds, alerts.
 
     compute_and_store(days) -> list[Breach]      metrics of each date into `lake/ops/metrics`
     publish(breaches, ...)  -> Verdict            Prefect markdown/link artifacts + the HTML report

@@ -691,7 +691,7 @@ def _report_markdown(title: str, results: list[DateResult]) -> tuple[str, str | 
 
 
 def _publish(title: str, results: list[DateResult]) -> None:
-    """The run's Prefect artifacts (SPEC 9): the per-date status table, a markdown report linking
+    """The run's Prefect artifacts (contract §9): the per-date status table, a markdown report linking
     the Data Docs page of each date's validation and the monitoring report, and a link artifact to
     the Data Docs index. URLs are served ones when `make serve` runs (ASOF_DOCS_URL /
     ASOF_REPORTS_URL), file:// ones otherwise."""

@@ -1,4 +1,4 @@
-"""Inspect and replay quarantined rows (SPEC sections 3 and 6).
+"""Inspect and replay quarantined rows (contract sections 3 and 6).
 
 Quarantine rows keep every bronze column exactly as delivered, plus `_reasons` (every failed rule),
 the validation run that judged them and when. Two ways back into silver:

@@ -1,4 +1,4 @@
-"""The upstream systems, simulated (SPEC section 4).
+"""The upstream systems, simulated (contract §4).
 
 `generate` writes one batch per source per day into `landing/<source>/<YYYY-MM-DD>/<file>`.
 

@@ -1,4 +1,4 @@
-"""The four upstream sources and their contracts (SPEC section 4).
+"""The four upstream sources and their contracts (contract §4).
 
 This is the single place that names sources and their columns; the simulator, ingest, validation
 and the CLI all read it, so a new source or column is added here once.

@@ -1,4 +1,4 @@
-"""Training sets with a manifest, and their bit-for-bit reproduction (SPEC sections 3 and 8).
+"""Training sets with a manifest, and their bit-for-bit reproduction (contract sections 3 and 8).
 
 `build_training_set(start, end, service, out)`:
 

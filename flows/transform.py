@@ -1,4 +1,4 @@
-"""Transformation stage: silver Delta -> dbt (dbt-duckdb) -> gold Delta feature tables (SPEC 5, 7).
+"""Transformation stage: silver Delta -> dbt (dbt-duckdb) -> gold Delta feature tables (contract §5, 7).
 
 `transform_range(start, end)` computes every as-of day of [start, end] in ONE in-process dbt
 invocation (`dbt build`: seed, models, tests) and publishes the three gold tables, each replacing

@@ -5,7 +5,7 @@ Two kinds of gold:
   factor per day (the `cents` fault is x100);
 - `sim_gold`: the project's simulator (realistic: weekly seasonality, heavy-tailed amounts, late and
   duplicate deliveries), its transactions read straight from the landing CSVs (no validation, as if
-  every batch rule were disabled) and turned into SPEC section 7 customer features in DuckDB.
+  every batch rule were disabled) and turned into contract §7 customer features in DuckDB.
 """
 
 from __future__ import annotations
@@ -307,7 +307,7 @@ def read_landing_transactions(home: Path, start: dt.date, end: dt.date) -> pa.Ta
 
 
 def customer_gold_sql(txns: pa.Table, start: dt.date, end: dt.date) -> pa.Table:
-    """SPEC section 7 customer features for as-of days start..end."""
+    """contract §7 customer features for as-of days start..end."""
     con = duckdb.connect()
     con.execute("SET TimeZone='UTC'")
     con.register("txns", txns)

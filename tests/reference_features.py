@@ -1,12 +1,12 @@
 """Test helpers for the transform stage: a small synthetic silver generator and a brute-force
-reference implementation of the gold features (SPEC 5 and 7) in plain pandas.
+reference implementation of the gold features (contract §5 and 7) in plain pandas.
 
 The reference is deliberately naive and independent of the SQL: for every as-of day D it filters
 the silver rows known by D (`_batch_date <= D`, `event_time < D+1`) and computes each feature with
 an explicit per-window filter, entity by entity.
 
 `silver_from_landing` feeds it from landing files instead of the lake: it parses them with plain
-csv/json and applies the SPEC 6 row rules itself (end-to-end tests compare gold with that).
+csv/json and applies the contract §6 row rules itself (end-to-end tests compare gold with that).
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def generate_silver(
     quarantined_days: tuple[int, ...] = (20,),
     inactive_customers: tuple[int, ...] = (1, 2),
 ) -> Silver:
-    """A few weeks of silver with the awkward cases of SPEC 5/6:
+    """A few weeks of silver with the awkward cases of contract §5/6:
 
     * late deliveries: event on day D, batch D+1..D+3, plus a few 8-29 days late;
     * redelivered duplicates (same txn_id in a later batch, same or different content: silver should
@@ -537,7 +537,7 @@ _LINEAGE = ["_batch_date", "_source_file", "_row_number", "_delivery_order"]
 
 @dataclass
 class LandedRow:
-    """One data row of a landing file, with the SPEC 6 verdict of the reference."""
+    """One data row of a landing file, with the contract §6 verdict of the reference."""
 
     source: str
     batch_date: dt.date
@@ -653,9 +653,9 @@ def _parse(row: LandedRow) -> dict | None:
 
 @dataclass
 class LandingSilver:
-    """What SPEC 6 lets into silver, from the landing files: `silver` holds, per source, the accepted
+    """What contract §6 lets into silver, from the landing files: `silver` holds, per source, the accepted
     rows in delivery order with `_batch_date`, `_source_file` (file name) and `_row_number` (the
-    file's data row); `_delivery_order` orders a batch by (file, row), the SPEC's tie-break.
+    file's data row); `_delivery_order` orders a batch by (file, row), the contract's tie-break.
     `rows` keeps every landed row with its reasons (empty for the accepted ones)."""
 
     silver: dict[str, pd.DataFrame]
@@ -663,7 +663,7 @@ class LandingSilver:
 
     def for_reference(self) -> dict[str, pd.DataFrame]:
         """The frames `reference_features[_vectorized]` take: `_row_number` replaced by the delivery
-        order within the batch, so their (batch, row) first-delivery sort is the SPEC's
+        order within the batch, so their (batch, row) first-delivery sort is the contract's
         (batch, file, row)."""
         return {
             name: df.drop(columns=["_row_number"]).rename(columns={"_delivery_order": "_row_number"})
@@ -672,7 +672,7 @@ class LandingSilver:
 
 
 def silver_from_landing(landing: Path, start: dt.date, end: dt.date) -> LandingSilver:
-    """Apply the SPEC 6 row rules to the landing files of batches [start, end], batch by batch in the
+    """Apply the contract §6 row rules to the landing files of batches [start, end], batch by batch in the
     validation order (merchants, customers, transactions, chargebacks), without asof's code:
 
     * every contract column present and parseable (timestamps need a zone), enums in their sets;

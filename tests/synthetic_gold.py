@@ -1,6 +1,6 @@
 """Synthetic silver + gold tables for the feature-store tests (no tests in here).
 
-Gold is computed from silver with the SPEC section 7 rules (K(D): `_batch_date <= D` and
+Gold is computed from silver with the contract §7 rules (K(D): `_batch_date <= D` and
 `event_time < D+1`), in DuckDB, so training sets built on top are coherent; it is written through
 `flows.lake` exactly like the dbt stage writes it (one replace per as-of date range).
 """

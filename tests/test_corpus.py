@@ -1,4 +1,4 @@
-"""The bad-input corpus (issue 7): every kind of broken upstream file lands where SPEC 6 says.
+"""The bad-input corpus (issue 7): every kind of broken upstream file lands where contract §6 says.
 
 A clean 9-day lake is built once (simulator, ingest, validation). Each case then re-delivers one
 source's batch of day 8 (so the volume and drift rules have 7 days of history) in a broken way,

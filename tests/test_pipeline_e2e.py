@@ -2,7 +2,7 @@
 
 Conservation is checked against the landing files themselves, counted independently of ingest, and
 the gold values against the brute-force reference fed from the landing files parsed independently
-(plain csv/json and the SPEC rules in `tests/reference_features.py`), never read back through the lake.
+(plain csv/json and the contract's rules in `tests/reference_features.py`), never read back through the lake.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def silver_rows(source: str) -> set[tuple[dt.date, str, int]]:
 
 def test_gold_values_match_the_reference_from_the_landing_files(backfilled) -> None:
     """Every gold row and value of the backfill equals the brute-force reference computed from the
-    landing files with the SPEC rules (valid rows, first delivery wins, `_batch_date <= D`,
+    landing files with the contract's rules (valid rows, first delivery wins, `_batch_date <= D`,
     `event_time < D+1`, windows [D+1-w, D+1)). Silver is compared first, row for row, with what the
     same independent parse accepts, so a validation bug is told apart from a transform bug."""
     assert [r["status"] for r in backfilled["results"]] == ["succeeded"] * 10, backfilled["results"]

@@ -1,9 +1,9 @@
-"""Fixed point-in-time edges (SPEC 5, 6, 7), end to end through the real flows: hand-written landing
+"""Fixed point-in-time edges (contract §5, 6, 7), end to end through the real flows: hand-written landing
 files with events at exactly 00:00:00 and 23:59:59.999999 UTC on the D-6 and D-29 window edges, late
 rows crossing a window edge, the validation bounds of event_time, and a conflicting duplicate inside
 one batch.
 
-Every expected value below is derived by hand from the SPEC rule (the derivation is in the comment
+Every expected value below is derived by hand from the contract's rule (the derivation is in the comment
 next to it), never copied from the pipeline's output:
 
     K(D)      = valid first deliveries with _batch_date <= D and event_time < D+1
@@ -159,7 +159,7 @@ def lakehouse(tmp_path_factory: pytest.TempPathFactory, prefect_backend):
         first = {t: rf.read_gold(t) for t in GOLD_TABLES}
         # The backfill computed 03-01..03-04 before batch 03-05 (the late rows) was ingested. Redo
         # every as-of day now that all batches are in silver: a fact must still count only from its
-        # batch on (SPEC 5), so nothing may change; the value tests below read this second result.
+        # batch on (contract §5), so nothing may change; the value tests below read this second result.
         rerun = transform_range(START, END)
         yield {"home": home, "results": results, "monitoring": monitoring, "first": first, "rerun": rerun}
 
@@ -191,7 +191,7 @@ def _is_null(v) -> bool:
 
 
 def test_conflicting_duplicate_in_one_batch_the_first_row_wins(lakehouse) -> None:
-    """SPEC 6: the first delivery by (batch, file, row) wins. Batch 03-06 holds dup-1 at row 4
+    """contract §6: the first delivery by (batch, file, row) wins. Batch 03-06 holds dup-1 at row 4
     (11.11 EUR) and row 9 (99.99 EUR): silver keeps row 4, quarantine holds row 9 as
     conflicting_duplicate and the later batches' copies as duplicate / conflicting_duplicate."""
     silver = lake.read("silver", "transactions").to_pandas()

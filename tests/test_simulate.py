@@ -1,4 +1,4 @@
-"""The upstream simulator: determinism, realism and fault injection (SPEC section 4)."""
+"""The upstream simulator: determinism, realism and fault injection (contract §4)."""
 
 from __future__ import annotations
 

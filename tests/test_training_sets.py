@@ -1,4 +1,4 @@
-"""Training sets (SPEC 8): columns, labels by cutoff, point-in-time features, manifest, and
+"""Training sets (contract §8): columns, labels by cutoff, point-in-time features, manifest, and
 bit-for-bit reproduction after later runs rewrote the tables."""
 
 from __future__ import annotations

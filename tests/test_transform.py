@@ -1,5 +1,5 @@
 """Transform stage (issue 4): dbt-duckdb gold features against a brute-force pandas reference,
-the point-in-time rule (SPEC 5), range = day by day, idempotent reruns, dbt failures."""
+the point-in-time rule (contract §5), range = day by day, idempotent reruns, dbt failures."""
 
 from __future__ import annotations
 

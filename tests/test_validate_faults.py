@@ -1,4 +1,4 @@
-"""End to end through the simulator and ingest: every injected fault lands where SPEC 6 says.
+"""End to end through the simulator and ingest: every injected fault lands where contract §6 says.
 
 Row-level faults quarantine exactly the affected rows with the right reason and leave the rest of the
 batch in silver; batch-level faults reject the whole batch (nothing of it in silver); warnings only
@@ -103,7 +103,7 @@ def test_clean_days_are_unaffected(run):
             v = out[n][s]
             assert v.status == "succeeded", (n, s, v.message)
             assert v.warnings == [], (n, s)
-            # the only things a clean batch quarantines: a genuine redelivery of an earlier row (SPEC 4),
+            # the only things a clean batch quarantines: a genuine redelivery of an earlier row (contract §4),
             # and a chargeback on a transaction that was itself quarantined by an earlier fault
             assert set(v.reasons) <= {"duplicate", "unknown_transaction"}, (n, s, v.reasons)
             if "unknown_transaction" in v.reasons:

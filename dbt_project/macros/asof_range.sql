@@ -62,7 +62,7 @@
   {{ return((modules.datetime.date(year, month + 1, 1) - modules.datetime.date(year, month, 1)).days) }}
 {% endmacro %}
 
-{#- Trailing windows of SPEC 7, in days. -#}
+{#- Trailing windows of docs/contract.md section 7, in days. -#}
 {% macro customer_window_days() %}{{ return(30) }}{% endmacro %}
 {% macro merchant_window_days() %}{{ return(90) }}{% endmacro %}
 

@@ -30,7 +30,7 @@ from flows.sources import get_source, silver_schema
 
 _TS = pa.timestamp("us", tz="UTC")
 
-# Gold column types (SPEC 7): ids/counts int64, amounts/rates float64, as_of_date date32,
+# Gold column types (contract §7): ids/counts int64, amounts/rates float64, as_of_date date32,
 # feature_timestamp timestamp[us, UTC]. `lake.replace` casts the mart to exactly this schema.
 GOLD_SCHEMAS: dict[str, pa.Schema] = {
     "customer_txn_features_daily": pa.schema(

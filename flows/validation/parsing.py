@@ -19,7 +19,7 @@ from flows.validation.contracts import Contract
 
 # Syntax of the contract types (a value must match and convert to be "parseable").
 INT_RE = r"^-?[0-9]{1,18}$"
-# SPEC 4: amounts are decimals with 2 dp. More significant places ("12.345") is not an amount the
+# contract §4: amounts are decimals with 2 dp. More significant places ("12.345") is not an amount the
 # contract allows (it would be rounded silently); trailing zeros ("12.340") are the same value.
 DECIMAL_RE = r"^-?(?:[0-9]+(?:\.[0-9]{0,2}0*)?|\.[0-9]{1,2}0*)$"
 TIMESTAMP_RE = (

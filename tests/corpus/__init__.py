@@ -1,4 +1,4 @@
-"""The bad-input corpus: broken upstream deliveries and what must become of them (SPEC 4 and 6).
+"""The bad-input corpus: broken upstream deliveries and what must become of them (contract §4 and 6).
 
 Each `Case` rewrites one source's batch folder for the case date, starting from the clean files the
 simulator delivered there, and states the expected outcome:
@@ -267,7 +267,7 @@ def sim(fault: str, source: str = "transactions", **expect) -> Case:
 REJECTED = {"validate": "rejected"}
 NOT_DELIVERED = {"ingest": "not_delivered", "validate": "not_delivered"}
 
-# Every simulator fault (SPEC 4), transactions unless a source is named.
+# Every simulator fault (contract §4), transactions unless a source is named.
 SIMULATOR = [
     sim("nulls", reasons={"null:": None}),
     sim("dupes", reasons={"duplicate": None}),

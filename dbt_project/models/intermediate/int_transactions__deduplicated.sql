@@ -1,5 +1,5 @@
 {#-
-  The transactions a chunk [start_date, end_date] needs, each with its knowledge day (SPEC 5):
+  The transactions a chunk [start_date, end_date] needs, each with its knowledge day (docs/contract.md section 5):
 
     known_day = greatest(event_day, batch_day)
 

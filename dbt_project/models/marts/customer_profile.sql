@@ -1,5 +1,5 @@
 {#-
-  gold.customer_profile (SPEC 7): one row per customer per batch (as_of_date) of the chunk in which
+  gold.customer_profile (docs/contract.md section 7): one row per customer per batch (as_of_date) of the chunk in which
   its profile changed, with the latest CDC values known then. feature_timestamp = batch date + 1 day
   00:00 UTC. Published to Delta by publish_gold.
 -#}

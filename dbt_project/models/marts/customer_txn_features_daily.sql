@@ -1,5 +1,5 @@
 {#-
-  gold.customer_txn_features_daily (SPEC 7): one row per customer per as-of day D of the chunk with
+  gold.customer_txn_features_daily (docs/contract.md section 7): one row per customer per as-of day D of the chunk with
   at least one K(D) transaction in the trailing 30 days. Published to Delta by publish_gold.
 -#}
 {%- set r = asof_range() -%}

@@ -1,5 +1,5 @@
 {#-
-  gold.merchant_features_daily (SPEC 7): one row per merchant per as-of day D of the chunk with at
+  gold.merchant_features_daily (docs/contract.md section 7): one row per merchant per as-of day D of the chunk with at
   least one K(D) transaction in the trailing 90 days. Published to Delta by publish_gold.
 -#}
 {%- set r = asof_range() -%}
