@@ -8,4 +8,10 @@ import os
 # 5.0, and no slower (bench/RESULTS.md, 07:27 UTC run of 2026-11-22).
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
+# Feast without typeguard's import-time instrumentation (4 s of every process that uses Feast):
+# flows/feast_import.py.
+from flows.feast_import import install as _install_feast_import  # noqa: E402
+
+_install_feast_import()
+
 __version__ = "0.1.0"
