@@ -42,9 +42,10 @@ from flows.runs import ALL_SOURCES, StageRecord
 from flows.sources import SOURCE_NAMES
 
 DEFAULT_CHUNK_DAYS = int(os.environ.get("ASOF_CHUNK_DAYS", "31"))
-# Landed rows validated together at most (ASOF_VALIDATION_MAX_ROWS): GE judges them in one frame, 3.1M
-# bench rows peak at ~4.2 GB (docs/scaling.md section 0).
-VALIDATION_MAX_ROWS = int(os.environ.get("ASOF_VALIDATION_MAX_ROWS", "3500000"))
+# Landed rows validated together at most (ASOF_VALIDATION_MAX_ROWS): GE judges them in one frame. 30
+# bench days (3.1M rows): one slice of 3.5M peaked at 4.1 GB, two slices of <= 1.6M at 2.4 GB in the
+# same time (71.4 s vs 72.2 s; docs/scaling.md section 0).
+VALIDATION_MAX_ROWS = int(os.environ.get("ASOF_VALIDATION_MAX_ROWS", "1600000"))
 # Prefect's default thread pool has no bound: when ingest was a task per source and date, a chunk's
 # 124 tasks parsed every CSV at once and the allocator kept what those threads grew (90-day
 # backfill: peak 5.9 GB, 3.9 GB with 4 workers; bench/RESULTS.md). Ingest is now a task per source
@@ -286,7 +287,7 @@ def _ingest_record(day: dt.date, source: str, out: IngestOutcome | Exception) ->
 def validation_slices(days: list[dt.date], results: dict[dt.date, DateResult]) -> list[list[dt.date]]:
     """Consecutive groups of `days` of at most VALIDATION_MAX_ROWS landed rows (a date alone may hold
     more): one GE frame holds a slice's rows, so memory follows the slice, not the chunk. A bench
-    chunk (31 x 100k transactions) is one slice; a chunk of 3M-row days is validated a date at a
+    chunk (31 x 100k transactions) is two slices; a chunk of 3M-row days is validated a date at a
     time. Validating in slices gives the same verdicts (tests/test_validation_range.py)."""
     out: list[list[dt.date]] = []
     rows = 0
