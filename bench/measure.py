@@ -239,7 +239,9 @@ def daily_one(args) -> dict:
     _drop_fresh_home({"fresh_home": True})
     if proc.returncode != 0:
         raise SystemExit(f"daily run of {day} failed: {proc.stderr[-1500:]}")
-    return {"seconds": secs, "days": 1, "date": day.isoformat()}
+    split = next((ln for ln in proc.stdout.splitlines() if ln.startswith("time per stage: ")), "")
+    summary = split.removeprefix("time per stage: ")
+    return {"seconds": secs, "days": 1, "date": day.isoformat(), "summary": summary}
 
 
 def _validation_setup(days: list[dt.date]) -> None:

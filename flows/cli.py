@@ -173,6 +173,15 @@ def _print_results(results: list[dict]) -> None:
     typer.echo("summary: " + ", ".join(f"{k}={v}" for k, v in sorted(counts.items())))
 
 
+def _print_stage_times() -> None:
+    """Where the run's wall time went, stage by stage (the flow ran in this process)."""
+    from flows.pipeline import STAGE_SECONDS
+
+    if STAGE_SECONDS:
+        split = ", ".join(f"{stage} {secs:.1f} s" for stage, secs in STAGE_SECONDS.items())
+        typer.echo(f"time per stage: {split}")
+
+
 def _run_flow(kind: str, days: int, task_runner: object | None = None, **params) -> list[dict]:
     _prefect_env()
     from flows import prefect_api
@@ -205,6 +214,7 @@ def run(date: Annotated[str, typer.Option("--date", help="Execution date (YYYY-M
     day = _date(date, "date")
     results = _run_flow("run", 1, execution_date=day.isoformat())
     _print_results(results)
+    _print_stage_times()
     bad = [r for r in results if r["status"] != "succeeded"]
     if bad:
         fail(f"{bad[0]['day']} {bad[0]['status']}: {bad[0]['message']}")
@@ -286,6 +296,7 @@ def backfill(
     except RunnerError as exc:
         fail(str(exc))
     _print_results(results)
+    _print_stage_times()
     bad = [r for r in results if r["status"] not in ("succeeded", "skipped")]
     if bad:
         first = bad[0]

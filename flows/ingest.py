@@ -65,7 +65,7 @@ class FileRecord:
 class IngestOutcome:
     source: str
     day: dt.date
-    status: str  # succeeded | malformed | not_delivered
+    status: str  # succeeded | malformed | not_delivered | failed (unreadable, or bronze count off)
     rows: int
     files: list[FileRecord] = field(default_factory=list)
     message: str = ""

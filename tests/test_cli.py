@@ -109,6 +109,8 @@ def test_a_run_without_a_server_starts_one_temporary_server_and_stops_it(tmp_pat
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "summary: succeeded=1" in res.stdout
+    split = next(line for line in res.stdout.splitlines() if line.startswith("time per stage: "))
+    assert all(f"{stage} " in split for stage in ("ingest", "validate", "transform", "materialize"))
     started = re.findall(r"Stopping temporary server on http://127\.0\.0\.1:(\d+)", res.stderr)
     assert len(started) == 1, res.stderr[-3000:]
     assert (home / "prefect" / "prefect.db").is_file()
