@@ -63,10 +63,12 @@ def start_in_background() -> Callable[[], None] | None:
 
 def preload() -> None:
     """Import the stages' heavy modules and parse the dbt project now (while a server starts on the
-    other core). A project that does not parse is left for the transform stage to report."""
+    other core). Best effort only: whatever fails here (a broken package, a project that does not
+    parse) fails again in the stage that needs it, which records it for its dates as it always did."""
     for name in STAGE_MODULES:
-        importlib.import_module(name)
-    from flows.transform import DbtParseError, parse_project
+        with contextlib.suppress(Exception):
+            importlib.import_module(name)
+    with contextlib.suppress(Exception):
+        from flows.transform import parse_project
 
-    with contextlib.suppress(DbtParseError):
         parse_project()

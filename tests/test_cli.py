@@ -126,3 +126,20 @@ def test_a_configured_server_is_used_as_is() -> None:
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert prefect_api.start_in_background() is None
+
+
+def test_preloading_is_best_effort(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stage module that does not import, or a dbt project that does not parse, must not stop a
+    run before its flow starts: the stage that needs it fails and records it, as without preloading."""
+    from flows import prefect_api, transform
+
+    calls: list[str] = []
+
+    def broken_parse() -> None:
+        calls.append("parse")
+        raise RuntimeError("dbt exploded")
+
+    monkeypatch.setattr(prefect_api, "STAGE_MODULES", ("flows.no_such_stage_module", "json"))
+    monkeypatch.setattr(transform, "parse_project", broken_parse)
+    prefect_api.preload()
+    assert calls == ["parse"]
