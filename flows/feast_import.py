@@ -30,8 +30,10 @@ class _BeforeFeast(importlib.abc.MetaPathFinder):
     def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
         if fullname == "feast" or fullname.startswith("feast."):
             sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _BeforeFeast)]
-            import typeguard
-
+            try:
+                import typeguard
+            except ImportError:  # a Feast without typeguard: nothing to switch off
+                return None
             typeguard.typechecked = _pass_through
         return None  # the regular finders import the module
 
