@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 _ISO = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 
@@ -46,6 +46,12 @@ def date_range(start: dt.date, end: dt.date) -> Iterator[dt.date]:
     while day <= end:
         yield day
         day += dt.timedelta(days=1)
+
+
+def span_label(days: Sequence[dt.date]) -> str:
+    """How a run names the sorted dates it handles together (task runs, Data Docs results): the
+    date, or `first..last`."""
+    return days[0].isoformat() if len(days) == 1 else f"{days[0].isoformat()}..{days[-1].isoformat()}"
 
 
 def day_start_utc(day: dt.date) -> dt.datetime:

@@ -36,7 +36,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import key_index, lake, monitor, notify, runs
 from flows.config import settings
-from flows.dates import date_range, parse_date, parse_range
+from flows.dates import date_range, parse_date, parse_range, span_label
 from flows.ingest import IngestOutcome, ingest_dates
 from flows.runs import ALL_SOURCES, StageRecord
 from flows.sources import SOURCE_NAMES
@@ -235,12 +235,8 @@ def _contiguous(days: Sequence[dt.date]) -> list[tuple[dt.date, dt.date]]:
 def _submit_ingest(days: list[dt.date]) -> dict[str, PrefectFuture]:
     """Each source's batches of the chunk go to the task runner as one task: sources are independent
     (they run in parallel), a source's dates share one Delta commit."""
-    label = _label(days)
+    label = span_label(days)
     return {s: ingest_source.submit(s, days, label) for s in SOURCE_NAMES}
-
-
-def _label(days: Sequence[dt.date]) -> str:
-    return days[0].isoformat() if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
 
 def _collect_ingest(
@@ -323,7 +319,7 @@ def _validate_slice(
     if not days:
         return []
     try:
-        outcome = validate_dates(days, stop_on_failure, _label(days))
+        outcome = validate_dates(days, stop_on_failure, span_label(days))
     except Exception as exc:
         # a conservation violation on D: the dates before it were written and checked
         done = getattr(exc, "outcome", None) or {}
@@ -729,7 +725,7 @@ def _monitor(results: list[DateResult], title: str) -> monitor.Verdict:
         return monitor.verdict_of([])
     try:
         with _timed("monitor"):
-            breaches = monitor_dates(days, f"{days[0]}..{days[-1]}")
+            breaches = monitor_dates(days, span_label(days))
     except Exception as exc:
         get_run_logger().warning("monitoring failed: %s", exc)
         return monitor.verdict_of([])

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.config import settings
-from flows.dates import date_range
+from flows.dates import date_range, span_label
 from flows.sources import SOURCE_NAMES, Source, get_source, silver_schema
 from flows.validation import history, storage, suites
 from flows.validation.contracts import (
@@ -433,7 +433,7 @@ def evaluate(
     earlier deliveries include the batch date's own silver rows (`include_day_silver`)."""
     contract, source = b.contract, b.source
     run_time = dt.datetime.now(dt.UTC)
-    span = days[0].isoformat() if len(days) == 1 else f"{days[0].isoformat()}..{days[-1].isoformat()}"
+    span = span_label(days)
     run_name = f"{span}-{source.name}{'-' + run_label if run_label else ''}"
     run_id = f"{run_name}-{run_time:%Y%m%dT%H%M%S%fZ}"
     helpers: dict[str, Any] = dict(row_bounds(b))
