@@ -140,16 +140,29 @@ def backfill(args) -> dict:
     landing files: what a first backfill of N days costs, not the N days on top of whatever earlier
     measurements left in the lake (more versions, more run records, a bigger Data Docs index).
     With ASOF_BENCH_KEEP_GOLD set (bench/run.py sets it when a `floor` pair is selected) or
-    `{"keep_gold": true}`, that home's lake/gold survives the run, for the floor's equality check."""
+    `{"keep_gold": true}`, that home's lake/gold survives the run, for the floor's equality check.
+    With `{"runner": "dask", "workers": N}` the ingest tasks run on a local Dask cluster of N worker
+    processes (`asof backfill --runner dask --workers N`); the cluster starts inside the clock, as it
+    does for a user."""
     os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
     extra = json.loads(args.extra or "{}")
     if extra.get("fresh_home"):
         _fresh_home(args, "backfill")
+    from flows.runners import DEFAULT_WORKERS, DaskOptions, Runner, task_runner
+
+    runner = Runner(extra.get("runner", "threads"))
+    options = (
+        DaskOptions(n_workers=int(extra.get("workers", DEFAULT_WORKERS))) if runner is Runner.dask else None
+    )
     with _prefect_server(args):
         from flows import pipeline  # after the API URL is set: Prefect reads its settings on import
 
         t = time.perf_counter()
-        results = pipeline.backfill(args.start, args.end, force=True, chunk_days=args.chunk_days)
+        with task_runner(runner, options) as flow_runner:
+            flow = (
+                pipeline.backfill.with_options(task_runner=flow_runner) if flow_runner else pipeline.backfill
+            )
+            results = flow(args.start, args.end, force=True, chunk_days=args.chunk_days)
         secs = time.perf_counter() - t
     _drop_fresh_home(extra, keep_gold=bool(extra.get("keep_gold") or os.environ.get("ASOF_BENCH_KEEP_GOLD")))
     stages = {k: round(v, 2) for k, v in pipeline.STAGE_SECONDS.items()}
@@ -161,6 +174,8 @@ def backfill(args) -> dict:
         "summary": f"{per_day:.2f} s/day; " + ", ".join(f"{k} {v:.0f} s" for k, v in stages.items()),
         "stages": stages,
         "statuses": sorted({r["status"] for r in results}),
+        "runner": runner.value,
+        "workers": options.n_workers if options else None,
     }
 
 

@@ -36,6 +36,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from flows.sources import SOURCE_NAMES, get_source  # noqa: E402
 from flows.validation import contracts as V  # noqa: E402
+from flows.validation import suites as S  # noqa: E402
 from flows.validation.parsing import NAIVE_TIMESTAMP_RE  # noqa: E402
 
 NAMESPACE = uuid.UUID("6f1c3a52-8d7e-4b8a-9a53-0c1f7e2b5a10")
@@ -346,6 +347,23 @@ def batches_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
     return out
 
 
+def with_notes(kwargs: dict, contract: V.Contract) -> dict:
+    """The expectation's notes, followed by what its helper columns hold and where its run-time
+    parameters come from: a Data Docs reader sees `amount__parsed` or `{"$PARAMETER": ...}` in the
+    expectation and needs the note to know what it is."""
+    extra = [
+        n
+        for n in (
+            S.helper_notes(kwargs, set(contract.column_names)),
+            S.parameter_note(kwargs),
+        )
+        if n
+    ]
+    if not extra:
+        return kwargs
+    return {**kwargs, "notes": "\n\n".join([kwargs["notes"], *extra] if kwargs.get("notes") else extra)}
+
+
 _KEYED_SECTION = {"class_name": "KeyedSiteSectionBuilder", "module_name": "flows.datadocs"}
 
 
@@ -456,7 +474,7 @@ def build(out_dir: Path) -> list[Path]:
                     },
                 )
                 for cls_name, kwargs in specs:
-                    suite.add_expectation(getattr(gxe, cls_name)(**kwargs))
+                    suite.add_expectation(getattr(gxe, cls_name)(**with_notes(kwargs, contract)))
                 suite = ctx.suites.add(suite)
                 ids[suite.id] = _id("suite", suite_name)
                 for e in suite.expectations:

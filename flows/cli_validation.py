@@ -162,19 +162,30 @@ def release_cmd(
         typer.echo(f"Data Docs: {res.data_docs_url}")
 
 
-def docs_command(serve: bool = False, port: int = 0) -> str:
-    """Build the Data Docs site (offline-ready); with `serve`, serve it on 127.0.0.1 until Ctrl-C.
+def docs_command(serve: bool = False, port: int = 0, dbt: bool = False) -> str:
+    """Build the Data Docs site (offline-ready), or with `dbt` the dbt docs (models, lineage,
+    column types; `$ASOF_HOME/docs/dbt/`); with `serve`, serve `$ASOF_HOME/docs` on 127.0.0.1 until
+    Ctrl-C.
 
     Returns the line to print when done (while serving, the URL is printed immediately)."""
     if port < 0 or port > 65535:
         refuse(f"--port must be between 0 and 65535, got {port}")
     from flows import datadocs
 
-    index = datadocs.build_site()
-    if not serve:
-        return f"Data Docs: {index} (serve them with: asof docs --serve)"
+    if dbt:
+        from flows import transform
+
+        page = transform.generate_docs()
+        what, rel = "dbt docs", page.relative_to(datadocs.docs_root()).as_posix()
+        if not serve:
+            return f"dbt docs: {page} (opens from disk; serve them with: asof docs --dbt --serve)"
+    else:
+        index = datadocs.build_site()
+        what, rel = "Data Docs", ""
+        if not serve:
+            return f"Data Docs: {index} (serve them with: asof docs --serve)"
     server, url = datadocs.make_server(port)
-    typer.echo(f"serving Data Docs on {url} (Ctrl-C to stop)")
+    typer.echo(f"serving {what} on {url}{rel} (Ctrl-C to stop)")
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -187,9 +198,17 @@ def docs_command(serve: bool = False, port: int = 0) -> str:
 def docs(
     serve: Annotated[bool, typer.Option("--serve", help="Serve the site on 127.0.0.1.")] = False,
     port: Annotated[int, typer.Option(help="Port for --serve (0 = any free port).")] = 0,
+    dbt: Annotated[
+        bool,
+        typer.Option(
+            "--dbt",
+            help="Build the dbt docs instead (models, lineage, column types; $ASOF_HOME/docs/dbt/).",
+        ),
+    ] = False,
 ) -> None:
-    """Build the validation Data Docs (offline-ready); --serve serves them on 127.0.0.1."""
-    typer.echo(docs_command(serve=serve, port=port))
+    """Build the validation Data Docs (offline-ready), or with --dbt the dbt docs; --serve serves
+    them on 127.0.0.1."""
+    typer.echo(docs_command(serve=serve, port=port, dbt=dbt))
 
 
 def register(app: typer.Typer) -> None:

@@ -226,33 +226,76 @@ class CachedSiteIndexBuilder(DefaultSiteIndexBuilder):
             )
 
 
-class _ListedKeys:
-    """A store seen through a fixed list of its keys (everything else is the store's own)."""
+def named_result(key: ValidationResultIdentifier, result: Any) -> Any:
+    """A stored result as its page shows it: GE names the data asset after the batch spec, which
+    for an in-memory frame has no name ("Data asset: None"); asof names the source and the batch
+    dates it judged (from the run name, flows.validation.suites.result_run_name)."""
+    from flows.validation.suites import data_asset_name
 
-    def __init__(self, store, keys: list) -> None:
+    meta = getattr(result, "meta", None)
+    if isinstance(meta, dict):
+        spec = meta.get("batch_spec")
+        spec = dict(spec) if isinstance(spec, dict) else {}
+        spec["data_asset_name"] = data_asset_name(key.expectation_suite_identifier.name, key.run_id.run_name)
+        meta["batch_spec"] = spec
+    return result
+
+
+def valued_suite(suite: Any) -> Any:
+    """A suite (as its store returns it, a dict) as its page shows it: a run-time parameter
+    (`{"$PARAMETER": name}`, rendered by GE as a bare badge) replaced by the value a run starting
+    now gives it; the expectation's notes say that it is a parameter and where it comes from."""
+    if not isinstance(suite, dict):
+        return suite
+    from flows.validation.contracts import load_fx_rates
+    from flows.validation.suites import expectation_parameters
+
+    values: dict[str, Any] | None = None
+    for exp in suite.get("expectations", []):
+        kwargs = exp.get("kwargs", {})
+        for k, v in list(kwargs.items()):
+            if isinstance(v, dict) and "$PARAMETER" in v:
+                values = values if values is not None else expectation_parameters(load_fx_rates())
+                if v["$PARAMETER"] in values:
+                    kwargs[k] = values[v["$PARAMETER"]]
+    return suite
+
+
+class _ListedKeys:
+    """A store seen through a fixed list of its keys (all of them: None), whose resources read as
+    their pages show them (`named_result`, `valued_suite`); everything else is the store's own."""
+
+    def __init__(self, store, keys: list | None) -> None:
         self._store = store
         self._keys = keys
 
     def list_keys(self) -> list:
-        return list(self._keys)
+        return list(self._keys) if self._keys is not None else self._store.list_keys()
+
+    def get(self, key):
+        resource = self._store.get(key)
+        if isinstance(key, ValidationResultIdentifier):
+            return named_result(key, resource)
+        return valued_suite(resource)
 
     def __getattr__(self, name: str):
         return getattr(self._store, name)
 
 
 class KeyedSiteSectionBuilder(DefaultSiteSectionBuilder):
-    """GE's section builder, minus listing the whole store to render a few named pages.
+    """GE's section builder, minus listing the whole store to render a few named pages, and with
+    asof's names in the pages (`_ListedKeys`).
 
     GE's `build(resource_identifiers)` lists every key of its source store and keeps those in the
     list; with ~8 results a date that listing grows with history (0.36 s a build at 180 days, two
     builds a validated date). Given keys, this renders exactly those that are in the store, through
-    GE's own loop; without keys (a full build) it is GE's build unchanged."""
+    GE's own loop; without keys (a full build) it is GE's loop over the whole store."""
 
     def build(self, resource_identifiers=None) -> None:
-        if not resource_identifiers:
-            return super().build(resource_identifiers)
         store = self.source_store
-        keys = [k for k in resource_identifiers if isinstance(k, store.key_class) and store.has_key(k)]
+        keys = None
+        if resource_identifiers:
+            keys = [k for k in resource_identifiers if isinstance(k, store.key_class) and store.has_key(k)]
         self.source_store = _ListedKeys(store, keys)
         try:
             return super().build(resource_identifiers)

@@ -2,6 +2,14 @@
 
     write_report(path, start, end) -> path       reads `ops/metrics` and `ops/runs`
     render(rows, start, end, statuses) -> str    pure: metric rows (as `monitor.read_metrics`) -> HTML
+    write_flow_reports(run_days, n) -> FlowReports   what a flow run writes (below)
+
+What a flow run writes. The served report (`reports/monitoring.html`) covers the dates present in
+the lake's metrics, the newest `n` of them (`flow_report_days`), and names the older ones with the
+command that reports them: it follows the lake, never the last run's range, so a small backfill of
+old dates does not shrink it to the weeks around those dates. The run's own report
+(`reports/runs/<first>_<last>.html`) shows the run's dates outlined in the `n` days around them, so
+a run's artifact links to its dates in context even after later runs moved the served report on.
 
 Charts (x = execution date): rows per source (silver vs quarantined), validation pass rate, volume
 vs trailing median, ingestion lag, feature freshness, feature coverage, PSI per feature (heatmap and
@@ -17,6 +25,7 @@ import html
 import math
 from collections import defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -384,10 +393,16 @@ def render(
     end: dt.date,
     statuses: dict[dt.date, str] | None = None,
     title: str = "asof monitoring",
+    marked: Sequence[dt.date] = (),
+    notes: Sequence[str] = (),
 ) -> str:
-    """The report for [start, end] from metric rows (dicts as `monitor.read_metrics` returns)."""
+    """The report for [start, end] from metric rows (dicts as `monitor.read_metrics` returns).
+
+    `marked`: the days of the run the report is for (a row of their own in the day strip);
+    `notes`: lines (HTML) shown under the title, e.g. where the dates before `start` are."""
     days = list(date_range(start, end))
     statuses = statuses or {}
+    marked_set = set(marked)
     m = _Metrics(rows, days)
     monitored = {r["execution_date"] for r in rows if start <= r["execution_date"] <= end}
     breaches = sorted(
@@ -414,6 +429,14 @@ def render(
         f"{dt.datetime.now(dt.UTC).strftime('%Y-%m-%d %H:%M UTC')} · thresholds from monitoring.toml · "
         "shaded days breached a threshold (red: failure, amber: warning; grey: no metrics)</p>"
     )
+    if marked_set:
+        first, last = min(marked_set), max(marked_set)
+        add(
+            f'<p class="note run-range">this run: <b>{first.isoformat()} .. {last.isoformat()}</b> '
+            f"({len(marked_set)} date(s), outlined in blue in the day strip)</p>"
+        )
+    for note in notes:
+        add(f'<p class="note">{note}</p>')
     add('<div class="summary">')
     add(f'<div class="card"><b>{len(days)}</b>days</div>')
     add(f'<div class="card"><b>{len(monitored)}</b>days with metrics</div>')
@@ -424,15 +447,17 @@ def render(
     add("</div>")
 
     # status strip: one cell per day, coloured by the worst breach
-    codes = {"ok": 0.0, "warning": 1.0, "failure": 2.0, "missing": -1.0}
+    codes = {"ok": 0.0, "warning": 1.0, "failure": 2.0, "missing": -1.0, "this run": 3.0}
     names = {v: k for k, v in codes.items()}
-    strip_colors = {0.0: "#58d68d", 1.0: "#f5b041", 2.0: "#d62728", -1.0: "#cccccc"}
+    strip_colors = {0.0: "#58d68d", 1.0: "#f5b041", 2.0: "#d62728", -1.0: "#cccccc", 3.0: "#1f5fbf"}
     per_day_count: dict[dt.date, int] = defaultdict(int)
     for r in breaches:
         per_day_count[r["execution_date"]] += 1
     status_row = [statuses.get(d, "") for d in days]
 
-    def strip_tip(_name: str, d: dt.date, v: float | None) -> str:
+    def strip_tip(name: str, d: dt.date, v: float | None) -> str:
+        if name == "this run":
+            return f"{d.isoformat()}: {'processed by this run' if d in marked_set else 'not in this run'}"
         word = names.get(v if v is not None else -1.0, "")
         text = f"{d.isoformat()}: {'no metrics' if word == 'missing' else word}"
         if per_day_count.get(d):
@@ -442,12 +467,17 @@ def render(
         return text
 
     add("<h2>Days</h2>")
+    strip = [("worst severity", [codes[day_sev.get(d, "ok")] for d in days], [False] * len(days))]
+    if marked_set:
+        strip.append(
+            ("this run", [codes["this run"] if d in marked_set else None for d in days], [False] * len(days))
+        )
     add(
         heatmap(
             "days",
             days,
-            [("worst severity", [codes[day_sev.get(d, "ok")] for d in days], [False] * len(days))],
-            lambda v: strip_colors.get(v if v is not None else -1.0, "#cccccc"),
+            strip,
+            lambda v: "#ffffff" if v is None else strip_colors.get(v, "#cccccc"),
             {},
             label="breaches per day",
             legend=[
@@ -455,6 +485,7 @@ def render(
                 ("warning", "#f5b041"),
                 ("failure", "#d62728"),
                 ("no metrics", "#cccccc"),
+                *([("this run", strip_colors[codes["this run"]])] if marked_set else []),
             ],
             tip=strip_tip,
         )
@@ -630,7 +661,14 @@ def render(
     )
 
 
-def write_report(path: Path, start: dt.date, end: dt.date, title: str = "asof monitoring") -> Path:
+def write_report(
+    path: Path,
+    start: dt.date,
+    end: dt.date,
+    title: str = "asof monitoring",
+    marked: Sequence[dt.date] = (),
+    notes: Sequence[str] = (),
+) -> Path:
     from flows import monitor, runs
 
     rows = monitor.read_metrics(start, end)
@@ -638,6 +676,83 @@ def write_report(path: Path, start: dt.date, end: dt.date, title: str = "asof mo
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(render(rows, start, end, statuses, title), encoding="utf-8")
+    tmp.write_text(render(rows, start, end, statuses, title, marked, notes), encoding="utf-8")
     tmp.replace(path)
     return path
+
+
+RUNS_DIR = "runs"  # under the reports directory: one report per run range
+
+
+@dataclass(frozen=True)
+class FlowReports:
+    """The reports a flow run wrote: the served one (the lake's newest dates) and the run's own."""
+
+    served: Path | None
+    run: Path | None
+
+
+def served_window(lake_days: Sequence[dt.date], n: int) -> tuple[dt.date, dt.date] | None:
+    """The served report's range: the `n` calendar days up to the newest date with metrics (fewer
+    when the lake starts later). None for a lake without metrics."""
+    if not lake_days:
+        return None
+    end = max(lake_days)
+    return max(min(lake_days), end - dt.timedelta(days=n - 1)), end
+
+
+def run_window(run_days: Sequence[dt.date], lake_days: Sequence[dt.date], n: int) -> tuple[dt.date, dt.date]:
+    """The run's report range: `n` days centred on the run's dates, moved inside the dates the lake
+    has metrics for where it can be; the run's own range when that is longer than `n`."""
+    first, last = min(run_days), max(run_days)
+    span = (last - first).days + 1
+    if span >= n:
+        return first, last
+    lo, hi = min([*lake_days, first]), max([*lake_days, last])
+    start = first - dt.timedelta(days=(n - span) // 2)
+    start = max(lo, min(start, hi - dt.timedelta(days=n - 1)))
+    end = min(max(last, start + dt.timedelta(days=n - 1)), hi)
+    return min(start, first), max(end, last)
+
+
+def run_report_path(reports: Path, run_days: Sequence[dt.date]) -> Path:
+    return reports / RUNS_DIR / f"{min(run_days).isoformat()}_{max(run_days).isoformat()}.html"
+
+
+def older_note(lake_days: Sequence[dt.date], start: dt.date) -> str | None:
+    """Where the lake's dates before `start` are (HTML), or None when there are none."""
+    older = [d for d in lake_days if d < start]
+    if not older:
+        return None
+    first, last = min(older), max(older)
+    return (
+        f"{len(older)} earlier date(s) with metrics, {first.isoformat()} .. {last.isoformat()}, are not in "
+        f"this page: <code>asof monitor --start {first.isoformat()} --end {last.isoformat()} "
+        "--html FILE</code> reports them (or any range)."
+    )
+
+
+def write_flow_reports(
+    run_days: Sequence[dt.date], n: int, reports: Path, title: str = "asof monitoring"
+) -> FlowReports:
+    """Write the served report and the run's own report (see the module docstring)."""
+    from flows import monitor
+
+    lake_days = monitor.metric_dates()
+    served = run = None
+    window = served_window(lake_days, n)
+    if window is not None:
+        note = older_note(lake_days, window[0])
+        served = write_report(reports / "monitoring.html", *window, title=title, notes=[note] if note else [])
+    if run_days:
+        start, end = run_window(run_days, lake_days, n)
+        note = older_note(lake_days, start)
+        run = write_report(
+            run_report_path(reports, run_days),
+            start,
+            end,
+            title=title,
+            marked=run_days,
+            notes=[note] if note else [],
+        )
+    return FlowReports(served, run)

@@ -34,7 +34,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import key_index, lake, monitor, notify, runs
+from flows import key_index, lake, links, monitor, notify, runs
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range, span_label
 from flows.ingest import IngestOutcome, ingest_dates
@@ -361,6 +361,7 @@ def _record_validations(
                         "rejected_rule": v.rejected_rule,
                         "validation_run_id": v.validation_run_id,
                         "data_docs": v.data_docs_url,
+                        "data_docs_pages": v.docs_pages(),
                     },
                 )
             )
@@ -623,22 +624,10 @@ def _close_chunk(
 MAX_LINKED_DATES = 31  # per-date Data Docs links in a run's report; the index links every run
 
 
-def _served(path: Path, root: Path, env: str) -> str:
-    """URL of `path` (under `root`): below `$env` when that says where `root` is served (make serve
-    sets it: a browser will not follow a file:// link from the Prefect UI), else a file:// URL."""
-    base = os.environ.get(env, "").strip()
-    if base:
-        if base.endswith(".html"):
-            base = base.rsplit("/", 1)[0]
-        try:
-            return base.rstrip("/") + "/" + path.resolve().relative_to(root.resolve()).as_posix()
-        except ValueError:
-            pass
-    return path.resolve().as_uri()
-
-
 def _validation_pages(results: list[DateResult]) -> dict[dt.date, dict[str, str]]:
-    """{date: {source: URL of its Data Docs validation page}}, from the run records of `results`."""
+    """{date: {suite: URL of its Data Docs result page}} (every suite of every source: rows and
+    batches), from the run records of `results`; records written before suites were recorded
+    give their rows page."""
     days = {r.day for r in results if r.stages.get("validate") not in (None, "skipped", "not run")}
     if not days:
         return {}
@@ -648,12 +637,15 @@ def _validation_pages(results: list[DateResult]) -> dict[dt.date, dict[str, str]
         if rec["stage"] != "validate" or rec["execution_date"] not in days:
             continue
         try:
-            url = json.loads(rec["details"] or "{}").get("data_docs")
+            details = json.loads(rec["details"] or "{}")
         except ValueError:
-            url = None
-        if url and url.startswith("file://"):
-            path = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))
-            pages.setdefault(rec["execution_date"], {})[rec["source"]] = _served(path, docs, "ASOF_DOCS_URL")
+            details = {}
+        found = {suite: docs / page for suite, page in (details.get("data_docs_pages") or {}).items()}
+        url = details.get("data_docs")
+        if not found and url and url.startswith("file://"):
+            found = {rec["source"]: Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path))}
+        for suite, path in found.items():
+            pages.setdefault(rec["execution_date"], {})[suite] = links.docs_url(path)
     return pages
 
 
@@ -663,7 +655,7 @@ def _report_markdown(title: str, results: list[DateResult]) -> tuple[str, str | 
     lines = [f"## {title}", "", f"{ok}/{len(results)} dates succeeded (or had already succeeded)."]
     docs = settings().docs_dir
     index = docs / "index.html"
-    index_url = _served(index, docs, "ASOF_DOCS_URL") if index.exists() else None
+    index_url = links.docs_url(index) if index.exists() else None
     lines += ["", "### Validation reports (Great Expectations Data Docs)", ""]
     if index_url:
         lines.append(f"- every validation run: [Data Docs index]({index_url})")
@@ -672,17 +664,17 @@ def _report_markdown(title: str, results: list[DateResult]) -> tuple[str, str | 
     pages = _validation_pages(results)
     with_pages = [r for r in results if r.day in pages]
     for r in with_pages[-MAX_LINKED_DATES:]:
-        links = ", ".join(f"[{src}]({url})" for src, url in sorted(pages[r.day].items()))
-        lines.append(f"- {r.day.isoformat()} ({r.status}): {links}")
+        cells = ", ".join(f"[{suite}]({url})" for suite, url in sorted(pages[r.day].items()))
+        lines.append(f"- {r.day.isoformat()} ({r.status}): {cells}")
     if len(with_pages) > MAX_LINKED_DATES:
         lines.append(f"- earlier dates: see the index (the last {MAX_LINKED_DATES} are listed here)")
     report = monitor.report_path()
     lines += ["", "### Monitoring", ""]
     if report.exists():
-        url = _served(report, report.parent, "ASOF_REPORTS_URL")
+        url = links.report_url(report)
         lines.append(f"- [monitoring report (HTML)]({url}): rows, pass rate, drift, freshness, coverage")
     lines.append("- any range: `asof monitor --start D1 --end D2 --html report.html`")
-    if not (os.environ.get("ASOF_DOCS_URL") and os.environ.get("ASOF_REPORTS_URL")):
+    if not links.all_served():
         lines += ["", "Browsers do not follow file:// links from a web page: copy them, or use make serve."]
     return "\n".join(lines), index_url
 
@@ -795,8 +787,16 @@ def _newly_stale(
     on_crashed=[notify.on_flow_crashed],
     task_runner=ThreadPoolTaskRunner(max_workers=THREAD_WORKERS),
 )
-def daily_pipeline(execution_date: str | None = None) -> list[dict]:
-    """Every stage for one execution date (always runs: a daily run is also how a date is redone)."""
+def daily_pipeline(execution_date: dt.date | None = None) -> list[dict]:
+    """Every stage for one execution date (always runs: a daily run is also how a date is redone).
+
+    Typed as a date (not text) so that Prefect's run form offers a date picker and the server
+    refuses anything that is not a `YYYY-MM-DD` date before a run is created.
+
+    Args:
+        execution_date: the UTC day to process, YYYY-MM-DD. Empty: the day before the run's
+            scheduled start, after catching up missed days.
+    """
     day = resolve_execution_date(execution_date, int(os.environ.get("ASOF_EXECUTION_LAG_DAYS", "1")))
     with pipeline_lock():
         days = [day] if execution_date else catch_up_dates(day)
@@ -814,14 +814,23 @@ def daily_pipeline(execution_date: str | None = None) -> list[dict]:
     task_runner=ThreadPoolTaskRunner(max_workers=THREAD_WORKERS),
 )
 def backfill(
-    start: str,
-    end: str,
+    start: dt.date,
+    end: dt.date,
     force: bool = False,
     continue_on_failure: bool = False,
     chunk_days: int = DEFAULT_CHUNK_DAYS,
 ) -> list[dict]:
     """A date range, in order and in chunks. Dates that already succeeded are skipped unless forced;
-    the first failing date stops the backfill unless `continue_on_failure`."""
+    the first failing date stops the backfill unless `continue_on_failure`. Dates are typed as
+    dates for the same reason as `daily_pipeline`'s (a date picker, bad input refused).
+
+    Args:
+        start: first UTC day of the range, YYYY-MM-DD.
+        end: last UTC day of the range (inclusive), YYYY-MM-DD, not before start.
+        force: reprocess dates that already succeeded (otherwise they are skipped).
+        continue_on_failure: go on after a date that does not succeed.
+        chunk_days: dates per chunk (one dbt invocation per chunk), 1-366.
+    """
     d1, d2 = parse_range(start, end)
     days = list(date_range(d1, d2))
     with pipeline_lock():

@@ -25,6 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+from flows import links
 from flows.config import REPO_ROOT, settings
 
 POOL = "asof-process"
@@ -154,8 +155,8 @@ def start_artifact_server(home: Path, port: int = 0, host: str = "127.0.0.1"):
 
 
 def artifact_env(base_url: str) -> dict[str, str]:
-    """Where the flows' artifacts link to (read by `flows.pipeline._publish`)."""
-    return {"ASOF_DOCS_URL": base_url + "docs/", "ASOF_REPORTS_URL": base_url + "reports/"}
+    """Where the flows' artifacts link to (read through `flows.links` by every artifact)."""
+    return {links.DOCS_URL_ENV: base_url + "docs/", links.REPORTS_URL_ENV: base_url + "reports/"}
 
 
 def deploy(env: dict[str, str]) -> None:
@@ -214,8 +215,8 @@ def main() -> None:
     artifacts = None
     try:
         print(f"starting Prefect server on http://127.0.0.1:{args.port} (logs: {logs})", flush=True)
-        if "ASOF_DOCS_URL" in os.environ:  # served elsewhere (a team docs host): keep the user's URLs
-            print(f"artifact links: {os.environ['ASOF_DOCS_URL']} (ASOF_DOCS_URL)", flush=True)
+        if links.DOCS_URL_ENV in os.environ:  # served elsewhere (a team docs host): keep the user's URLs
+            print(f"artifact links: {os.environ[links.DOCS_URL_ENV]} ({links.DOCS_URL_ENV})", flush=True)
         else:
             artifacts, base = start_artifact_server(home, args.docs_port or args.port + 1)
             env.update(artifact_env(base))

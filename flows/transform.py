@@ -359,10 +359,18 @@ def prepare() -> bool:
 
 
 def generate_docs(out_dir: Path | None = None) -> Path:
-    """Build the dbt docs site (lineage, models, columns, tests) and return its single-file page.
+    """Build the dbt docs site (lineage, models, columns, tests) and return its single-file page
+    (`asof docs --dbt`).
 
     `--static` embeds the manifest and catalog in `static_index.html`, which opens from disk in a
     browser with no server and no network. Default location: `$ASOF_HOME/docs/dbt/`.
+
+    Why not `dbt docs generate` from the shell: its DuckDB is a new in-memory database with no
+    relation in it, so the catalog lists no model (blank column types); and with several threads
+    its compile of the on-run-start hook races the models' compile ("dictionary changed size during
+    iteration", or an abort) about one run in three. Here the `--empty` build leaves every relation
+    in this process's database, and `docs generate` compiles on one thread whatever
+    ASOF_DBT_THREADS says (a dozen models: well under a second more).
     """
     from flows.dbt_plugins import lake_io
 
@@ -373,7 +381,7 @@ def generate_docs(out_dir: Path | None = None) -> Path:
         # an --empty run (zero rows, never published: see publish_gold) creates every relation in
         # this process's in-memory DuckDB, so the catalog shows each column's type
         _DBT.invoke(["build", "--empty"], target_path=out)
-        res, _, events = _DBT.invoke(["docs", "generate", "--static"], target_path=out)
+        res, _, events = _DBT.invoke(["docs", "generate", "--static", "--threads", "1"], target_path=out)
     page = out / "static_index.html"
     if not res.success or not page.exists():
         raise RuntimeError(f"dbt docs generate failed: {res.exception or '; '.join(events)}")

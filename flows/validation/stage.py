@@ -53,7 +53,6 @@ from flows.validation.contracts import (
     MALFORMED_FILES_COL,
     MEDIAN_COL,
     MISSING_COLUMNS_COL,
-    PARAM_FX_CURRENCIES,
     ROWS_COL,
     TYPED,
     Contract,
@@ -434,7 +433,7 @@ def evaluate(
     contract, source = b.contract, b.source
     run_time = dt.datetime.now(dt.UTC)
     span = span_label(days)
-    run_name = f"{span}-{source.name}{'-' + run_label if run_label else ''}"
+    run_name = suites.result_run_name(span, source.name, run_label)
     run_id = f"{run_name}-{run_time:%Y%m%dT%H%M%S%fZ}"
     helpers: dict[str, Any] = dict(row_bounds(b))
     for rule in contract.rules_of("reference"):
@@ -494,7 +493,7 @@ def evaluate(
                 suites.forget([k for k, _ in rows_results])
             frame = rows_frame(b, needed, helpers, suites.regex_columns(rows_suite(source.name)))
             rows_results = suites.run_suite(
-                rows_suite(source.name), frame, {PARAM_FX_CURRENCIES: sorted(ctx.fx)}, run_id, run_time
+                rows_suite(source.name), frame, suites.expectation_parameters(ctx.fx), run_id, run_time
             )
             last_delivery = delivery
             reasons, errors = row_reasons([vr for _, vr in rows_results], frame.index)

@@ -88,6 +88,12 @@ class SourceValidation:
         d["day"] = self.day.isoformat()
         return d
 
+    def docs_pages(self) -> dict[str, str]:
+        """{suite: page relative to the Data Docs root} of every suite that judged this batch
+        (`<source>.rows`, `<source>.batches`): what a run's report links, one link per suite."""
+        pages = {f"{self.source}.rows": self.data_docs_path, f"{self.source}.batches": self.batches_docs_path}
+        return {suite: page for suite, page in pages.items() if page}
+
 
 # ------------------------------------------------------------------------------------- writing
 

@@ -16,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from flows.config import settings
+from flows.validation import contracts as V
 from flows.validation.contracts import EXPECTATIONS_DIR
 
 _CTX_LOCK = threading.Lock()
@@ -126,3 +127,111 @@ def forget(keys: list[Any]) -> None:
     for key in keys:
         with contextlib.suppress(Exception):  # already gone: nothing to forget
             store.remove_key(key)
+
+
+# ------------------------------------------------------------------- how Data Docs name things
+#
+# A reader of a Data Docs page sees GE's words for what was validated: the data asset, the run,
+# the expectation's kwargs and notes. These functions give them asof's words: which source and
+# batch dates a result judged, the value a run-time parameter took, and what each helper column
+# (a column asof adds to the frame before GE sees it) holds.
+
+
+def result_run_name(span: str, source: str, label: str = "") -> str:
+    """The GE run name of a validation of `source` over the dates `span` (dates.span_label)."""
+    return f"{span}-{source}{'-' + label if label else ''}"
+
+
+def result_span(run_name: str, source: str) -> str | None:
+    """The dates (`span_label`) of a run name `result_run_name` made; None for another name."""
+    span, sep, _rest = run_name.partition(f"-{source}")
+    return span if sep and span else None
+
+
+def data_asset_name(suite_name: str, run_name: str) -> str:
+    """What a result page names as its data asset: the layer, source and batch dates it judged."""
+    source, _, level = suite_name.partition(".")
+    span = result_span(run_name, source) or "?"
+    if level == "batches":
+        return f"bronze {source}, batch dates {span}: per-date summary (one row per batch date)"
+    return f"bronze {source}, batch dates {span}: every delivered row"
+
+
+def expectation_parameters(fx: dict[str, float]) -> dict[str, Any]:
+    """The values of the suites' run-time parameters (`{"$PARAMETER": name}` in a suite)."""
+    return {V.PARAM_FX_CURRENCIES: sorted(fx)}
+
+
+PARAMETER_NOTES = {
+    V.PARAM_FX_CURRENCIES: (
+        "the currencies of the FX seed `dbt_project/seeds/fx_rates.csv`, read when the run starts"
+    ),
+}
+
+
+def parameter_note(kwargs: dict[str, Any]) -> str | None:
+    """Which kwargs are run-time parameters and where their value comes from (None: none are)."""
+    parts = [
+        f"`{k}` is the run-time parameter `{v['$PARAMETER']}`: "
+        + PARAMETER_NOTES.get(v["$PARAMETER"], "set by the validation stage")
+        for k, v in kwargs.items()
+        if isinstance(v, dict) and "$PARAMETER" in v
+    ]
+    return "; ".join(parts) + "." if parts else None
+
+
+_SUMMARY_COLUMNS = {
+    V.ROWS_COL: "rows landed in the batch",
+    V.MISSING_COLUMNS_COL: "contract columns missing from a file header of the batch (empty = none)",
+    V.ADDED_COLUMNS_COL: "header columns outside the contract (comma-separated; empty = none)",
+    V.MALFORMED_FILES_COL: "files of the batch that could not be read in the source's format (empty = none)",
+    V.MEDIAN_COL: "median `amount_usd` (the amount converted with the FX seed) of the batch's accepted rows",
+    V.FAILING_ROWS_COL: "rows of the batch that failed at least one row rule",
+    V.FAILING_ROWS_MAX_COL: "the most failing rows the batch may have (the allowed share times its rows)",
+}
+_ROW_COLUMNS = {
+    V.DELIVERY_COL: (
+        "`first` for the first delivery of the row's key, `duplicate` / `conflicting_duplicate` for a "
+        "later one with the same / a different content (null when the key is incomplete)"
+    ),
+    V.PARSE_ERROR_COL: "set by ingest when a line could not be split into the header's fields (see `_raw`)",
+    V.AMOUNT_USD_COL: "`amount` converted to USD with the FX seed",
+}
+
+
+def helper_column_note(column: str, contract_columns: frozenset[str] | set[str]) -> str | None:
+    """What a column asof adds before validation holds; None for a column of the delivered file."""
+    if column in contract_columns:
+        return None
+    text = _SUMMARY_COLUMNS.get(column) or _ROW_COLUMNS.get(column)
+    if text is None:
+        base, _, suffix = column.rpartition("__")
+        if not base:
+            return None
+        if column == V.parsed_col(base):
+            text = f"`{base}` converted to its contract type (null when blank or unparseable)"
+        elif column == V.unparseable_col(base):
+            text = f"the raw text of `{base}` when it does not parse as its contract type, else null"
+        elif column == V.unparseable_share_col(base):
+            text = f"share of the batch's non-blank `{base}` values that do not parse as its type"
+        elif column == V.known_col(base):
+            text = f"true when `{base}` exists in the reference table by the row's batch date"
+        elif suffix in ("min", "max") and column == V.bound_col(base, suffix):
+            word = "lower" if suffix == "min" else "upper"
+            text = f"the {word} bound of rule `{base}` for the row's batch date"
+        else:
+            return None
+    return f"`{column}`: {text}"
+
+
+def helper_notes(kwargs: dict[str, Any], contract_columns: frozenset[str] | set[str]) -> str | None:
+    """The helper columns an expectation reads, described in one paragraph (None: it reads none)."""
+    columns = [kwargs[k] for k in ("column", "column_A", "column_B") if isinstance(kwargs.get(k), str)]
+    notes = [n for n in (helper_column_note(c, contract_columns) for c in columns) if n]
+    if not notes:
+        return None
+    return (
+        "Helper column(s), added by asof before validation (not in the delivered file): "
+        + "; ".join(notes)
+        + "."
+    )
