@@ -102,33 +102,26 @@ def serve(
 ) -> None:
     """Serve online features over HTTP (Feast feature server; POST /get-online-features).
 
-    Uses the same store as the pipeline (SQLite, or Redis with ASOF_ONLINE_STORE=redis).
+    Uses the same store as the pipeline (SQLite, or Redis with ASOF_ONLINE_STORE=redis). GET /metrics
+    on the same port is for Prometheus: request latency per endpoint and feature service.
     """
     if not 0 < port < 65536:
         refuse("--port must be 1-65535")
     if workers < 1:
         refuse("--workers must be >= 1")
-    from feast.feature_server import start_server
+    from flows import feature_server
+
+    feature_server.prepare_metrics(workers)  # before Feast imports prometheus_client
+    import feast.feature_server  # noqa: F401 - the server's own dependency, named if missing
 
     from flows.featurestore import get_store
 
     store = get_store()
-    typer.echo(f"serving feature services {', '.join(SERVICES)} on http://{host}:{port} (Ctrl-C stops)")
-    start_server(
-        store,
-        host=host,
-        port=port,
-        no_access_log=not access_log,
-        workers=workers,
-        worker_connections=1000,
-        max_requests=0,
-        max_requests_jitter=0,
-        keep_alive_timeout=30,
-        registry_ttl_sec=60,
-        tls_key_path="",
-        tls_cert_path="",
-        metrics=False,
+    typer.echo(
+        f"serving feature services {', '.join(SERVICES)} on http://{host}:{port} "
+        f"(metrics: /metrics; Ctrl-C stops)"
     )
+    feature_server.run(store, host=host, port=port, workers=workers, access_log=access_log)
 
 
 def register(app: typer.Typer) -> None:

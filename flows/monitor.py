@@ -22,6 +22,9 @@ Metrics (long format, one row per date x metric x scope; definitions in docs/mon
     psi                    view.feature          day D vs the trailing reference window, fixed bins
     online_mismatch_rate   view                  sampled entities: online store vs latest gold row
     monitor_error          metric family         1 when computing a family of metrics raised (logged)
+    serving_requests, serving_latency_p50_ms, serving_latency_p99_ms
+                           endpoint:service      requests served on day D and their latency quantiles
+                                                 (flows/monitoring/daily_latency.py)
 
 Thresholds and their severities live in `monitoring.toml` (repo root; `ASOF_MONITORING_CONFIG` points
 elsewhere). Every value is a function of the lake's content for that date (evaluation instant
@@ -74,6 +77,9 @@ KNOWN_METRICS = (
     "psi",
     "online_mismatch_rate",
     "monitor_error",
+    "serving_requests",
+    "serving_latency_p50_ms",
+    "serving_latency_p99_ms",
 )
 ALL_SCOPE = "*"
 FRESHNESS_LOOKBACK_DAYS = 400
@@ -973,6 +979,14 @@ def _auto_reader() -> OnlineReader | None:
     return feast_online_reader
 
 
+def _serving(ctx: _Context, day: dt.date) -> list[Measurement]:
+    """Requests `asof serve` (and timed in-process reads) served on day D, with P50/P99: the
+    serving processes log them per UTC day (flows/monitoring/daily_latency.py)."""
+    from flows.monitoring import daily_latency
+
+    return [Measurement(day, *m) for m in daily_latency.measurements(day)]
+
+
 # ------------------------------------------------------------------------------------- compute
 
 
@@ -1025,6 +1039,7 @@ def compute(
         ("freshness", _freshness),
         ("coverage", _coverage),
         ("psi", _psi),
+        ("serving", _serving),
     ]
     for day in days:
         todo = list(families)
@@ -1252,6 +1267,10 @@ def publish(
                 )
         except Exception as exc:  # artifacts are a convenience; never fail a run on them
             log.warning("could not publish monitoring artifacts: %s", exc)
+    if days:  # the run's metrics to a Pushgateway / textfile when configured (never raises)
+        from flows.monitoring import prometheus
+
+        prometheus.export_run(days, verdict.breaches)
     return verdict
 
 
