@@ -53,8 +53,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows import lake, runs
-from flows.config import REPO_ROOT, settings
+from flows import lake, links, runs
+from flows.config import REPO_ROOT
 from flows.dates import date_range, day_start_utc, feature_timestamp
 from flows.sources import SOURCE_NAMES
 
@@ -1157,13 +1157,16 @@ class Verdict:
     breaches: list[Breach]
     message: str
     report: Path | None = None
+    run_report: Path | None = None  # the run's dates in context (monitor_report.write_flow_reports)
 
     @property
     def failed(self) -> bool:
         return self.status == "failure"
 
 
-def verdict_of(breaches: Sequence[Breach], report: Path | None = None) -> Verdict:
+def verdict_of(
+    breaches: Sequence[Breach], report: Path | None = None, run_report: Path | None = None
+) -> Verdict:
     sev = {b.severity for b in breaches}
     status = "failure" if "failure" in sev else ("warning" if breaches else "ok")
     if not breaches:
@@ -1175,7 +1178,7 @@ def verdict_of(breaches: Sequence[Breach], report: Path | None = None) -> Verdic
             f"monitoring: {len(breaches)} breach(es) on {len(days)} date(s) "
             f"({sum(b.severity == 'failure' for b in breaches)} failure); first: {first.message}"
         )
-    return Verdict(status, list(breaches), message[:1000], report)
+    return Verdict(status, list(breaches), message[:1000], report, run_report)
 
 
 def alerts_markdown(verdict: Verdict, title: str, limit: int = 200) -> str:
@@ -1206,14 +1209,22 @@ def alerts_markdown(verdict: Verdict, title: str, limit: int = 200) -> str:
             lines.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
         if len(verdict.breaches) > limit:
             lines.append(f"\n... and {len(verdict.breaches) - limit} more (see the report / `asof monitor`).")
+    if verdict.run_report is not None:
+        lines += [
+            "",
+            f"This run's dates in context: [report]({links.report_url(verdict.run_report)})",
+        ]
     if verdict.report is not None:
-        lines += ["", f"Report: [{verdict.report}]({verdict.report.resolve().as_uri()})"]
+        lines += [
+            "",
+            f"The lake's newest dates: [monitoring report]({links.report_url(verdict.report)})",
+        ]
     lines += ["", "Thresholds: `monitoring.toml`; all metrics: `asof monitor --start D1 --end D2`."]
     return "\n".join(lines)
 
 
 def report_path() -> Path:
-    return settings().home / "reports" / "monitoring.html"
+    return links.reports_dir() / "monitoring.html"
 
 
 def publish(
@@ -1223,22 +1234,25 @@ def publish(
     write_report: bool = True,
     config: MonitorConfig | None = None,
 ) -> Verdict:
-    """Alert on `breaches`: log them, write the HTML report (`$ASOF_HOME/reports/monitoring.html`,
-    the `flow_report_days` days up to the newest date), and, inside a Prefect run, publish a markdown
-    artifact (key `asof-monitoring`) naming each breach's metric, value and threshold, plus a link
-    artifact to the report. Never raises for a publishing problem; returns the verdict."""
+    """Alert on `breaches`: log them, write the HTML reports (`$ASOF_HOME/reports/monitoring.html`,
+    the newest `flow_report_days` dates in the lake, and the run's own `reports/runs/...html`, its
+    dates in context: monitor_report.write_flow_reports), and, inside a Prefect run, publish a
+    markdown artifact (key `asof-monitoring`) naming each breach's metric, value and threshold, plus
+    a link artifact to the run's report. Links are served URLs under `make serve` (flows/links.py).
+    Never raises for a publishing problem; returns the verdict."""
     report: Path | None = None
-    newest = max([*(days or []), *(b.execution_date for b in breaches)], default=None)
-    if write_report and newest is not None:
+    run_report: Path | None = None
+    run_days = sorted({*(days or []), *(b.execution_date for b in breaches)})
+    if write_report and run_days:
         try:
             from flows import monitor_report
 
             cfg = config or load_config()
-            start = newest - dt.timedelta(days=cfg.flow_report_days - 1)
-            report = monitor_report.write_report(report_path(), start, newest)
+            written = monitor_report.write_flow_reports(run_days, cfg.flow_report_days, links.reports_dir())
+            report, run_report = written.served, written.run
         except Exception as exc:
             log.warning("could not write the monitoring report: %s", exc)
-    verdict = verdict_of(breaches, report)
+    verdict = verdict_of(breaches, report, run_report)
     in_run = False
     if "prefect" in sys.modules:
         try:
@@ -1258,9 +1272,9 @@ def publish(
             create_markdown_artifact(
                 alerts_markdown(verdict, title), key="asof-monitoring", description=verdict.message[:500]
             )
-            if report is not None:
+            if run_report or report:
                 create_link_artifact(
-                    report.resolve().as_uri(),
+                    links.report_url(run_report or report),
                     link_text="monitoring report (HTML)",
                     key="asof-monitoring-report",
                     description="Per-date pipeline health: rows, pass rate, PSI, freshness, coverage",
