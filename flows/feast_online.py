@@ -1,0 +1,246 @@
+"""Feast's SQLite online store, writing a batch in key order with one statement.
+
+Configured in `feature_repo/feature_store.yaml` through Feast's plug-in mechanism::
+
+    online_store:
+      type: flows.feast_online.KeyOrderedSqliteOnlineStore
+      path: ...
+
+Same tables, same rows, same bytes as Feast's `sqlite` store (everything but the write is
+inherited, and the row is built by the same functions): only how a batch reaches SQLite differs.
+Feast upserts row by row in the order materialization hands them over, i.e. the offline store's
+order, which is random with respect to the serialized entity key that leads the table's primary
+key. Profiled on 30 bench days (174,279 entities, 1,030,506 feature rows; flows.featurestore
+.materialize_span): 11.3 of 19.6 s in `online_write_batch`, 5.2 s of it in `Connection.execute`.
+The same rows inserted in primary-key order take a third of the time of random order (every
+B-tree page is touched once instead of once per row: 754,542 rows 3.7 s vs 12.0 s, measured on
+this machine), and one `executemany` drops the per-row Python call. Values of one entity share
+their timestamps, so those are converted once per entity rather than once per feature.
+
+Vector and value_num columns (Feast's RAG options, unused here) keep Feast's own path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from operator import itemgetter
+from typing import Any, Literal
+
+import pyarrow as pa
+from feast import FeatureView
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.helpers import compute_table_id, extract_text_and_num
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from feast.repo_config import RepoConfig
+from feast.type_map import python_values_to_proto_values
+from feast.utils import to_naive_utc
+from feast.value_type import ValueType
+
+STORE_TYPE = "flows.feast_online.KeyOrderedSqliteOnlineStore"
+
+# The columns Feast's SQLite store writes when neither vectors nor value_num are enabled, in its
+# order; the primary key is (entity_key, feature_name).
+_COLUMNS = ("entity_key", "feature_name", "value", "value_text", "event_ts", "created_ts")
+_PRIMARY_KEY = itemgetter(0, 1)
+
+
+class KeyOrderedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
+    """Feast's SQLite options, under this store's type name."""
+
+    type: Literal["flows.feast_online.KeyOrderedSqliteOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
+
+
+def _epoch(ts: datetime) -> int:
+    """What Feast's sqlite3 adapter stores for a timestamp (`adapt_datetime_epoch` on the naive
+    UTC value), so the rows are the ones Feast's own write would leave."""
+    return int(to_naive_utc(ts).timestamp())
+
+
+def upsert_statement(table_name: str) -> str:
+    names = ", ".join(_COLUMNS)
+    marks = ", ".join("?" * len(_COLUMNS))
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
+    quoted = '"' + table_name.replace('"', '""') + '"'
+    return (
+        f"INSERT INTO {quoted} ({names}) VALUES ({marks}) "
+        f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}"
+    )
+
+
+def key_ordered_rows(
+    data: Sequence[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+    key_version: int,
+) -> list[tuple[bytes, str, bytes, str | None, int, int | None]]:
+    """The batch as SQLite rows, sorted by primary key. Two writes of one (entity, feature) in a
+    batch keep their order (the sort is stable), so the later one wins, as with Feast's loop."""
+    rows = []
+    append = rows.append
+    for entity_key, values, timestamp, created in data:
+        key = serialize_entity_key(entity_key, entity_key_serialization_version=key_version)
+        event_ts = _epoch(timestamp)
+        created_ts = _epoch(created) if created is not None else None
+        for name, value in values.items():
+            append(
+                (
+                    key,
+                    name,
+                    value.SerializeToString(),
+                    extract_text_and_num(value, False)[0],
+                    event_ts,
+                    created_ts,
+                )
+            )
+    rows.sort(key=_PRIMARY_KEY)
+    return rows
+
+
+# ------------------------------------------------------------------ Arrow in, SQLite rows out
+
+# Feature value types whose protobuf values are built here straight from Arrow's Python values
+# (exactly as Feast's type_map builds them; tests/test_feast_online.py compares the bytes for
+# every type, with nulls, NaN, infinities and extremes). Any other type goes through Feast's own
+# conversion, column by column.
+_BUILDERS: dict[ValueType, Callable[[Any], ValueProto]] = {
+    ValueType.DOUBLE: lambda x: ValueProto(double_val=x),
+    ValueType.INT64: lambda x: ValueProto(int64_val=int(x)),
+    ValueType.INT32: lambda x: ValueProto(int32_val=int(x)),
+    ValueType.STRING: lambda x: ValueProto(string_val=str(x)),
+    ValueType.BOOL: lambda x: ValueProto(bool_val=bool(x)),
+}
+# The Arrow types each builder takes as Feast does; a column of another type (a timestamp in an
+# INT64 feature, say) goes through Feast's conversion.
+_ARROW_TYPES: dict[ValueType, Callable[[pa.DataType], bool]] = {
+    ValueType.DOUBLE: lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
+    ValueType.INT64: lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
+    ValueType.INT32: lambda t: pa.types.is_floating(t) or pa.types.is_integer(t),
+    ValueType.STRING: lambda t: pa.types.is_string(t) or pa.types.is_large_string(t),
+    ValueType.BOOL: pa.types.is_boolean,
+}
+_EMPTY = ValueProto()
+
+
+def _is_null(x: Any) -> bool:
+    return x is None or (isinstance(x, float) and x != x)  # NaN is null to Feast (pd.isnull)
+
+
+def _protos(column: pa.ChunkedArray, value_type: ValueType) -> list[ValueProto] | None:
+    """Feast's protobuf values of a column, built directly for the types in _BUILDERS (None for
+    the others). Equal values share one object: a feature column repeats few distinct values."""
+    build = _BUILDERS.get(value_type)
+    if build is None or not _ARROW_TYPES[value_type](column.type):
+        return None
+    cache: dict[tuple[type, Any], ValueProto] = {}
+    out = []
+    for x in column.to_pylist():
+        if x is None or type(x) is float:  # floats are not shared: 0.0 == -0.0, NaN != NaN
+            out.append(_EMPTY if _is_null(x) else build(x))
+            continue
+        key = (type(x), x)  # not x alone: 1 == True, but they are stored apart
+        value = cache.get(key)
+        if value is None:
+            value = cache[key] = build(x)
+        out.append(value)
+    return out
+
+
+def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> list[tuple[bytes, str | None]]:
+    """(serialized value, value_text) per row of one feature column."""
+    protos = _protos(column, value_type)
+    if protos is None:
+        plain_times = column.null_count == 0 and pa.types.is_timestamp(column.type)
+        if value_type == ValueType.UNIX_TIMESTAMP and plain_times:
+            # Feast floors each datetime64 to whole seconds; value_text stays empty for timestamps
+            seconds = column.to_numpy().astype("datetime64[s]").astype("int64").tolist()
+            return [(ValueProto(unix_timestamp_val=s).SerializeToString(), None) for s in seconds]
+        protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
+    encoded: dict[int, tuple[bytes, str | None]] = {}
+    out = []
+    for value in protos:
+        pair = encoded.get(id(value))
+        if pair is None:
+            # value_text is what Feast's extract_text_and_num makes of the stored value
+            pair = encoded[id(value)] = (value.SerializeToString(), extract_text_and_num(value, False)[0])
+        out.append(pair)
+    return out
+
+
+def _epochs(column: pa.ChunkedArray | pa.Array) -> list[int | None]:
+    """`_epoch` of every timestamp, computed once per distinct value (a materialization window
+    holds a handful of distinct event times). Sub-microsecond parts are dropped, as Feast's
+    conversion to Python datetimes drops them."""
+    cache: dict[Any, int | None] = {}
+    out = []
+    for v in column.cast(pa.timestamp("us", tz="UTC"), safe=False).to_pylist():
+        if v not in cache:
+            cache[v] = None if v is None else _epoch(v)
+        out.append(cache[v])
+    return out
+
+
+def arrow_rows(
+    table: pa.Table | pa.RecordBatch, view: FeatureView, key_version: int
+) -> list[tuple[bytes, str, bytes, str | None, int | None, int | None]]:
+    """The SQLite rows Feast's materialization writes for these feature rows (its Arrow-to-proto
+    conversion followed by its SQLite upsert), sorted by primary key, built without a protobuf
+    object per row and feature."""
+    join_keys = [(e.name, e.dtype.to_value_type()) for e in view.entity_columns]
+    key_values = [
+        _protos(table.column(n), t)
+        or python_values_to_proto_values(table.column(n).to_numpy(zero_copy_only=False), t)
+        for n, t in join_keys
+    ]
+    names = [n for n, _ in join_keys]
+    keys = [
+        serialize_entity_key(EntityKeyProto(join_keys=names, entity_values=list(vals)), key_version)
+        for vals in zip(*key_values, strict=True)
+    ]
+    source = view.batch_source
+    event_ts = _epochs(table.column(source.timestamp_field))
+    created = source.created_timestamp_column
+    created_ts = _epochs(table.column(created)) if created else [None] * table.num_rows
+    rows = []
+    for feature in view.features:
+        values = _column_values(table.column(feature.name), feature.dtype.to_value_type())
+        name = feature.name
+        rows.extend(
+            (key, name, value, text, ets, cts)
+            for key, (value, text), ets, cts in zip(keys, values, event_ts, created_ts, strict=True)
+        )
+    rows.sort(key=_PRIMARY_KEY)
+    return rows
+
+
+class KeyOrderedSqliteOnlineStore(SqliteOnlineStore):
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        if not self.writes_rows(config):
+            return super().online_write_batch(config, table, data, progress)
+        self._upsert(config, table, key_ordered_rows(data, config.entity_key_serialization_version))
+        if progress:
+            progress(len(data))
+
+    def writes_rows(self, config: RepoConfig) -> bool:
+        """False where Feast's write fills columns this store does not (vectors, value_num)."""
+        store = config.online_store
+        return not (store.vector_enabled or getattr(store, "enable_openai_compatible_store", False))
+
+    def online_write_arrow(
+        self, config: RepoConfig, table: FeatureView, rows: pa.Table | pa.RecordBatch
+    ) -> None:
+        """Materialization's write straight from the offline store's Arrow rows
+        (flows.feast_engine): the rows `online_write_batch` would write after Feast's conversion."""
+        self._upsert(config, table, arrow_rows(rows, table, config.entity_key_serialization_version))
+
+    def _upsert(self, config: RepoConfig, table: FeatureView, rows: list[tuple]) -> None:
+        conn = self._get_conn(config)
+        name = compute_table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+        with conn:
+            conn.executemany(upsert_statement(name), rows)

@@ -1,0 +1,190 @@
+"""The key-ordered SQLite online store and the Arrow batch engine write exactly Feast's rows.
+
+Reference: Feast's own `SqliteOnlineStore.online_write_batch`, fed by Feast's own Arrow-to-proto
+conversion (`feast.utils._convert_arrow_to_proto`, what its local engine's output step calls),
+into a second SQLite file. Every column of every row must be byte-equal, for every value type
+the fast path builds itself and one it leaves to Feast, with nulls, NaN, infinities, -0.0,
+extremes and non-ASCII text.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import math
+import sqlite3
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+from feast import Entity, FeatureView, Field, FileSource
+from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.repo_config import RegistryConfig, RepoConfig
+from feast.types import Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
+from feast.utils import _convert_arrow_to_proto
+from feast.value_type import ValueType
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flows.feast_online import KeyOrderedSqliteOnlineStore, KeyOrderedSqliteOnlineStoreConfig
+
+UTC = dt.UTC
+FEATURES = {
+    "f_double": Float64,
+    "f_int64": Int64,
+    "f_int32": Int32,
+    "f_string": String,
+    "f_bool": Bool,
+    "f_time": UnixTimestamp,
+    "f_float": Float32,  # not built by the fast path: Feast's conversion, column by column
+}
+ARROW_TYPES = {
+    "f_double": pa.float64(),
+    "f_int64": pa.int64(),
+    "f_int32": pa.int32(),
+    "f_string": pa.string(),
+    "f_bool": pa.bool_(),
+    "f_time": pa.timestamp("us", tz="UTC"),
+    "f_float": pa.float32(),
+}
+SAFE_INT = 2**53  # Feast reads an int64 column with nulls through float64: exact only up to 2**53
+
+
+@functools.cache
+def _view(created: bool) -> FeatureView:
+    entity = Entity(name="customer", join_keys=["customer_id"], value_type=ValueType.INT64)
+    source = FileSource(
+        path="unused.parquet",
+        timestamp_field="feature_timestamp",
+        created_timestamp_column="created" if created else "",
+    )
+    return FeatureView(
+        name="fv",
+        entities=[entity],
+        schema=[Field(name="customer_id", dtype=Int64)]
+        + [Field(name=n, dtype=t) for n, t in FEATURES.items()],
+        source=source,
+    )
+
+
+def _config(path: Path, config_class: type) -> RepoConfig:
+    return RepoConfig(
+        project="p",
+        provider="local",
+        registry=RegistryConfig(path=str(path.parent / "registry.db")),
+        online_store=config_class(path=str(path)),
+        entity_key_serialization_version=3,
+    )
+
+
+def _rows(path: Path) -> list[tuple]:
+    with sqlite3.connect(path) as conn:
+        return conn.execute(
+            "SELECT entity_key, feature_name, value, value_text, vector_value, event_ts, created_ts "
+            "FROM p_fv ORDER BY entity_key, feature_name"
+        ).fetchall()
+
+
+def _write_both(tmp: Path, table: pa.Table, view: FeatureView) -> tuple[list[tuple], list[tuple]]:
+    stock_path, ours_path = tmp / "stock.db", tmp / "ours.db"
+    for p in (stock_path, ours_path):
+        p.unlink(missing_ok=True)
+    stock, ours = SqliteOnlineStore(), KeyOrderedSqliteOnlineStore()
+    stock_cfg = _config(stock_path, SqliteOnlineStoreConfig)
+    ours_cfg = _config(ours_path, KeyOrderedSqliteOnlineStoreConfig)
+    for store, cfg in ((stock, stock_cfg), (ours, ours_cfg)):
+        store.update(cfg, [], [view], [], [], partial=False)
+    data = _convert_arrow_to_proto(table, view, {"customer_id": ValueType.INT64})
+    stock.online_write_batch(stock_cfg, view, data, progress=None)
+    ours.online_write_arrow(ours_cfg, view, table)
+    return _rows(stock_path), _rows(ours_path)
+
+
+doubles = st.one_of(
+    st.none(),
+    st.sampled_from([0.0, -0.0, math.nan, math.inf, -math.inf, 1e308, 5e-324, 0.1]),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+times = st.datetimes(
+    min_value=dt.datetime(1970, 1, 2), max_value=dt.datetime(2100, 1, 1), timezones=st.just(UTC)
+)
+row = st.fixed_dictionaries(
+    {
+        "f_double": doubles,
+        "f_int64": st.one_of(st.none(), st.integers(-SAFE_INT, SAFE_INT)),
+        "f_int32": st.one_of(st.none(), st.integers(-(2**31), 2**31 - 1)),
+        "f_string": st.one_of(st.none(), st.text(max_size=8)),
+        "f_bool": st.one_of(st.none(), st.booleans()),
+        "f_time": times,  # a timestamp feature with nulls takes Feast's path (tested below)
+        "f_float": st.one_of(st.none(), st.floats(width=32)),
+        "feature_timestamp": times,
+        "created": times,  # Feast cannot write a null created timestamp (NaT)
+    }
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(row, min_size=1, max_size=25), created=st.booleans())
+def test_arrow_write_equals_feasts_write(tmp_path: Path, rows: list[dict], created: bool) -> None:
+    ids = list(range(len(rows)))
+    columns = {"customer_id": pa.array([(i * 7919) % 1000 - 500 for i in ids], pa.int64())}
+    for name, typ in ARROW_TYPES.items():
+        columns[name] = pa.array([r[name] for r in rows], typ)
+    stamp = pa.timestamp("us", tz="UTC")
+    columns["feature_timestamp"] = pa.array([r["feature_timestamp"] for r in rows], stamp)
+    if created:
+        columns["created"] = pa.array([r["created"] for r in rows], stamp)
+    table = pa.table(columns)
+    stock, ours = _write_both(tmp_path, table, _view(created))
+    assert ours == stock
+    assert len(ours) == len(rows) * len(FEATURES)
+
+
+def test_timestamp_feature_with_nulls_and_string_keys_of_other_types(tmp_path: Path) -> None:
+    """A timestamp column with nulls, and an INT64 feature held as float (a DuckDB sum, say),
+    leave the fast path's preconditions: the rows are still Feast's."""
+    t = dt.datetime(2024, 1, 2, tzinfo=UTC)
+    table = pa.table(
+        {
+            "customer_id": pa.array([3, 1, 2], pa.int64()),
+            "f_double": pa.array([1, 2, None], pa.int64()),  # ints in a Float64 feature
+            "f_int64": pa.array([1.0, None, 3.0], pa.float64()),  # floats in an Int64 feature
+            "f_int32": pa.array([None, None, None], pa.int32()),
+            "f_string": pa.array(["é", "", None]),
+            "f_bool": pa.array([True, False, None]),
+            "f_time": pa.array([t, None, t], pa.timestamp("us", tz="UTC")),
+            "f_float": pa.array([0.1, None, 2.5], pa.float32()),
+            "feature_timestamp": pa.array([t, t, t], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    stock, ours = _write_both(tmp_path, table, _view(False))
+    assert ours == stock and len(ours) == 3 * len(FEATURES)
+
+
+def test_rewrite_replaces_values(tmp_path: Path) -> None:
+    """The upsert replaces an (entity, feature) value, as Feast's does."""
+    t1, t2 = dt.datetime(2024, 1, 2, tzinfo=UTC), dt.datetime(2024, 1, 3, tzinfo=UTC)
+    view = _view(False)
+    path = tmp_path / "ours.db"
+    store, cfg = KeyOrderedSqliteOnlineStore(), _config(path, KeyOrderedSqliteOnlineStoreConfig)
+    store.update(cfg, [], [view], [], [], partial=False)
+
+    def table(value: float, t: dt.datetime) -> pa.Table:
+        cols = {n: pa.array([None], typ) for n, typ in ARROW_TYPES.items()}
+        cols["f_double"] = pa.array([value])
+        cols["customer_id"] = pa.array([1], pa.int64())
+        cols["feature_timestamp"] = pa.array([t], pa.timestamp("us", tz="UTC"))
+        return pa.table(cols)
+
+    store.online_write_arrow(cfg, view, table(1.5, t1))
+    store.online_write_arrow(cfg, view, table(2.5, t2))
+    rows = [r for r in _rows(path) if r[1] == "f_double"]
+    assert len(rows) == 1 and rows[0][3] == "2.5" and rows[0][5] == int(t2.timestamp())
+
+
+@pytest.mark.parametrize("field", ["vector_enabled", "enable_openai_compatible_store"])
+def test_options_it_does_not_write_keep_feasts_path(tmp_path: Path, field: str) -> None:
+    cfg = _config(tmp_path / "x.db", KeyOrderedSqliteOnlineStoreConfig)
+    assert KeyOrderedSqliteOnlineStore().writes_rows(cfg)
+    setattr(cfg.online_store, field, True)
+    assert not KeyOrderedSqliteOnlineStore().writes_rows(cfg)
