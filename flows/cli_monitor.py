@@ -78,12 +78,13 @@ def _summary_table(rows: list[dict], start: dt.date, end: dt.date, statuses: dic
         "coverage (min)",
         "PSI (max)",
         "online mismatch",
+        "serving P99 ms (max)",
     ):
         table.add_column(col)
     for day in date_range(start, end):
         rs = by_day.get(day, [])
         if not rs:
-            table.add_row(day.isoformat(), statuses.get(day, "not run"), "[dim]no metrics[/]", *["-"] * 6)
+            table.add_row(day.isoformat(), statuses.get(day, "not run"), "[dim]no metrics[/]", *["-"] * 7)
             continue
         fails = sum(1 for r in rs if r["breached"] and r["severity"] == "failure")
         warns = sum(1 for r in rs if r["breached"] and r["severity"] != "failure")
@@ -98,6 +99,7 @@ def _summary_table(rows: list[dict], start: dt.date, end: dt.date, statuses: dic
             worst(rs, "coverage", True),
             worst(rs, "psi", False),
             worst(rs, "online_mismatch_rate", False),
+            worst(rs, "serving_latency_p99_ms", False),
         )
     Console(width=200).print(table)
 

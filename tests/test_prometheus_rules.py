@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from typer.testing import CliRunner
 
 from flows import monitor
+from flows.cli_monitor import monitor_app
 from flows.config import REPO_ROOT
 from flows.monitoring import alert_rules, daily_latency, prometheus, serving
 from tests.conftest import require_binary
@@ -102,11 +104,14 @@ def test_in_process_reads_are_timed_per_day(home: Path) -> None:
     value, info = got[("serving_requests", "in_process:fraud_v1")]
     assert value == 4 and info["processes"] == 1
     assert got[("serving_latency_p99_ms", "in_process:fraud_v1")][0] < 1  # an empty block: under a ms
-    rows = monitor.compute([today], online_reader=False)
-    p99 = [r for r in rows if r["metric"] == "serving_latency_p99_ms"]
+    monitor.compute_and_store([today], online_reader=False)
+    p99 = [r for r in monitor.read_metrics(today) if r["metric"] == "serving_latency_p99_ms"]
     assert [(r["scope"], r["breached"], r["condition"]) for r in p99] == [
         ("in_process:fraud_v1", False, "> 50")
     ]
+    out = CliRunner().invoke(monitor_app, ["--start", today.isoformat()])  # `asof monitor`
+    assert out.exit_code == 0, out.output
+    assert "serving P99 ms" in out.output and "in_process:fraud_v1" in out.output
 
 
 def test_rule_scope_is_the_rule_monitor_applies() -> None:
