@@ -22,12 +22,14 @@ Vector and value_num columns (Feast's RAG options, unused here) keep Feast's own
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from operator import itemgetter
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from feast import FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import compute_table_id, extract_text_and_num
@@ -120,6 +122,22 @@ _ARROW_TYPES: dict[ValueType, Callable[[pa.DataType], bool]] = {
     ValueType.BOOL: pa.types.is_boolean,
 }
 _EMPTY = ValueProto()
+_NULL: tuple[bytes, str | None] = (_EMPTY.SerializeToString(), None)
+
+
+def _double_encoder() -> Callable[[float], bytes] | None:
+    """A double value's protobuf bytes without a message object: the field's tag byte, then the
+    8-byte little-endian IEEE value (protobuf's wire format for a `double` field). Derived from
+    and checked against the message itself; None (the message path) if they ever disagree."""
+    sample = ValueProto(double_val=-1.5).SerializeToString()
+    pack = struct.Struct("<Bd").pack
+    if len(sample) != 9 or pack(sample[0], -1.5) != sample:
+        return None
+    tag = sample[0]
+    return lambda x: pack(tag, x)
+
+
+_ENCODE_DOUBLE = _double_encoder()
 
 
 def _is_null(x: Any) -> bool:
@@ -148,6 +166,10 @@ def _protos(column: pa.ChunkedArray, value_type: ValueType) -> list[ValueProto] 
 
 def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> list[tuple[bytes, str | None]]:
     """(serialized value, value_text) per row of one feature column."""
+    if value_type == ValueType.DOUBLE and _ENCODE_DOUBLE and pa.types.is_floating(column.type):
+        encode = _ENCODE_DOUBLE
+        # value_text of a double is str() of the stored double (extract_text_and_num)
+        return [_NULL if _is_null(x) else (encode(x), str(x)) for x in column.cast(pa.float64()).to_pylist()]
     protos = _protos(column, value_type)
     if protos is None:
         plain_times = column.null_count == 0 and pa.types.is_timestamp(column.type)
@@ -167,49 +189,64 @@ def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> list[tuple
     return out
 
 
-def _epochs(column: pa.ChunkedArray | pa.Array) -> list[int | None]:
+def _epochs(column: pa.ChunkedArray) -> list[int | None]:
     """`_epoch` of every timestamp, computed once per distinct value (a materialization window
     holds a handful of distinct event times). Sub-microsecond parts are dropped, as Feast's
     conversion to Python datetimes drops them."""
-    cache: dict[Any, int | None] = {}
-    out = []
-    for v in column.cast(pa.timestamp("us", tz="UTC"), safe=False).to_pylist():
-        if v not in cache:
-            cache[v] = None if v is None else _epoch(v)
-        out.append(cache[v])
-    return out
+    times = column.cast(pa.timestamp("us", tz="UTC"), safe=False)
+    distinct = pc.unique(times)
+    epochs = [None if v is None else _epoch(v) for v in distinct.to_pylist()]
+    return [epochs[i] for i in pc.index_in(times, distinct).to_pylist()]
+
+
+def _entity_keys(table: pa.Table, view: FeatureView, key_version: int) -> list[bytes]:
+    """Feast's serialized entity key of every row. For a single INT64 join key (every entity
+    here) the key is a constant prefix and the value's 8 little-endian bytes: the prefix is
+    taken from Feast's own serialization of one row and the result checked against it."""
+    join_keys = [(e.name, e.dtype.to_value_type()) for e in view.entity_columns]
+    columns = [table.column(n) for n, _ in join_keys]
+    names = [n for n, _ in join_keys]
+    if len(join_keys) == 1 and join_keys[0][1] == ValueType.INT64 and columns[0].null_count == 0:
+        values = columns[0].cast(pa.int64()).to_pylist()
+        if values:
+            first = serialize_entity_key(
+                EntityKeyProto(join_keys=names, entity_values=[ValueProto(int64_val=values[0])]), key_version
+            )
+            pack = struct.Struct("<q").pack
+            prefix = first[:-8]
+            if prefix + pack(values[0]) == first:
+                return [prefix + pack(v) for v in values]
+    protos = [
+        _protos(c, t) or python_values_to_proto_values(c.to_numpy(zero_copy_only=False), t)
+        for c, (_, t) in zip(columns, join_keys, strict=True)
+    ]
+    return [
+        serialize_entity_key(EntityKeyProto(join_keys=names, entity_values=list(vals)), key_version)
+        for vals in zip(*protos, strict=True)
+    ]
 
 
 def arrow_rows(
-    table: pa.Table | pa.RecordBatch, view: FeatureView, key_version: int
+    table: pa.Table, view: FeatureView, key_version: int
 ) -> list[tuple[bytes, str, bytes, str | None, int | None, int | None]]:
     """The SQLite rows Feast's materialization writes for these feature rows (its Arrow-to-proto
-    conversion followed by its SQLite upsert), sorted by primary key, built without a protobuf
-    object per row and feature."""
-    join_keys = [(e.name, e.dtype.to_value_type()) for e in view.entity_columns]
-    key_values = [
-        _protos(table.column(n), t)
-        or python_values_to_proto_values(table.column(n).to_numpy(zero_copy_only=False), t)
-        for n, t in join_keys
-    ]
-    names = [n for n, _ in join_keys]
-    keys = [
-        serialize_entity_key(EntityKeyProto(join_keys=names, entity_values=list(vals)), key_version)
-        for vals in zip(*key_values, strict=True)
-    ]
+    conversion followed by its SQLite upsert), in primary-key order: entities by serialized key
+    (a stable sort: of two rows of one entity the later is written last and wins, as in Feast's
+    loop), features by name. Built without a protobuf object per value where the type allows."""
+    keys = _entity_keys(table, view, key_version)
     source = view.batch_source
     event_ts = _epochs(table.column(source.timestamp_field))
     created = source.created_timestamp_column
     created_ts = _epochs(table.column(created)) if created else [None] * table.num_rows
+    features = sorted(view.features, key=lambda f: f.name)  # SQLite's BINARY order of UTF-8 text
+    columns = [(f.name, _column_values(table.column(f.name), f.dtype.to_value_type())) for f in features]
     rows = []
-    for feature in view.features:
-        values = _column_values(table.column(feature.name), feature.dtype.to_value_type())
-        name = feature.name
-        rows.extend(
-            (key, name, value, text, ets, cts)
-            for key, (value, text), ets, cts in zip(keys, values, event_ts, created_ts, strict=True)
-        )
-    rows.sort(key=_PRIMARY_KEY)
+    append = rows.append
+    for i in sorted(range(len(keys)), key=keys.__getitem__):
+        key, ets, cts = keys[i], event_ts[i], created_ts[i]
+        for name, values in columns:
+            value, text = values[i]
+            append((key, name, value, text, ets, cts))
     return rows
 
 
