@@ -345,8 +345,9 @@ def _sqlite_holds_last_day(store: Any) -> bool:
 
 
 class WriteCounter:
-    """Counts the rows Feast hands to the online store's `online_write_batch` (both paths), and the
-    time spent inside it (the rest of a materialization is the offline read + proto conversion)."""
+    """Counts the rows Feast hands to the online store's `online_write_batch` (or, on asof's SQLite
+    path, `online_write_arrow`), and the time spent inside it (the rest of a materialization is
+    the offline read, plus the proto conversion on Feast's path)."""
 
     def __init__(self, kind: str) -> None:
         from feast.infra.online_stores.online_store import OnlineStore
@@ -372,8 +373,27 @@ class WriteCounter:
 
         cls.online_write_batch = counted  # type: ignore[method-assign,assignment]
 
+        # asof's SQLite store takes Arrow batches from its batch engine (flows/feast_engine.py)
+        from flows.feast_online import KeyOrderedSqliteOnlineStore
+
+        self._arrow_orig: Callable[..., Any] = KeyOrderedSqliteOnlineStore.online_write_arrow
+        arrow_orig = self._arrow_orig
+
+        def counted_arrow(this: Any, config: Any, table: Any, rows: Any) -> Any:
+            counter.rows += rows.num_rows
+            t = time.perf_counter()
+            try:
+                return arrow_orig(this, config, table, rows)
+            finally:
+                counter.seconds += time.perf_counter() - t
+
+        KeyOrderedSqliteOnlineStore.online_write_arrow = counted_arrow  # type: ignore[method-assign]
+
     def close(self) -> None:
+        from flows.feast_online import KeyOrderedSqliteOnlineStore
+
         self._cls.online_write_batch = self._orig  # type: ignore[method-assign]
+        KeyOrderedSqliteOnlineStore.online_write_arrow = self._arrow_orig  # type: ignore[method-assign]
 
 
 def _stock_store(kind: str) -> Any:
@@ -389,6 +409,9 @@ def _stock_store(kind: str) -> Any:
     name = "feature_store.redis.yaml" if kind == "redis" else "feature_store.yaml"
     raw = yaml.safe_load(os.path.expandvars((featurestore.REPO_DIR / name).read_text()))
     raw["offline_store"] = {"type": "file"}
+    raw.pop("batch_engine", None)  # Feast's local engine and its own SQLite write, not asof's
+    if kind == "sqlite":
+        raw["online_store"]["type"] = "sqlite"
     if kind == "redis":
         raw["online_store"]["connection_string"] = featurestore.redis_connection_string()
     config = RepoConfig(**raw)
