@@ -373,10 +373,11 @@ class WriteCounter:
 
         cls.online_write_batch = counted  # type: ignore[method-assign,assignment]
 
-        # asof's SQLite store takes Arrow batches from its batch engine (flows/feast_engine.py)
-        from flows.feast_online import KeyOrderedSqliteOnlineStore
+        # asof's stores take Arrow batches from its batch engine (flows/feast_engine.py)
+        from flows.feast_online import ArrowRedisOnlineStore, KeyOrderedSqliteOnlineStore
 
-        self._arrow_orig: Callable[..., Any] = KeyOrderedSqliteOnlineStore.online_write_arrow
+        self._arrow_cls = ArrowRedisOnlineStore if kind == "redis" else KeyOrderedSqliteOnlineStore
+        self._arrow_orig: Callable[..., Any] = self._arrow_cls.online_write_arrow
         arrow_orig = self._arrow_orig
 
         def counted_arrow(this: Any, config: Any, table: Any, rows: Any) -> Any:
@@ -387,13 +388,11 @@ class WriteCounter:
             finally:
                 counter.seconds += time.perf_counter() - t
 
-        KeyOrderedSqliteOnlineStore.online_write_arrow = counted_arrow  # type: ignore[method-assign]
+        self._arrow_cls.online_write_arrow = counted_arrow  # type: ignore[method-assign]
 
     def close(self) -> None:
-        from flows.feast_online import KeyOrderedSqliteOnlineStore
-
         self._cls.online_write_batch = self._orig  # type: ignore[method-assign]
-        KeyOrderedSqliteOnlineStore.online_write_arrow = self._arrow_orig  # type: ignore[method-assign]
+        self._arrow_cls.online_write_arrow = self._arrow_orig  # type: ignore[method-assign]
 
 
 def _stock_store(kind: str) -> Any:
@@ -410,8 +409,7 @@ def _stock_store(kind: str) -> Any:
     raw = yaml.safe_load(os.path.expandvars((featurestore.REPO_DIR / name).read_text()))
     raw["offline_store"] = {"type": "file"}
     raw.pop("batch_engine", None)  # Feast's local engine and its own SQLite write, not asof's
-    if kind == "sqlite":
-        raw["online_store"]["type"] = "sqlite"
+    raw["online_store"]["type"] = kind  # Feast's own sqlite or redis store
     if kind == "redis":
         raw["online_store"]["connection_string"] = featurestore.redis_connection_string()
     config = RepoConfig(**raw)

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flows.feast_online import KeyOrderedSqliteOnlineStore, KeyOrderedSqliteOnlineStoreConfig
+from tests.test_online_store import REDIS_PASSWORD, redis_server  # noqa: F401 (the fixture)
 
 UTC = dt.UTC
 FEATURES = {
@@ -188,3 +189,57 @@ def test_options_it_does_not_write_keep_feasts_path(tmp_path: Path, field: str) 
     assert KeyOrderedSqliteOnlineStore().writes_rows(cfg)
     setattr(cfg.online_store, field, True)
     assert not KeyOrderedSqliteOnlineStore().writes_rows(cfg)
+
+
+# ------------------------------------------------------------------ Redis
+
+
+def _redis_config(port: int, db: int, config_class: type, tmp: Path) -> RepoConfig:
+    return RepoConfig(
+        project="p",
+        provider="local",
+        registry=RegistryConfig(path=str(tmp / "registry.db")),
+        online_store=config_class(
+            connection_string=f"127.0.0.1:{port},db={db},password={REDIS_PASSWORD}", skip_dedup=True
+        ),
+        entity_key_serialization_version=3,
+    )
+
+
+def _hashes(port: int, db: int) -> dict[bytes, dict[bytes, bytes]]:
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port, db=db, password=REDIS_PASSWORD)
+    out = {k: client.hgetall(k) for k in client.keys("*")}
+    client.flushdb()
+    return out
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=st.lists(row, min_size=1, max_size=25))
+def test_redis_arrow_write_equals_feasts_write(
+    tmp_path: Path,
+    redis_server: int,  # noqa: F811 (the fixture imported above)
+    rows: list[dict],
+) -> None:
+    """ArrowRedisOnlineStore leaves the hashes Feast's RedisOnlineStore writes (skip_dedup)."""
+    from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
+
+    from flows.feast_online import ArrowRedisOnlineStore, ArrowRedisOnlineStoreConfig
+
+    stamp = pa.timestamp("us", tz="UTC")
+    columns = {"customer_id": pa.array([(i * 7919) % 1000 - 500 for i in range(len(rows))], pa.int64())}
+    for name, typ in ARROW_TYPES.items():
+        columns[name] = pa.array([r[name] for r in rows], typ)
+    columns["feature_timestamp"] = pa.array([r["feature_timestamp"] for r in rows], stamp)
+    table, view = pa.table(columns), _view(False)
+    stock_cfg = _redis_config(redis_server, 0, RedisOnlineStoreConfig, tmp_path)
+    ours_cfg = _redis_config(redis_server, 1, ArrowRedisOnlineStoreConfig, tmp_path)
+    data = _convert_arrow_to_proto(table, view, {"customer_id": ValueType.INT64})
+    RedisOnlineStore().online_write_batch(stock_cfg, view, data, progress=None)
+    ours = ArrowRedisOnlineStore()
+    assert ours.writes_rows(ours_cfg)
+    ours.online_write_arrow(ours_cfg, view, table)
+    stock_hashes, our_hashes = _hashes(redis_server, 0), _hashes(redis_server, 1)
+    assert our_hashes == stock_hashes
+    assert len(our_hashes) == len(set(columns["customer_id"].to_pylist()))
