@@ -158,6 +158,15 @@ def process_log() -> ProcessLog:
         return _PROCESS_LOG[1]
 
 
+def flush_process_log() -> None:
+    """Flush this process's log if it has one (a server shutting down: uvicorn re-raises SIGTERM
+    after its shutdown, which ends the process without running atexit handlers)."""
+    with _PROCESS_LOCK:
+        current = _PROCESS_LOG[1] if _PROCESS_LOG is not None and _PROCESS_LOG[0] == os.getpid() else None
+    if current is not None:
+        current.flush()
+
+
 def read_day(day: dt.date) -> tuple[dict[tuple[str, str], Series], int]:
     """Every process's counts of `day` added up per (endpoint, feature service); and the number of
     files (processes). Files with other buckets (written before a change of BUCKETS) are skipped."""

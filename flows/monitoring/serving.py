@@ -107,7 +107,8 @@ def exposition() -> bytes:
 
 
 class LatencyMiddleware:
-    """ASGI middleware: answers GET /metrics itself, times every other HTTP request."""
+    """ASGI middleware: answers GET /metrics itself, times every other HTTP request, flushes the
+    per-day log at shutdown."""
 
     def __init__(self, app: ASGIApp, endpoints: Iterable[str], services: Iterable[str]) -> None:
         self.app = app
@@ -122,6 +123,9 @@ class LatencyMiddleware:
         return name if name in self.services else UNKNOWN_SERVICE
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self.app(scope, self.flushing_at_shutdown(receive), send)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -150,6 +154,18 @@ class LatencyMiddleware:
             await self.app(scope, receive_and_keep, send_and_note)
         finally:
             observe(endpoint, self.service_of(bytes(body)), time.perf_counter() - t, status)
+
+    @staticmethod
+    def flushing_at_shutdown(receive: Receive) -> Receive:
+        """The day's latency reaches disk when the server stops, not up to a flush interval later."""
+
+        async def receive_and_flush() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                daily_latency.flush_process_log()
+            return message
+
+        return receive_and_flush
 
     async def metrics(self, send: Send) -> None:
         payload = exposition()
