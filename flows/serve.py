@@ -115,6 +115,7 @@ class _ArtifactHandler(http.server.SimpleHTTPRequestHandler):
                 b"<body><h1>asof</h1><ul>"
                 b"<li><a href='/docs/index.html'>validation reports (Data Docs)</a></li>"
                 b"<li><a href='/reports/monitoring.html'>monitoring report</a></li>"
+                b"<li><a href='/docs/dbt/static_index.html'>dbt docs</a> (built by asof docs --dbt)</li>"
                 b"</ul></body></html>"
             )
             self.send_response(200)
@@ -223,7 +224,8 @@ def main() -> None:
             print(
                 f"validation reports (Data Docs): {base}docs/index.html  (files: {home / 'docs'})\n"
                 f"monitoring report:              {base}reports/monitoring.html  "
-                f"(files: {home / 'reports'}; any range: asof monitor --html FILE)",
+                f"(files: {home / 'reports'}; any range: asof monitor --html FILE)\n"
+                f"dbt docs:                       {base}docs/dbt/static_index.html  (build: asof docs --dbt)",
                 flush=True,
             )
         server = start_server(args.port, env, logs / "server.log")
