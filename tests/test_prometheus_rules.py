@@ -162,12 +162,13 @@ def test_textfile_export_and_a_failed_push_that_does_not_leak_the_password(
         }
 
     rows = [
-        row(day - dt.timedelta(days=1), "date_status", "*", 1.0, status="succeeded"),
+        row(day - dt.timedelta(days=2), "date_status", "*", 1.0, status="succeeded"),
+        row(day - dt.timedelta(days=1), "date_status", "*", 1.0, status="succeeded"),  # skipped by the run
         row(day, "date_status", "*", 0.0, status="rejected"),
         row(day, "validation_pass_rate", "transactions", 0.5),
         row(day, "freshness_hours", "customer_txn_features_daily", None),
     ]
-    monitor.store(rows, [day - dt.timedelta(days=1), day])
+    monitor.store(rows, [day - dt.timedelta(days=2), day - dt.timedelta(days=1), day])
     breaches = monitor.breaches_of(rows)
 
     out = tmp_path / "textfile" / "asof.prom"
@@ -180,7 +181,7 @@ def test_textfile_export_and_a_failed_push_that_does_not_leak_the_password(
         logger = logging.getLogger(prometheus.__name__)  # Prefect's logging config may stop propagation
         logger.addHandler(logged)
         try:
-            prometheus.export_run([day - dt.timedelta(days=1), day], breaches)
+            prometheus.export_run([day - dt.timedelta(days=2), day], breaches)
         finally:
             logger.removeHandler(logged)
     text = "\n".join(logged.lines)

@@ -123,7 +123,8 @@ def build_registry(
     cfg = config or monitor.load_config()
     registry = CollectorRegistry()
     newest = max(days)
-    rows = monitor.read_metrics(min(days), newest)
+    ran = set(days)  # a backfill's range also holds the dates it skipped (already succeeded)
+    rows = [r for r in monitor.read_metrics(min(days), newest) if r["execution_date"] in ran]
     gauges: dict[str, Gauge] = {}
     for row in rows:
         if row["execution_date"] != newest or row["metric"] in LIVE_METRICS:
