@@ -70,8 +70,9 @@ def test_promtool_checks_the_rules_and_every_alert_fires_and_stays_quiet(tmp_pat
 
 def test_latency_objective_is_a_bucket_bound() -> None:
     """Otherwise "P99 > 50 ms" would be decided by interpolating inside a bucket."""
-    objective = monitor.load_config().rules["serving_latency_p99_ms"].max
+    objective = monitor.load_config().rules[daily_latency.P99].max
     assert objective is not None and objective / 1000 in daily_latency.BUCKETS
+    assert set(daily_latency.METRICS) <= set(monitor.KNOWN_METRICS)
 
 
 def test_quantile_interpolates_like_histogram_quantile() -> None:

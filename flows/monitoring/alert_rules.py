@@ -34,7 +34,7 @@ from flows.config import REPO_ROOT
 from flows.monitoring import daily_latency, prometheus, serving
 
 RULES_FILE = REPO_ROOT / "monitoring" / "alerts.yml"
-LATENCY_METRIC = "serving_latency_p99_ms"
+LATENCY_METRIC = daily_latency.P99
 LATENCY_WINDOW = "5m"
 LATENCY_FOR = "5m"
 HEADER = (

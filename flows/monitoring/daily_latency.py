@@ -41,7 +41,8 @@ BUCKETS: tuple[float, ...] = (
 )  # fmt: skip
 FLUSH_SECONDS_ENV = "ASOF_LATENCY_FLUSH_S"
 DEFAULT_FLUSH_SECONDS = 15.0
-METRICS = ("serving_requests", "serving_latency_p50_ms", "serving_latency_p99_ms")
+REQUESTS, P50, P99 = "serving_requests", "serving_latency_p50_ms", "serving_latency_p99_ms"
+METRICS = (REQUESTS, P50, P99)  # also in flows.monitor.KNOWN_METRICS, which validates monitoring.toml
 
 
 def latency_dir(day: dt.date) -> Path:
@@ -214,7 +215,7 @@ def measurements(day: dt.date) -> list[tuple[str, str, float | None, dict[str, A
             if ms["p99"] is not None and not math.isnan(ms["p99"])
             else f"{s.requests:,} requests"
         )
-        out.append(("serving_requests", scope, float(s.requests), info))
-        out.append(("serving_latency_p50_ms", scope, ms["p50"], info))
-        out.append(("serving_latency_p99_ms", scope, ms["p99"], info))
+        out.append((REQUESTS, scope, float(s.requests), info))
+        out.append((P50, scope, ms["p50"], info))
+        out.append((P99, scope, ms["p99"], info))
     return out

@@ -44,6 +44,7 @@ from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from flows import monitor
 from flows.dates import day_start_utc
+from flows.monitoring import daily_latency
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ NO_RULE = "none"
 PUSH_TIMEOUT_S = 10.0
 # Per-date metrics that come from the serving process: Prometheus scrapes them live from
 # `asof serve`, so the batch export leaves them out rather than publish a day-old copy.
-LIVE_METRICS = ("serving_requests", "serving_latency_p50_ms", "serving_latency_p99_ms")
+LIVE_METRICS = daily_latency.METRICS
 
 RUN_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
     "asof_execution_date_seconds": (

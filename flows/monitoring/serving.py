@@ -31,6 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from flows.feature_server import MULTIPROC_ENV
 from flows.monitoring import daily_latency
 
 METRICS_PATH = "/metrics"
@@ -38,7 +39,6 @@ IN_PROCESS = "in_process"
 NO_SERVICE = "none"
 UNKNOWN_SERVICE = "unknown"
 OTHER_ENDPOINT = "other"
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_METRIC = "asof_online_request_duration_seconds"
 REQUESTS_METRIC = "asof_online_requests_total"
 
