@@ -56,6 +56,7 @@ def _flow_run_of(api: Api, title: str, base: str) -> str:
     raise AssertionError(f"no run report {title!r} linking {base}: {[r.get('description') for r in rows]}")
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_every_artifact_link_opens_from_the_prefect_ui(browser, tmp_path: Path) -> None:
     h = harness()  # a Prefect server (with its UI) on 127.0.0.1 and a zygote for `asof` runs
