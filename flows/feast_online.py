@@ -27,9 +27,11 @@ layout cannot drift from Feast's.
 
 from __future__ import annotations
 
+import calendar
+import itertools
 import struct
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -68,9 +70,13 @@ class KeyOrderedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
 
 
 def _epoch(ts: datetime) -> int:
-    """What Feast's sqlite3 adapter stores for a timestamp (`adapt_datetime_epoch` on the naive
-    UTC value), so the rows are the ones Feast's own write would leave."""
-    return int(to_naive_utc(ts).timestamp())
+    """Whole seconds since the epoch of a UTC instant (a naive value is UTC, as everywhere in
+    Feast). Feast's sqlite3 adapter stores `naive_utc.timestamp()` instead, which Python reads in
+    the machine's local zone, and its reader undoes that with `fromtimestamp` in the local zone:
+    the stored number then depends on TZ, a value written under one zone is served shifted under
+    another, and a UTC time that falls in a local DST gap or fold comes back an hour off. Under
+    TZ=UTC both are the same number (tests/test_feast_online.py)."""
+    return calendar.timegm(to_naive_utc(ts).utctimetuple())
 
 
 def upsert_statement(table_name: str) -> str:
@@ -275,6 +281,41 @@ class KeyOrderedSqliteOnlineStore(SqliteOnlineStore):
         self._upsert(config, table, key_ordered_rows(data, config.entity_key_serialization_version))
         if progress:
             progress(len(data))
+
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
+        """Feast's read, with `event_ts` taken as seconds since the epoch in UTC (`_epoch`), not
+        converted through the local zone: the served timestamp does not depend on TZ."""
+        keys = [serialize_entity_key(k, config.entity_key_serialization_version) for k in entity_keys]
+        if not keys:
+            return []
+        name = compute_table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+        quoted = '"' + name.replace('"', '""') + '"'
+        cur = self._get_conn(config).execute(
+            f"SELECT entity_key, feature_name, value, CAST(event_ts AS INTEGER) FROM {quoted} "
+            f"WHERE entity_key IN ({','.join('?' * len(keys))}) ORDER BY entity_key",
+            keys,
+        )
+        found = {k: list(g) for k, g in itertools.groupby(cur.fetchall(), key=itemgetter(0))}
+        result: list[tuple[datetime | None, dict[str, ValueProto] | None]] = []
+        for key in keys:
+            rows = found.get(key)
+            if not rows:
+                result.append((None, None))
+                continue
+            values = {}
+            for _, feature, blob, _ in rows:
+                value = ValueProto()
+                value.ParseFromString(blob)
+                values[feature] = value
+            ts = rows[-1][3]  # Feast's read keeps the last row's time; one entity's rows share it
+            result.append((None if ts is None else datetime.fromtimestamp(ts, UTC), values))
+        return result
 
     def writes_rows(self, config: RepoConfig) -> bool:
         """False where Feast's write fills columns this store does not (vectors, value_num)."""

@@ -9,16 +9,22 @@ extremes and non-ASCII text.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import math
+import os
 import sqlite3
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 from feast import Entity, FeatureView, Field, FileSource
 from feast.infra.online_stores.sqlite import SqliteOnlineStore, SqliteOnlineStoreConfig
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from feast.repo_config import RegistryConfig, RepoConfig
 from feast.types import Bool, Float32, Float64, Int32, Int64, String, UnixTimestamp
 from feast.utils import _convert_arrow_to_proto
@@ -48,6 +54,7 @@ ARROW_TYPES = {
     "f_time": pa.timestamp("us", tz="UTC"),
     "f_float": pa.float32(),
 }
+ZONES = ("UTC", "America/New_York", "Asia/Kolkata")
 SAFE_INT = 2**53  # Feast reads an int64 column with nulls through float64: exact only up to 2**53
 
 
@@ -66,6 +73,22 @@ def _view(created: bool) -> FeatureView:
         + [Field(name=n, dtype=t) for n, t in FEATURES.items()],
         source=source,
     )
+
+
+@contextlib.contextmanager
+def zone(name: str) -> Iterator[None]:
+    """The process's local time zone (what Python's naive `timestamp()` and `fromtimestamp` use)."""
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = name
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
 
 
 def _config(path: Path, config_class: type) -> RepoConfig:
@@ -91,13 +114,15 @@ def _write_both(tmp: Path, table: pa.Table, view: FeatureView) -> tuple[list[tup
     for p in (stock_path, ours_path):
         p.unlink(missing_ok=True)
     stock, ours = SqliteOnlineStore(), KeyOrderedSqliteOnlineStore()
+    # Feast's stored epoch depends on the local zone (flows.feast_online._epoch): compare under UTC
     stock_cfg = _config(stock_path, SqliteOnlineStoreConfig)
     ours_cfg = _config(ours_path, KeyOrderedSqliteOnlineStoreConfig)
     for store, cfg in ((stock, stock_cfg), (ours, ours_cfg)):
         store.update(cfg, [], [view], [], [], partial=False)
-    data = _convert_arrow_to_proto(table, view, {"customer_id": ValueType.INT64})
-    stock.online_write_batch(stock_cfg, view, data, progress=None)
-    ours.online_write_arrow(ours_cfg, view, table)
+    with zone("UTC"):
+        data = _convert_arrow_to_proto(table, view, {"customer_id": ValueType.INT64})
+        stock.online_write_batch(stock_cfg, view, data, progress=None)
+        ours.online_write_arrow(ours_cfg, view, table)
     return _rows(stock_path), _rows(ours_path)
 
 
@@ -243,3 +268,43 @@ def test_redis_arrow_write_equals_feasts_write(
     stock_hashes, our_hashes = _hashes(redis_server, 0), _hashes(redis_server, 1)
     assert our_hashes == stock_hashes
     assert len(our_hashes) == len(set(columns["customer_id"].to_pylist()))
+
+
+def test_online_timestamps_do_not_depend_on_the_time_zone(tmp_path: Path) -> None:
+    """The same materialization under three zones stores the same rows, and every zone reads
+    back the same UTC event time; under Feast's own store the stored number moves with TZ."""
+    # 2024-03-10 07:30 UTC is 02:30 in New York, a local time that does not exist (DST gap)
+    times = [dt.datetime(2024, 3, 10, 7, 30, tzinfo=UTC), dt.datetime(2024, 1, 2, tzinfo=UTC)]
+    table = pa.table(
+        {
+            "customer_id": pa.array([1, 2], pa.int64()),
+            **{n: pa.array([None, None], t) for n, t in ARROW_TYPES.items()},
+            "feature_timestamp": pa.array(times, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    view = _view(False)
+    stored, stock_stored = [], []
+    for name in ZONES:
+        with zone(name):
+            path = tmp_path / f"{name.replace('/', '_')}.db"
+            store, cfg = KeyOrderedSqliteOnlineStore(), _config(path, KeyOrderedSqliteOnlineStoreConfig)
+            store.update(cfg, [], [view], [], [], partial=False)
+            store.online_write_arrow(cfg, view, table)
+            stored.append(_rows(path))
+            stock_path = tmp_path / f"stock-{name.replace('/', '_')}.db"
+            stock, stock_cfg = SqliteOnlineStore(), _config(stock_path, SqliteOnlineStoreConfig)
+            stock.update(stock_cfg, [], [view], [], [], partial=False)
+            data = _convert_arrow_to_proto(table, view, {"customer_id": ValueType.INT64})
+            stock.online_write_batch(stock_cfg, view, data, progress=None)
+            stock_stored.append(_rows(stock_path))
+        for reader in ZONES:  # what was written under `name`, served under every zone
+            with zone(reader):
+                keys = [
+                    EntityKeyProto(join_keys=["customer_id"], entity_values=[ValueProto(int64_val=i)])
+                    for i in (1, 2)
+                ]
+                got = [ts for ts, _ in KeyOrderedSqliteOnlineStore().online_read(cfg, view, keys)]
+            assert got == times, (name, reader)
+    assert stored[0] == stored[1] == stored[2]
+    assert stored[0] == stock_stored[0]  # under UTC, the very rows Feast writes
+    assert stock_stored[0] != stock_stored[1]  # Feast's own rows move with the zone
