@@ -229,6 +229,16 @@ def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
         counts = wait_for("the latency histogram", scraped, 30, (serve,))
         assert counts == {k: float(v) for k, v in READS.items()}  # both workers' requests, added up
         assert value_of(prom, 'up{job="asof_serve"}') == 1
+        # every query of the Grafana dashboard is valid PromQL for this Prometheus, and the panels
+        # of the run's core metrics and of the serving latency have data
+        dashboard = json.loads((alert_rules.RULES_FILE.parent / "grafana" / "asof.json").read_text())
+        answered = {
+            t["expr"]: bool(query(prom, t["expr"].replace("$source", ".*")))
+            for panel in dashboard["panels"]
+            for t in panel["targets"]
+        }
+        for wanted in ("asof_validation_pass_rate", "asof_freshness_hours", "asof_run_stage_seconds", "0.99"):
+            assert any(ok for expr, ok in answered.items() if wanted in expr), (wanted, answered)
 
         live = value_of(
             prom,
