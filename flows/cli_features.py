@@ -24,6 +24,13 @@ def _parquet_path(out: Path, option: str) -> Path:
         refuse(f"{option}: {out} must end in .parquet")
     if out.is_dir():
         refuse(f"{option}: {out} is a directory")
+    from flows.config import settings
+    from flows.training import manifest_path
+
+    for path in (out, manifest_path(out)):
+        root = settings().pipeline_root_of(path)
+        if root is not None:
+            refuse(f"{option}: {path} is inside {root}, which the pipeline owns: write it elsewhere")
     return out
 
 

@@ -34,6 +34,25 @@ class Settings:
     def is_local_lake(self) -> bool:
         return "://" not in self.lake_uri
 
+    @property
+    def feast_dir(self) -> Path:
+        return self.home / "feast"
+
+    def pipeline_root_of(self, path: Path) -> Path | None:
+        """The pipeline-owned directory (the local lake, the landing area, the feature store's
+        registry and online store) that `path` would write into, symlinks resolved; None if
+        none. A user-given output path inside one of them could replace a live data file, a
+        Delta log or an upstream file, so such paths are refused (contract §3)."""
+        roots = [self.landing, self.feast_dir]
+        if self.is_local_lake:
+            roots.append(Path(self.lake_uri))
+        target = Path(path).expanduser().resolve()
+        for root in roots:
+            resolved = root.expanduser().resolve()
+            if target == resolved or resolved in target.parents:
+                return resolved
+        return None
+
 
 class ConfigError(ValueError):
     pass

@@ -273,6 +273,10 @@ def _build(
     out: Path,
     reproduced_from: tuple[Path, dict] | None,
 ) -> dict[str, Any]:
+    for path in (out, manifest_path(out)):
+        root = settings().pipeline_root_of(path)
+        if root is not None:
+            raise TrainingSetError(f"{path} is inside {root}, which the pipeline owns: write it elsewhere")
     t0 = time.monotonic()
     rows, lineage = _entity_rows(params, versions)
     try:

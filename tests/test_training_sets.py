@@ -293,3 +293,43 @@ def test_cli_training_set_and_reproduce(lake_data, tmp_path, monkeypatch, capsys
     assert code == 0, io.err
     assert "identical" in io.out
     assert out.read_bytes() == (tmp_path / "cli2.parquet").read_bytes()
+
+
+def test_out_inside_the_pipelines_directories_is_refused(lake_data, tmp_path, monkeypatch, capsys):
+    """`--out` (or a symlink to it, or the manifest written next to it) naming a path in the lake,
+    the landing area or the feature store is refused before anything is written: it could replace
+    a live data file or a Delta checkpoint (issue 23 item 3)."""
+    from flows import cli
+    from flows.training import TrainingSetError, build_training_set
+
+    home = lake_data["home"]
+    silver_file = next((home / "lake" / "silver" / "transactions").rglob("*.parquet"))
+    before = silver_file.read_bytes()
+    (home / "landing").mkdir(exist_ok=True)
+    link = tmp_path / "innocent"
+    link.symlink_to(home / "lake" / "gold")
+    targets = [
+        silver_file,  # a live data file
+        home / "lake" / "gold" / "customer_profile" / "_delta_log" / "x.parquet",
+        home / "landing" / "t.parquet",
+        home / "feast" / "t.parquet",
+        link / "t.parquet",  # through a symlink
+    ]
+    for target in targets:
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            ["asof", "training-set", "--start", "2024-01-10", "--end", "2024-01-12"]
+            + ["--service", "fraud_v1", "--out", str(target)],
+        )
+        with pytest.raises(SystemExit) as exc:
+            cli.main()
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and "which the pipeline owns" in err, (target, err)
+        with pytest.raises(TrainingSetError, match="which the pipeline owns"):
+            build_training_set(dt.date(2024, 1, 10), dt.date(2024, 1, 12), "fraud_v1", target)
+    assert silver_file.read_bytes() == before
+    assert not (home / "landing" / "t.parquet").exists() and not (home / "feast" / "t.parquet").exists()
+    # next to the lake is fine
+    manifest = build_training_set(dt.date(2024, 1, 10), dt.date(2024, 1, 12), "fraud_v1", home / "t.parquet")
+    assert manifest["output"]["rows"] > 0
