@@ -48,10 +48,18 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from feast.data_format import DeltaFormat
 from feast.data_source import DataSource
+from feast.errors import SavedDatasetLocationAlreadyExists
+from feast.feature_logging import LOG_DATE_FIELD, LoggingConfig, LoggingSource
 from feast.feature_view import DUMMY_ENTITY_ID, DUMMY_ENTITY_VAL, FeatureView
-from feast.infra.offline_stores.file_source import FileSource, SavedDatasetFileStorage
+from feast.infra.offline_stores.file_source import (
+    FileLoggingDestination,
+    FileSource,
+    SavedDatasetFileStorage,
+)
 from feast.infra.offline_stores.offline_store import (
     OfflineStore,
     RetrievalJob,
@@ -62,10 +70,11 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.on_demand_feature_view import OnDemandFeatureView
 from feast.repo_config import FeastConfigBaseModel, RepoConfig
 from feast.saved_dataset import SavedDatasetStorage
-from feast.utils import _get_requested_feature_views_to_features_dict
+from feast.utils import _get_requested_feature_views_to_features_dict, compute_non_entity_date_range
 from pydantic import StrictStr
 
 from flows import lake
+from flows.feature_logging import LakeLoggingDestination
 
 log = logging.getLogger(__name__)
 
@@ -121,15 +130,34 @@ class LakeTable:
         return f"{self.layer}/{self.name}"
 
 
+@dataclass(frozen=True)
+class ParquetFiles:
+    """A source that is plain Parquet, not a lake table: a saved dataset or a feature log that Feast
+    (or a user) wrote as Parquet, inside or outside the lake. Read with pyarrow, never as Delta."""
+
+    path: str
+
+    @property
+    def key(self) -> str:
+        return f"parquet:{self.path}"
+
+
+Readable = LakeTable | ParquetFiles
+
 _warned_paths: set[str] = set()
+
+
+def is_delta(source: DataSource) -> bool:
+    """A FileSource in Delta format names a lake table; any other FileSource is plain Parquet."""
+    return isinstance(source, FileSource) and isinstance(source.file_format, DeltaFormat)
 
 
 def table_key(source: DataSource) -> str:
     """The logical lake table (`layer/table`) behind a feature view's FileSource."""
     if not isinstance(source, FileSource):
         raise TypeError(
-            f"DeltaDuckDBOfflineStore reads FileSource(DeltaFormat) sources over the asof lake, "
-            f"not {type(source).__name__} ({source.name})"
+            f"DeltaDuckDBOfflineStore reads FileSource sources (Delta tables of the asof lake, or "
+            f"Parquet), not {type(source).__name__} ({source.name})"
         )
     parts = source.path.rstrip("/").split("/")
     if len(parts) < 2 or parts[-2] not in lake.LAYERS:
@@ -153,16 +181,27 @@ def table_key(source: DataSource) -> str:
     return f"{layer}/{name}"
 
 
-def resolve(source: DataSource) -> LakeTable:
-    """Resolve a source to a lake table and the Delta version to read (pinned or current)."""
-    key = table_key(source)
-    layer, name = key.split("/")
+def resolve(source: DataSource, repo_path: Path | None = None) -> Readable:
+    """Resolve a source to what is read: a lake table at a Delta version (pinned or current), or
+    Parquet files (a relative path is relative to the feature repo, as in Feast's file store)."""
+    if isinstance(source, FileSource) and not is_delta(source):
+        path = Path(source.path)
+        if not path.is_absolute() and repo_path is not None:
+            path = Path(repo_path) / path
+        return ParquetFiles(str(path))
+    layer, name = table_key(source).split("/")
+    return lake_table(layer, name, f" (source {source.name!r})")
+
+
+def lake_table(layer: str, name: str, what: str = "") -> LakeTable:
+    """The lake table at the version to read: pinned (`pinned_versions`) or current."""
+    key = f"{layer}/{name}"
     pins = _PINS.get() or {}
     if key in pins:
         return LakeTable(layer, name, pins[key])
     current = lake.version(layer, name)
     if current is None:
-        raise lake.LakeError(f"Delta table {key} (source {source.name!r}) does not exist yet")
+        raise lake.LakeError(f"Delta table {key}{what} does not exist yet")
     return LakeTable(layer, name, current)
 
 
@@ -193,7 +232,13 @@ def _connect(config: DeltaDuckDBOfflineStoreConfig | None) -> duckdb.DuckDBPyCon
     return con
 
 
-def _register(con: duckdb.DuckDBPyConnection, alias: str, table: LakeTable) -> None:
+def _register(con: duckdb.DuckDBPyConnection, alias: str, table: Readable) -> None:
+    if isinstance(table, ParquetFiles):
+        import pyarrow.dataset as ds
+
+        partitioning = "hive" if Path(table.path).is_dir() else None
+        con.register(alias, ds.dataset(table.path, format="parquet", partitioning=partitioning))
+        return
     con.register(alias, lake.dataset(table.layer, table.name, version=table.version))
 
 
@@ -223,14 +268,14 @@ class DeltaDuckDBRetrievalJob(RetrievalJob):
         compute: Callable[[], pa.Table],
         *,
         sql: str,
-        tables: dict[str, LakeTable],
+        tables: Mapping[str, Readable],
         full_feature_names: bool = False,
         on_demand_feature_views: list[OnDemandFeatureView] | None = None,
         metadata: RetrievalMetadata | None = None,
     ):
         self._compute = compute
         self._sql = sql
-        self._tables = tables
+        self._tables = dict(tables)
         self._full_feature_names = full_feature_names
         self._on_demand_feature_views = on_demand_feature_views or []
         self._metadata = metadata
@@ -250,7 +295,7 @@ class DeltaDuckDBRetrievalJob(RetrievalJob):
     @property
     def table_versions(self) -> dict[str, int]:
         """The Delta version of every lake table this job reads (`{"gold/x": 7}`)."""
-        return {key: t.version for key, t in self._tables.items()}
+        return {key: t.version for key, t in self._tables.items() if isinstance(t, LakeTable)}
 
     def to_sql(self) -> str:
         return self._sql
@@ -267,17 +312,31 @@ class DeltaDuckDBRetrievalJob(RetrievalJob):
         allow_overwrite: bool | None = False,
         timeout: int | None = None,
     ) -> None:
+        """Write the result where `storage` says: a lake table when its format is Delta (one commit
+        through flows.lake, so Delta time travel and locking apply), a Parquet file otherwise. Either
+        reads back through this store, which is what `create_saved_dataset` relies on."""
         if not isinstance(storage, SavedDatasetFileStorage):
             raise NotImplementedError(f"cannot persist to {type(storage).__name__}")
+        source = storage.to_data_source()
+        if is_delta(source):
+            layer, name = table_key(source).split("/")
+            if lake.exists(layer, name) and not allow_overwrite:
+                raise SavedDatasetLocationAlreadyExists(location=lake.uri(layer, name))
+            lake.overwrite(layer, name, self.to_arrow())
+            return
         path = Path(storage.file_options.uri)
         if path.exists() and not allow_overwrite:
-            from feast.errors import SavedDatasetLocationAlreadyExists
-
             raise SavedDatasetLocationAlreadyExists(location=str(path))
+        path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(self.to_arrow(), path)
 
     def supports_remote_storage_export(self) -> bool:
         return False
+
+
+def lake_saved_dataset_storage(name: str, layer: str = "gold") -> SavedDatasetFileStorage:
+    """Storage for `FeatureStore.create_saved_dataset` in a lake table (`<layer>/<name>`)."""
+    return SavedDatasetFileStorage(path=lake.uri(layer, name), file_format=DeltaFormat())
 
 
 # ------------------------------------------------------------------ the offline store
@@ -286,7 +345,7 @@ class DeltaDuckDBRetrievalJob(RetrievalJob):
 @dataclass
 class _ViewPlan:
     alias: str
-    table: LakeTable
+    table: Readable
     keys: list[tuple[str, str]]  # (entity df column, source column)
     ts_col: str
     created_col: str | None
@@ -295,7 +354,7 @@ class _ViewPlan:
 
 
 class DeltaDuckDBOfflineStore(OfflineStore):
-    supports_filter_by_created_timestamp = False
+    supports_filter_by_created_timestamp = True
 
     # ---------------------------------------------------------- historical retrieval
 
@@ -308,34 +367,67 @@ class DeltaDuckDBOfflineStore(OfflineStore):
         registry: BaseRegistry,
         project: str,
         full_feature_names: bool = False,
+        filter_by_created_timestamp: bool = False,
         **kwargs: Any,
     ) -> RetrievalJob:
+        """Entity rows come from a pandas frame, from one SQL SELECT over lake tables (run when the
+        job is created, at the table versions then current or pinned), or, with `entity_df=None`,
+        from every distinct (join keys, timestamp) of the views' rows in [start_date, end_date]."""
         store_config = _store_config(config)
-        if entity_df is None:
-            raise NotImplementedError(
-                "DeltaDuckDBOfflineStore needs an entity_df (rows with join keys and an event timestamp)"
-            )
-        if isinstance(entity_df, str):
-            raise NotImplementedError("DeltaDuckDBOfflineStore takes a pandas entity_df, not SQL")
-        if not isinstance(entity_df, pd.DataFrame):
-            raise ValueError(f"entity_df must be a pandas DataFrame, got {type(entity_df).__name__}")
-
-        ts_col = _entity_timestamp_column(entity_df)
         odfvs = OnDemandFeatureView.get_requested_odfvs(feature_refs, project, registry)
         fv_features, _ = _get_requested_feature_views_to_features_dict(feature_refs, feature_views, odfvs)
+        repo_path = Path(config.repo_path) if config.repo_path else None
+
+        date_range: tuple[dt.datetime, dt.datetime] | None = None
+        entity_table: pa.Table | None = None
+        if entity_df is None:
+            date_range = compute_non_entity_date_range(
+                feature_views, start_date=kwargs.get("start_date"), end_date=kwargs.get("end_date")
+            )
+            ts_col = DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
+            columns = [ts_col] + _range_entity_columns(fv_features)
+            ts_min, ts_max = date_range
+        elif isinstance(entity_df, str):
+            entity_table = entity_sql(entity_df, store_config)
+            ts_col = _entity_timestamp_column(entity_table.schema)
+            entity_table = _utc_timestamps(entity_table, ts_col)
+            columns = entity_table.column_names
+            ts_min, ts_max = _arrow_timestamp_range(entity_table[ts_col])
+        elif isinstance(entity_df, pd.DataFrame):
+            ts_col = _entity_timestamp_column(pa.Schema.from_pandas(entity_df.head(0), preserve_index=False))
+            columns = list(entity_df.columns)
+            ts_min, ts_max = _timestamp_range(entity_df[ts_col])
+        else:
+            raise ValueError(
+                f"entity_df must be a pandas DataFrame, a SQL SELECT or None, got {type(entity_df).__name__}"
+            )
 
         plans: list[_ViewPlan] = []
         for i, (fv, features) in enumerate(fv_features.items()):
-            plans.append(_plan_view(f"v{i}", fv, features, full_feature_names, set(entity_df.columns)))
-        _check_output_names(entity_df, plans)
+            plans.append(_plan_view(f"v{i}", fv, features, full_feature_names, set(columns), repo_path))
+        _check_output_names(columns, plans)
 
-        ts_min, ts_max = _timestamp_range(entity_df[ts_col])
-        sql = _asof_sql(plans, store_config.ttl_lower_bound, ts_min, ts_max)
+        filter_created = bool(filter_by_created_timestamp)
+        sql = _asof_sql(plans, store_config.ttl_lower_bound, ts_min, ts_max, filter_created)
         tables = {p.table.key: p.table for p in plans}
         frame = entity_df  # captured; the job runs lazily
 
+        def entity_rows(con: duckdb.DuckDBPyConnection) -> pa.Table:
+            if entity_table is not None:
+                return entity_table
+            if date_range is not None:
+                return con.sql(_range_entity_sql(plans, ts_col, *date_range)).to_arrow_table()
+            assert isinstance(frame, pd.DataFrame)
+            return _utc_timestamps(pa.Table.from_pandas(frame, preserve_index=False), ts_col)
+
         def compute() -> pa.Table:
-            return _run_asof(store_config, frame, ts_col, plans, sql)
+            con = _connect(store_config)
+            try:
+                for p in plans:
+                    _register(con, f"{p.alias}_src", p.table)
+                return _run_asof(con, entity_rows(con), ts_col, plans, sql)
+            finally:
+                con.close()
 
         return DeltaDuckDBRetrievalJob(
             compute,
@@ -345,7 +437,7 @@ class DeltaDuckDBOfflineStore(OfflineStore):
             on_demand_feature_views=odfvs,
             metadata=RetrievalMetadata(
                 features=feature_refs,
-                keys=[c for c in entity_df.columns if c != ts_col],
+                keys=[c for c in columns if c != ts_col],
                 min_event_timestamp=ts_min,
                 max_event_timestamp=ts_max,
             ),
@@ -400,13 +492,92 @@ class DeltaDuckDBOfflineStore(OfflineStore):
         )
 
     def validate_data_source(self, config: RepoConfig, data_source: DataSource) -> None:
-        table_key(data_source)  # the path must name a lake table; it may not exist yet
+        if is_delta(data_source):
+            table_key(data_source)  # the path must name a lake table; it may not exist yet
 
     def get_table_column_names_and_types_from_data_source(self, config: RepoConfig, data_source: DataSource):
-        t = resolve(data_source)
-        schema = lake.table(t.layer, t.name, t.version).schema().to_arrow()
-        schema = pa.schema(schema)
+        t = resolve(data_source, Path(config.repo_path) if config.repo_path else None)
+        if isinstance(t, ParquetFiles):
+            import pyarrow.dataset as ds
+
+            schema = ds.dataset(t.path, format="parquet").schema
+        else:
+            schema = pa.schema(lake.table(t.layer, t.name, t.version).schema().to_arrow())
         return zip(schema.names, map(str, schema.types), strict=True)
+
+    # ---------------------------------------------------------- writes
+
+    @staticmethod
+    def offline_write_batch(
+        config: RepoConfig,
+        feature_view: FeatureView,
+        table: pa.Table,
+        progress: Callable[[int], Any] | None,
+    ) -> None:
+        """Append rows to a view's lake table (Feast's push to the offline store): one Delta
+        commit through flows.lake, the columns exactly the table's (Feast's file-store rule), so
+        a push can never change a table's schema. Later retrievals see the rows like any others."""
+        source = feature_view.batch_source
+        if not is_delta(source):
+            raise ValueError(f"feature view {feature_view.name!r}: offline writes go to lake tables only")
+        layer, name = table_key(source).split("/")
+        existing = lake.table(layer, name)
+        schema = pa.schema(existing.schema().to_arrow())
+        # Feast's provider renamed source columns by the field mapping first: undo it
+        reverse = {v: k for k, v in (source.field_mapping or {}).items()}
+        table = table.rename_columns([reverse.get(c, c) for c in table.column_names])
+        if table.column_names != schema.names:
+            raise ValueError(
+                f"The input pyarrow table has the columns {table.column_names}; the lake table "
+                f"{layer}/{name} has {schema.names} (in this exact order)"
+            )
+        lake.append(
+            layer, name, table.cast(schema), partition_by=existing.metadata().partition_columns or None
+        )
+        if progress:
+            progress(table.num_rows)
+
+    @staticmethod
+    def write_logged_features(
+        config: RepoConfig,
+        data: pa.Table | Path,
+        source: LoggingSource,
+        logging_config: LoggingConfig,
+        registry: BaseRegistry,
+    ) -> None:
+        """Feature logs (what a feature service served) into their destination: a lake table
+        (`LakeLoggingDestination`, one append commit per call, partitioned by log date) or, for
+        Feast's `FileLoggingDestination`, Parquet files as Feast's file store writes them."""
+        if isinstance(data, Path | str):
+            data = pq.read_table(data, use_threads=False)
+        schema = source.get_schema(registry)
+        missing = [f.name for f in schema if f.name not in data.column_names]
+        if missing:
+            raise ValueError(f"feature logs lack the columns {missing}")
+        data = data.select(schema.names).cast(schema)
+        destination = logging_config.destination
+        if isinstance(destination, LakeLoggingDestination):
+            lake.append("ops", destination.table, data, partition_by=[LOG_DATE_FIELD])
+            return
+        if isinstance(destination, FileLoggingDestination):
+            import uuid
+
+            import pyarrow.dataset as ds
+
+            path = Path(destination.path)
+            if not path.is_absolute() and config.repo_path:
+                path = Path(config.repo_path) / path
+            ds.write_dataset(
+                data,
+                base_dir=str(path),
+                basename_template=f"{uuid.uuid4().hex}-{{i}}.parquet",
+                partitioning=destination.partition_by,
+                partitioning_flavor="hive" if destination.partition_by else None,
+                format="parquet",
+                existing_data_behavior="overwrite_or_ignore",
+            )
+            return
+        raise ValueError(f"cannot write feature logs to {type(destination).__name__}")
 
 
 # ------------------------------------------------------------------ implementation
@@ -419,10 +590,10 @@ def _store_config(config: RepoConfig) -> DeltaDuckDBOfflineStoreConfig:
     return cfg
 
 
-def _entity_timestamp_column(entity_df: pd.DataFrame) -> str:
-    if DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL in entity_df.columns:
+def _entity_timestamp_column(schema: pa.Schema) -> str:
+    if DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL in schema.names:
         return DEFAULT_ENTITY_DF_EVENT_TIMESTAMP_COL
-    candidates = list(entity_df.select_dtypes(include=["datetime", "datetimetz"]).columns)
+    candidates = [f.name for f in schema if pa.types.is_timestamp(f.type)]
     if len(candidates) == 1:
         return candidates[0]
     raise ValueError(
@@ -438,11 +609,97 @@ def _timestamp_range(col: pd.Series) -> tuple[dt.datetime | None, dt.datetime | 
     lo, hi = s.min(), s.max()
     if pd.isna(lo):
         return None, None
-    return lo.to_pydatetime(), hi.to_pydatetime()
+    # to microseconds, rounded outwards: the range only bounds which feature rows are scanned
+    return lo.floor("us").to_pydatetime(), hi.floor("us").to_pydatetime()
+
+
+def _arrow_timestamp_range(col: pa.ChunkedArray) -> tuple[dt.datetime | None, dt.datetime | None]:
+    if len(col) == 0 or col.null_count == len(col):
+        return None, None
+    bounds = pc.min_max(col.cast(pa.timestamp("us", tz="UTC"), safe=False))
+    return bounds["min"].as_py(), bounds["max"].as_py()
+
+
+def _utc_timestamps(table: pa.Table, ts_col: str) -> pa.Table:
+    """Entity timestamps as UTC instants; a naive timestamp is read as UTC (Feast's rule)."""
+    ts = table[ts_col]
+    if not pa.types.is_timestamp(ts.type):
+        raise ValueError(f"entity timestamp column {ts_col!r} has type {ts.type}, not a timestamp")
+    if ts.type.tz is None:
+        ts = ts.cast(pa.timestamp(ts.type.unit, tz="UTC"))
+    return table.set_column(table.schema.get_field_index(ts_col), ts_col, ts)
+
+
+def _range_entity_columns(fv_features: Mapping[FeatureView, list[str]]) -> list[str]:
+    """The entity columns of a date-range retrieval: every join key of the views, in view order."""
+    out: list[str] = []
+    for fv in fv_features:
+        join_key_map = fv.projection.join_key_map or {}
+        for col in fv.entity_columns:
+            if col.name != DUMMY_ENTITY_ID:
+                name = join_key_map.get(col.name, col.name)
+                if name not in out:
+                    out.append(name)
+    return out
+
+
+def _range_entity_sql(plans: list[_ViewPlan], ts_col: str, start: dt.datetime, end: dt.datetime) -> str:
+    """Every distinct (join keys, timestamp) of the views' rows with the timestamp in [start, end]:
+    the entity rows of a retrieval without an entity dataframe (Feast's non-entity mode). Views
+    with other join keys contribute rows whose missing keys are null (they match nothing there)."""
+    parts = []
+    for p in plans:
+        ts = f"CAST({q(p.ts_col)} AS TIMESTAMPTZ)"
+        cols = [f"{ts} AS {q(ts_col)}"] + [f"{q(src)} AS {q(ent)}" for ent, src in p.keys]
+        parts.append(
+            f"SELECT DISTINCT {', '.join(cols)} FROM {p.alias}_src "
+            f"WHERE {ts} BETWEEN {ts_literal(start)} AND {ts_literal(end)}"
+        )
+    keys = sorted({ent for p in plans for ent, _ in p.keys})
+    order = ", ".join([q(ts_col)] + [q(k) for k in keys])
+    return f"SELECT * FROM ({' UNION BY NAME '.join(parts)}) ORDER BY {order}"
+
+
+_SQL_TABLE = re.compile(rf"^(?:({'|'.join(lake.LAYERS)})\.)?([A-Za-z0-9_]+)$")
+
+
+def entity_sql(sql: str, config: DeltaDuckDBOfflineStoreConfig | None = None) -> pa.Table:
+    """Run an entity query: exactly one SELECT, over lake tables named `<layer>.<table>`
+    (`silver.transactions`, `gold.customer_profile`; pinned versions apply), in DuckDB without
+    access to files or the network. Anything else is refused before it runs: a SQL string is
+    code, and the only thing an entity query has to do is read the lake."""
+    con = _connect(config)
+    try:
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as exc:
+            raise ValueError(f"entity_df SQL does not parse: {exc}") from None
+        if len(statements) != 1 or statements[0].type != duckdb.StatementType.SELECT:
+            kinds = ", ".join(st.type.name for st in statements) or "nothing"
+            raise ValueError(f"entity_df SQL must be exactly one SELECT statement (got: {kinds})")
+        for name in sorted(con.get_table_names(sql, qualified=True)):
+            m = _SQL_TABLE.match(name)
+            if m is None or m.group(1) is None:
+                continue  # a CTE or a subquery alias; an unknown table fails in DuckDB
+            layer, table = m.group(1), m.group(2)
+            if not lake.exists(layer, table):
+                raise ValueError(f"entity_df SQL reads {layer}.{table}, which is not a lake table")
+            con.execute(f"CREATE SCHEMA IF NOT EXISTS {layer}")
+            _register(con, f"__lake_{layer}_{table}", lake_table(layer, table))
+            con.execute(f"CREATE VIEW {layer}.{table} AS SELECT * FROM __lake_{layer}_{table}")
+        con.execute("SET enable_external_access = false")
+        return con.sql(sql).to_arrow_table()
+    finally:
+        con.close()
 
 
 def _plan_view(
-    alias: str, fv: FeatureView, features: list[str], full_feature_names: bool, entity_columns: set[str]
+    alias: str,
+    fv: FeatureView,
+    features: list[str],
+    full_feature_names: bool,
+    entity_columns: set[str],
+    repo_path: Path | None = None,
 ) -> _ViewPlan:
     source = fv.batch_source
     reverse = {v: k for k, v in (source.field_mapping or {}).items()}
@@ -466,11 +723,11 @@ def _plan_view(
     created = source.created_timestamp_column or None
     if created:
         created = reverse.get(created, created)
-    return _ViewPlan(alias, resolve(source), keys, ts_col, created, feats, ttl_us)
+    return _ViewPlan(alias, resolve(source, repo_path), keys, ts_col, created, feats, ttl_us)
 
 
-def _check_output_names(entity_df: pd.DataFrame, plans: list[_ViewPlan]) -> None:
-    seen = set(entity_df.columns)
+def _check_output_names(columns: list[str], plans: list[_ViewPlan]) -> None:
+    seen = set(columns)
     for p in plans:
         for _, out in p.features:
             if out in seen:
@@ -481,9 +738,22 @@ def _check_output_names(entity_df: pd.DataFrame, plans: list[_ViewPlan]) -> None
 
 
 def _asof_sql(
-    plans: list[_ViewPlan], ttl_bound: str, ts_min: dt.datetime | None, ts_max: dt.datetime | None
+    plans: list[_ViewPlan],
+    ttl_bound: str,
+    ts_min: dt.datetime | None,
+    ts_max: dt.datetime | None,
+    filter_created: bool = False,
 ) -> str:
-    """One query: the entity rows ASOF LEFT JOINed to every view (each view pre-filtered)."""
+    """One query: the entity rows joined to every view (each view pre-filtered).
+
+    The entity side carries each timestamp twice at microsecond precision (feature timestamps are
+    microseconds): `__ts` rounded down and `__tsc` rounded up. For integer microseconds t,
+    `t <= E` is `t <= floor(E)`, `t > E - ttl` is `t > floor(E) - ttl` and `t >= E - ttl` is
+    `t >= ceil(E) - ttl`, so nanosecond entity timestamps get the exact rule in both ttl modes.
+
+    A view is ASOF-joined, unless `filter_created` applies to it (it has a created timestamp): a
+    row is then a candidate only if it was created at or before the entity timestamp, which
+    depends on the entity row twice over, so that view is a range join ranked per entity row."""
     select = ["e.__row"]
     joins = []
     for p in plans:
@@ -491,82 +761,92 @@ def _asof_sql(
         where = []
         if ts_max is not None:
             where.append(f"{src_ts} <= {ts_literal(ts_max)}")
-            if p.ttl_us is not None:
+            if p.ttl_us is not None and ts_min is not None:
                 lower = ts_min - dt.timedelta(microseconds=p.ttl_us)
                 where.append(f"{src_ts} >= {ts_literal(lower)}")
         cols = [f"{q(src)} AS {q(f'__k{j}')}" for j, (_, src) in enumerate(p.keys)]
         cols.append(f"{src_ts} AS __ts")
+        if p.created_col:
+            cols.append(f"CAST({q(p.created_col)} AS TIMESTAMPTZ) AS __created")
         cols += [f"{q(src)} AS {q(f'__f{j}')}" for j, (src, _) in enumerate(p.features)]
         inner = f"SELECT {', '.join(cols)} FROM {p.alias}_src"
         if where:
             inner += " WHERE " + " AND ".join(where)
-        if p.created_col:
-            # Several rows at the same timestamp: the latest created wins (nulls lose); the rest
-            # of the ordering only makes a full tie deterministic.
-            part = ", ".join([f"{q(f'__k{j}')}" for j in range(len(p.keys))] + ["__ts"])
-            order = [f"CAST({q(p.created_col)} AS TIMESTAMPTZ) DESC NULLS LAST"]
-            order += [f"{q(f'__f{j}')} DESC NULLS LAST" for j in range(len(p.features))]
-            inner = (
-                f"SELECT * EXCLUDE (__created_rank) FROM ("
-                f"SELECT {', '.join(cols)}, row_number() OVER (PARTITION BY {part} ORDER BY "
-                f"{', '.join(order)}) AS __created_rank FROM {p.alias}_src"
-                + (" WHERE " + " AND ".join(where) if where else "")
-                + ") WHERE __created_rank = 1"
-            )
-        on = [f"e.{q(ent)} = {p.alias}.{q(f'__k{j}')}" for j, (ent, _) in enumerate(p.keys)]
-        on.append(f"e.__ts >= {p.alias}.__ts")
-        joins.append(f"ASOF LEFT JOIN ({inner}) AS {p.alias} ON {' AND '.join(on)}")
         if p.ttl_us is None:
+            fresh_rule = None
+        elif ttl_bound == "exclusive":
+            fresh_rule = f"{p.alias}.__ts > e.__ts - to_microseconds({p.ttl_us})"
+        else:
+            fresh_rule = f"{p.alias}.__ts >= e.__tsc - to_microseconds({p.ttl_us})"
+        # Several rows at the same timestamp: the latest created wins (nulls lose); the rest of
+        # the ordering only makes a full tie deterministic.
+        tie_order = ["__created DESC NULLS LAST"] if p.created_col else []
+        tie_order += [f"{q(f'__f{j}')} DESC NULLS LAST" for j in range(len(p.features))]
+        if filter_created and p.created_col:
+            on = [f"e.{q(ent)} = {p.alias}.{q(f'__k{j}')}" for j, (ent, _) in enumerate(p.keys)]
+            on += [f"{p.alias}.__ts <= e.__ts", f"{p.alias}.__created <= e.__ts"]
+            if fresh_rule:
+                on.append(fresh_rule)
+            order = ", ".join([f"{p.alias}.__ts DESC"] + [f"{p.alias}.{o}" for o in tie_order])
+            ranked = (
+                f"SELECT e.__row AS __erow, {p.alias}.* FROM entity AS e JOIN ({inner}) AS {p.alias} "
+                f"ON {' AND '.join(on)} "
+                f"QUALIFY row_number() OVER (PARTITION BY e.__row ORDER BY {order}) = 1"
+            )
+            joins.append(f"LEFT JOIN ({ranked}) AS {p.alias} ON {p.alias}.__erow = e.__row")
             fresh = f"{p.alias}.__ts IS NOT NULL"
         else:
-            op = ">" if ttl_bound == "exclusive" else ">="
-            fresh = f"{p.alias}.__ts {op} e.__ts - to_microseconds({p.ttl_us})"
+            if p.created_col:
+                part = ", ".join([f"{q(f'__k{j}')}" for j in range(len(p.keys))] + ["__ts"])
+                inner = (
+                    f"SELECT * EXCLUDE (__rank) FROM (SELECT *, row_number() OVER (PARTITION BY {part} "
+                    f"ORDER BY {', '.join(tie_order)}) AS __rank FROM ({inner})) WHERE __rank = 1"
+                )
+            on = [f"e.{q(ent)} = {p.alias}.{q(f'__k{j}')}" for j, (ent, _) in enumerate(p.keys)]
+            on.append(f"e.__ts >= {p.alias}.__ts")
+            joins.append(f"ASOF LEFT JOIN ({inner}) AS {p.alias} ON {' AND '.join(on)}")
+            fresh = fresh_rule or f"{p.alias}.__ts IS NOT NULL"
         for j, (_, out) in enumerate(p.features):
             select.append(f"CASE WHEN {fresh} THEN {p.alias}.{q(f'__f{j}')} END AS {q(out)}")
     return f"SELECT {', '.join(select)}\nFROM entity AS e\n" + "\n".join(joins) + "\nORDER BY e.__row"
 
 
-def _entity_arrow(entity_df: pd.DataFrame, ts_col: str) -> pa.Table:
-    table = pa.Table.from_pandas(entity_df, preserve_index=False)
-    ts = table[ts_col]
-    if pa.types.is_timestamp(ts.type):
-        if ts.type.tz is None:
-            ts = ts.cast(pa.timestamp(ts.type.unit, tz="UTC"))
-    else:
-        ts = pa.chunked_array(
-            [pa.array(pd.to_datetime(entity_df[ts_col], utc=True).to_numpy(), pa.timestamp("ns"))]
-        ).cast(pa.timestamp("ns", tz="UTC"))
-    return table.set_column(table.schema.get_field_index(ts_col), ts_col, ts)
+def _microsecond_bounds(ts: pa.ChunkedArray) -> tuple[pa.Array, pa.Array]:
+    """(floor, ceil) of UTC timestamps at microsecond precision, nulls kept."""
+    if ts.type.unit != "ns":
+        us = ts.cast(TS)
+        return us, us
+    ns = pc.fill_null(ts.cast(pa.int64()), 0).to_numpy()
+    mask = pc.is_null(ts).to_numpy(zero_copy_only=False)
+    floor, ceil = ns // 1000, -((-ns) // 1000)
+    return (
+        pa.array(floor, pa.int64(), mask=mask).cast(TS),
+        pa.array(ceil, pa.int64(), mask=mask).cast(TS),
+    )
 
 
 def _run_asof(
-    config: DeltaDuckDBOfflineStoreConfig,
-    entity_df: pd.DataFrame,
+    con: duckdb.DuckDBPyConnection,
+    entity: pa.Table,
     ts_col: str,
     plans: list[_ViewPlan],
     sql: str,
 ) -> pa.Table:
-    entity = _entity_arrow(entity_df, ts_col)
     n = entity.num_rows
     key_cols = sorted({ent for p in plans for ent, _ in p.keys})
-    # Only row id, join keys and timestamp go into DuckDB (at microsecond precision, truncated:
-    # for microsecond feature timestamps `ts <= floor(entity_ts)` is the same as `ts <= entity_ts`);
-    # every entity column is returned untouched from the Arrow table.
+    # Only row id, join keys and timestamps go into DuckDB; every entity column is returned
+    # untouched from the Arrow table.
+    floor, ceil = _microsecond_bounds(entity[ts_col])
     probe = pa.table(
         {
             "__row": pa.array(np.arange(n, dtype=np.int64)),
             **{c: entity[c] for c in key_cols},
-            "__ts": entity[ts_col].cast(TS, safe=False),
+            "__ts": floor,
+            "__tsc": ceil,
         }
     )
-    con = _connect(config)
-    try:
-        con.register("entity", probe)
-        for p in plans:
-            _register(con, f"{p.alias}_src", p.table)
-        result = con.sql(sql).to_arrow_table()
-    finally:
-        con.close()
+    con.register("entity", probe)
+    result = con.sql(sql).to_arrow_table()
     out = entity
     for name in result.column_names[1:]:
         out = out.append_column(name, result[name])
@@ -637,7 +917,7 @@ def _pull(
     latest: bool,
 ) -> DeltaDuckDBRetrievalJob:
     store_config = _store_config(config)
-    table = resolve(data_source)
+    table = resolve(data_source, Path(config.repo_path) if config.repo_path else None)
     sql = pull_sql(
         join_key_columns,
         feature_name_columns,

@@ -535,6 +535,20 @@ def append(
         return written()
 
 
+def overwrite(layer: str, name: str, data: pa.Table, partition_by: list[str] | None = None) -> int:
+    """Replace the whole table with `data` in one commit (its schema may change). For tables that
+    are always written whole, such as saved datasets (flows/feast_offline.py)."""
+    target = uri(layer, name)
+    if settings().is_local_lake:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+    write, written = _writer(
+        layer, name, mode="overwrite", schema_mode="overwrite", partition_by=partition_by
+    )
+    with lock(layer, name):
+        _commit(layer, name, data, write)
+        return written()
+
+
 def delete(layer: str, name: str, predicate: str) -> None:
     if not exists(layer, name):
         return

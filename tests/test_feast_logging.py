@@ -1,0 +1,166 @@
+"""Feature logging (flows/feature_logging.py): Feast's app serving `fraud_v2` from the real
+online store logs what it served into a lake table; monitoring's comparison of logged values with
+offline retrieval at the served instant finds no difference, then finds the rows whose offline
+values were changed afterwards, per feature, with examples."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from tests.synthetic_gold import gold_from_silver, make_silver, write_gold
+
+TODAY = dt.datetime.now(dt.UTC).date()
+# the last as-of day was published at 00:00 today: requests served now read it online and offline
+START, END = TODAY - dt.timedelta(days=20), TODAY - dt.timedelta(days=1)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    home = tmp_path_factory.mktemp("feature_logging_home")
+    saved = {k: os.environ.get(k) for k in ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE")}
+    os.environ["ASOF_HOME"] = str(home)
+    os.environ.pop("ASOF_LAKE_URI", None)
+    os.environ.pop("ASOF_ONLINE_STORE", None)
+    from flows import featurestore
+
+    featurestore.reset_store_cache()
+    try:
+        silver = make_silver(START, END, customers=120, merchants=15, txns_per_day=80, seed=5)
+        gold = gold_from_silver(silver, START, END)
+        write_gold(gold, START, END)
+        featurestore.materialize_span(START, END)  # every profile too, not only the last day's rows
+        yield {"store": featurestore.get_store(), "gold": gold}
+    finally:
+        featurestore.reset_store_cache()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _serve(store: Any, requests: list[dict[str, Any]]) -> Any:
+    """POST each request to Feast's feature-server app wrapped by the logger; returns the writer."""
+    from feast.feature_server import get_app
+    from starlette.testclient import TestClient
+
+    from flows.feature_logging import FeatureLogWriter, served_features_logger
+
+    writer = FeatureLogWriter(store, flush_s=3600)  # flushed by the test, not by the clock
+    app = served_features_logger(get_app(store), store, writer=writer)
+    with TestClient(app) as client:
+        for body in requests:
+            resp = client.post("/get-online-features", json=body)
+            assert resp.status_code == 200, resp.text
+    return writer
+
+
+def test_logging_is_opt_in(served, monkeypatch):
+    from feast.feature_server import get_app
+
+    from flows.feature_logging import ENABLE_ENV, served_features_logger
+
+    store = served["store"]
+    app = get_app(store)
+    monkeypatch.delenv(ENABLE_ENV, raising=False)
+    assert served_features_logger(app, store) is app
+    monkeypatch.setenv(ENABLE_ENV, "1")
+    assert served_features_logger(app, store) is not app
+
+
+def test_served_features_are_logged_and_compared_with_offline(served):
+    from flows import feature_logging, lake
+
+    store, gold = served["store"], served["gold"]
+    customers = gold["customer_txn_features_daily"]
+    last = customers.filter(pc.equal(customers["as_of_date"], pa.scalar(END, pa.date32())))
+    merchants = gold["merchant_features_daily"]
+    ids = sorted(set(last["customer_id"].to_pylist()))[:6]
+    merchant_ids = sorted(set(merchants["merchant_id"].to_pylist()))[:6]
+    requests = [
+        {
+            "feature_service": "fraud_v2",
+            "entities": {"customer_id": ids[:3], "merchant_id": merchant_ids[:3]},
+        },
+        {
+            "feature_service": "fraud_v2",
+            "entities": {
+                "customer_id": [*ids[3:], 10**9],
+                "merchant_id": [*merchant_ids[3:6], merchant_ids[0]],
+            },
+        },
+        {
+            "features": ["customer_profile:kyc_level"],
+            "entities": {"customer_id": ids[:2]},
+        },  # no service: not logged
+    ]
+    writer = _serve(store, requests)
+    assert writer.flush() == 7  # 3 + 4 entity rows of the two service requests
+    table = feature_logging.log_table("fraud_v2")
+    logged = lake.read("ops", table)
+    assert logged.num_rows == 7
+    assert logged["customer_id"].to_pylist() == [*ids, 10**9]
+    assert set(logged["__request_id"].to_pylist()).__len__() == 2
+    assert logged["customer_txn_features_daily__txn_count_30d"].null_count == 1  # the unknown customer
+    today = TODAY
+    assert set(logged["__log_date"].to_pylist()) == {today}
+
+    # Feast's own read of the logs goes through the offline store
+    fs = store.get_feature_service("fraud_v2")
+    job = store._get_provider().retrieve_feature_service_logs(  # noqa: SLF001 - Feast's API for reading logs
+        feature_service=fs,
+        start_date=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
+        end_date=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
+        config=store.config,
+        registry=store.registry,
+    )
+    assert len(job.to_df()) == 7
+
+    # served values equal offline retrieval at the served instant
+    [(metric, scope, value, info)] = feature_logging.measurements(today, services=["fraud_v2"])
+    assert (metric, scope) == ("logged_mismatch_rate", "fraud_v2")
+    assert value == 0.0, info
+    assert info["compared"] == 7 and info["logged_rows"] == 7
+
+    # a correction of gold after serving: the served values of those customers now differ offline
+    changed_ids = ids[:2]
+    mask = pc.and_(
+        pc.equal(customers["as_of_date"], pa.scalar(END, pa.date32())),
+        pc.is_in(customers["customer_id"], pa.array(changed_ids, pa.int64())),
+    )
+    day_rows = customers.filter(pc.equal(customers["as_of_date"], pa.scalar(END, pa.date32())))
+    col = day_rows.schema.get_field_index("txn_count_7d")
+    bumped = pc.if_else(
+        pc.is_in(day_rows["customer_id"], pa.array(changed_ids, pa.int64())),
+        pc.add(day_rows["txn_count_7d"], 100),
+        day_rows["txn_count_7d"],
+    )
+    assert pc.sum(mask.cast(pa.int64())).as_py() == 2
+    lake.replace(
+        "gold",
+        "customer_txn_features_daily",
+        day_rows.set_column(col, "txn_count_7d", bumped),
+        lake.date_predicate("as_of_date", END),
+    )
+    [(_, _, value, info)] = feature_logging.measurements(today, services=["fraud_v2"])
+    assert value == pytest.approx(2 / 7)
+    assert info["mismatched"] == 2
+    assert info["by_feature"]["customer_txn_features_daily__txn_count_7d"] == pytest.approx(2 / 7)
+    assert info["by_feature"]["customer_txn_features_daily__txn_count_30d"] == 0
+    example = info["examples"][0]
+    assert example["customer_id"] in changed_ids
+    diff = example["customer_txn_features_daily__txn_count_7d"]
+    assert diff["offline"] == diff["served"] + 100
+
+
+def test_no_logs_no_measurement(served):
+    from flows import feature_logging
+
+    assert feature_logging.measurements(TODAY - dt.timedelta(days=3), services=["fraud_v2", "fraud_v1"]) == []
