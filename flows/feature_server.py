@@ -58,7 +58,9 @@ def build_app(store: Any, registry_ttl_sec: int = 60) -> Any:
     app = get_app(store, registry_ttl_sec)
     endpoints = {getattr(r, "path", "") for r in app.routes} - {""}
     services = [s.name for s in store.list_feature_services()]
-    return LatencyMiddleware(app, endpoints=endpoints, services=services)
+    from flows.feature_logging import served_features_logger  # opt-in: what was served, into the lake
+
+    return LatencyMiddleware(served_features_logger(app, store), endpoints=endpoints, services=services)
 
 
 def run(store: Any, host: str, port: int, workers: int = 1, access_log: bool = False) -> None:

@@ -25,6 +25,9 @@ Metrics (long format, one row per date x metric x scope; definitions in docs/mon
     serving_requests, serving_latency_p50_ms, serving_latency_p99_ms
                            endpoint:service      requests served on day D and their latency quantiles
                                                  (flows/monitoring/daily_latency.py)
+    logged_mismatch_rate   service               requests logged by `asof serve` on day D: share whose
+                                                 served values differ from offline retrieval at the
+                                                 served instant (flows/feature_logging.py)
 
 Thresholds and their severities live in `monitoring.toml` (repo root; `ASOF_MONITORING_CONFIG` points
 elsewhere). Every value is a function of the lake's content for that date (evaluation instant
@@ -80,6 +83,7 @@ KNOWN_METRICS = (
     "serving_requests",
     "serving_latency_p50_ms",
     "serving_latency_p99_ms",
+    "logged_mismatch_rate",
 )
 ALL_SCOPE = "*"
 FRESHNESS_LOOKBACK_DAYS = 400
@@ -987,6 +991,13 @@ def _serving(ctx: _Context, day: dt.date) -> list[Measurement]:
     return [Measurement(day, *m) for m in daily_latency.measurements(day)]
 
 
+def _logged_features(ctx: _Context, day: dt.date) -> list[Measurement]:
+    """Served feature values logged on day D vs offline retrieval (flows/feature_logging.py)."""
+    from flows import feature_logging
+
+    return [Measurement(day, *m) for m in feature_logging.measurements(day)]
+
+
 # ------------------------------------------------------------------------------------- compute
 
 
@@ -1040,6 +1051,7 @@ def compute(
         ("coverage", _coverage),
         ("psi", _psi),
         ("serving", _serving),
+        ("logged_features", _logged_features),
     ]
     for day in days:
         todo = list(families)
