@@ -164,3 +164,25 @@ def test_no_logs_no_measurement(served):
     from flows import feature_logging
 
     assert feature_logging.measurements(TODAY - dt.timedelta(days=3), services=["fraud_v2", "fraud_v1"]) == []
+
+
+def test_asof_serve_app_logs_when_switched_on(served, monkeypatch):
+    """The app `asof serve` runs (flows.feature_server.build_app) logs through its own writer,
+    flushed by its clock, once `ASOF_LOG_SERVED_FEATURES=1`."""
+    import time
+
+    from starlette.testclient import TestClient
+
+    from flows import feature_logging, feature_server, lake
+
+    monkeypatch.setenv(feature_logging.ENABLE_ENV, "1")
+    monkeypatch.setenv(feature_logging.FLUSH_ENV, "0.2")
+    store = served["store"]
+    table = feature_logging.log_table("fraud_v1")
+    with TestClient(feature_server.build_app(store)) as client:
+        body = {"feature_service": "fraud_v1", "entities": {"customer_id": [1, 2]}}
+        assert client.post("/get-online-features", json=body).status_code == 200
+    deadline = time.monotonic() + 20
+    while not lake.exists("ops", table) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lake.read("ops", table)["customer_id"].to_pylist() == [1, 2]
