@@ -150,6 +150,7 @@ def _print_results(results: list[dict]) -> None:
     from rich.table import Table
 
     from flows.runs import STAGES
+    from flows.terminal import cell
 
     table = Table(title="asof: per-date status")
     table.add_column("date")
@@ -162,9 +163,9 @@ def _print_results(results: list[dict]) -> None:
         colour = colours.get(r["status"], "red")
         table.add_row(
             r["day"],
-            f"[{colour}]{r['status']}[/]",
+            cell(r["status"], colour),
             *[r["stages"].get(s, "-") for s in STAGES],
-            r["message"][:400],
+            cell(r["message"][:400]),  # may quote upstream text (file names, headers, values)
         )
     Console(width=200).print(table)
     counts: dict[str, int] = {}
@@ -316,6 +317,7 @@ def status(
 
     from flows import runs
     from flows.sources import SOURCE_NAMES
+    from flows.terminal import printable
 
     if end and not start:
         refuse("--end needs --start")
@@ -351,7 +353,9 @@ def status(
     Console(width=160).print(table)
     problems = [r for r in records if r["status"] not in ("succeeded",)]
     for r in problems:
-        typer.echo(f"{r['execution_date']} {r['stage']} {r['source']}: {r['status']}: {r['message']}")
+        typer.echo(
+            f"{r['execution_date']} {r['stage']} {r['source']}: {r['status']}: {printable(r['message'])}"
+        )  # run records quote upstream text (file names, headers, values)
 
 
 # Registered unconditionally: these modules import only typer and the light flows modules, and every

@@ -67,11 +67,13 @@ def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
+    from flows.terminal import cell
+
+    table = Table(title=cell(title), show_lines=False)
     for c in columns:
         table.add_column(c, overflow="fold")
     for r in rows:
-        table.add_row(*r)
+        table.add_row(*(cell(v) for v in r))  # upstream values: shown literally, escapes visible
     Console(width=200).print(table)
 
 

@@ -28,6 +28,8 @@ from typing import Any, NoReturn
 import typer
 from typer.main import get_command_name
 
+from flows.terminal import printable
+
 try:  # typer >= 0.2x raises the errors of the click it vendors
     from typer._click.exceptions import ClickException, UsageError
 except ImportError:  # pragma: no cover - older typer raises click's own
@@ -56,7 +58,7 @@ def refuse(message: str) -> NoReturn:
 
 def fail(message: str, code: int = 1) -> NoReturn:
     """A failure the command has already explained: one line on stderr, then exit `code`."""
-    typer.echo(f"asof: error: {message}", err=True)
+    typer.echo(f"asof: error: {printable(message)}", err=True)
     raise typer.Exit(code)
 
 
@@ -121,8 +123,8 @@ def run(app: typer.Typer) -> NoReturn:
         if rule.debug_reraise and os.environ.get("ASOF_DEBUG"):
             raise
         line = rule.line(exc)
-        if line:
-            typer.echo(line, err=True)
+        if line:  # errors quote file names, headers and values: escape what a terminal would run
+            typer.echo(printable(line), err=True)
         sys.exit(exit_code(exc))
     sys.exit(code if isinstance(code, int) else 0)
 

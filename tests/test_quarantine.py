@@ -239,3 +239,27 @@ def test_cli_refuses_bad_arguments_before_running(home):
         assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
         assert needle in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (home / "lake").exists()
+
+
+HOSTILE = "\x1b]0;PWNED\x07\x1b[2J[bold red]x[/]\u202eevil"
+
+
+def test_show_prints_hostile_upstream_text_as_escapes(home, fx):
+    """A quarantined value holding terminal escapes, Rich markup and a bidi override is printed
+    literally with its control characters escaped; --json escapes them as JSON does (issue 23)."""
+    from flows.cli_validation import quarantine_app
+
+    land(
+        "merchants",
+        D1,
+        [{"merchant_id": "1", "name": "M", "mcc": "5411", "country": "US", "risk_tier": "low"}],
+    )
+    land("transactions", D1, [txn(i) for i in range(50)] + [txn(9000, currency=HOSTILE)])
+    stage.validate_date(D1, ["merchants", "transactions"], build_docs=False)
+    res = CliRunner().invoke(quarantine_app, ["show", "--source", "transactions", "--date", D1.isoformat()])
+    assert res.exit_code == 0, res.output
+    assert not any(ch in res.output for ch in ("\x1b", "\x07", "\u202e"))
+    flat = "".join(res.output.split())  # the table may fold the value over several lines
+    assert "\\x1b]0;PWNED\\x07\\x1b[2J[boldred]x[/]\\u202eevil" in flat
+    res = CliRunner().invoke(quarantine_app, ["show", "--source", "transactions", "--json"])
+    assert "\x1b" not in res.output and json.loads(res.output.splitlines()[0])["currency"] == HOSTILE
