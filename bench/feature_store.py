@@ -630,10 +630,10 @@ def online_latency(args) -> dict:
                         [{"customer_id": c, "merchant_id": m} for c, m in zip(*b.values(), strict=True)]
                         for b in batches
                     ]
-                    # not interleaved: every helper call refreshes the registry, which also empties
-                    # Feast's request-context cache that the direct calls would otherwise hit
-                    (lat,) = _time_requests([_helper_call(online_features, batches)], n, warmup)
-                    (ref,) = _time_requests([_direct_call(store, svc, rows)], n, warmup)
+                    # interleaved request by request, so both see the same machine load
+                    lat, ref = _time_requests(
+                        [_helper_call(online_features, batches), _direct_call(store, svc, rows)], n, warmup
+                    )
                     direct[_cell_name(size)] = _percentiles(ref)
                 else:
                     post = _poster(conn, batches)
