@@ -10,8 +10,8 @@ README's way to redo dates), both runs linking through an artifact server as `ma
   data asset (source and batch dates);
 - the served monitoring report still covers the three dates of the lake after the one-date run,
   and the run's own report shows that date in context;
-- the flows' dates are dates in the schema Prefect's form is built from, and the server's form
-  validation refuses what is not a date;
+- the flows' dates are dates in the schema Prefect's form is built from: the custom-run form shows
+  a date picker for each, and the server's form validation refuses what is not a date;
 - `asof docs --dbt` with 8 dbt threads builds the dbt docs with every model's column types, and the
   page renders from the artifact server with no request leaving 127.0.0.1;
 - the `feast` CLI run from `feature_repo/` without ASOF_HOME reads the default home's registry.
@@ -141,6 +141,22 @@ def test_every_artifact_link_opens_from_the_prefect_ui(browser, tmp_path: Path) 
                 "/ui/schemas/validate", {"schema": schema, "values": {"start": start, "end": "2024-01-03"}}
             )
             assert got["valid"] is ok, (start, got)
+        # ... and the custom-run form of a deployment with that schema shows a date picker for each
+        flow = api.post("/flows/", {"name": "issue20-backfill"})
+        dep = api.post(
+            "/deployments/",
+            {"name": "issue20-form", "flow_id": flow["id"], "parameter_openapi_schema": schema},
+        )
+        page = browser.new_page()
+        try:
+            page.goto(f"{ui}/deployments/deployment/{dep['id']}/run", wait_until="load")
+            page.locator(".p-date-input").nth(1).wait_for(timeout=30_000)
+            assert page.locator(".p-date-input").count() == 2
+            assert page.get_by_text("Select date").count() == 2
+        finally:
+            page.close()
+            api.delete(f"/deployments/{dep['id']}")
+            api.delete(f"/flows/{flow['id']}")
 
         # dbt docs through the CLI, with more threads than the shell command survives
         _run(h, home, env, "docs", "--dbt")
