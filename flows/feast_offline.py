@@ -27,6 +27,20 @@ but none within ttl, and collapses entity rows sharing join keys and timestamp; 
 does return, results are equal (tests/test_feast_offline.py). It also reads a Delta table's
 directory as plain Parquet, i.e. including files that later versions removed.
 
+Entity timestamps may have nanoseconds; feature timestamps are microseconds. The join compares
+with the entity timestamp rounded down (upper bound, exclusive ttl bound) or up (inclusive ttl
+bound), which is exact for both rules. `filter_by_created_timestamp=True` (Feast >= 0.65) also
+requires `created_timestamp_column <= entity timestamp`: knowledge-time retrieval.
+
+Besides pandas entity frames: a SQL entity query (exactly one SELECT over lake tables named
+`<layer>.<table>`, run without file or network access; `entity_sql`), and no entity frame at all
+(`start_date`/`end_date`: every distinct (join keys, timestamp) of the views' rows in the range is
+an entity row, as in Feast's SQL stores). Saved datasets persist to Parquet (anywhere) or a lake
+table (`lake_saved_dataset_storage`) and read back through this store, Parquet sources being read
+as Parquet (`ParquetFiles`), Delta ones as lake tables. `offline_write_batch` appends to a view's
+lake table; `write_logged_features` writes feature logs (flows/feature_logging.py). What each does,
+exactly: docs/feature-store.md; the conformance tests: tests/test_feast_conformance.py.
+
 Materialization reads (`pull_latest_from_table_or_query`, `pull_all_from_table_or_query`) use
 the same inclusive [start, end] window as Feast's stores; inside `current_rows_only()` they skip
 rows superseded by a newer row of the same entity (see flows.featurestore.materialize_date).
@@ -272,8 +286,10 @@ class DeltaDuckDBRetrievalJob(RetrievalJob):
         full_feature_names: bool = False,
         on_demand_feature_views: list[OnDemandFeatureView] | None = None,
         metadata: RetrievalMetadata | None = None,
+        repo_path: Path | None = None,
     ):
         self._compute = compute
+        self._repo_path = repo_path
         self._sql = sql
         self._tables = dict(tables)
         self._full_feature_names = full_feature_names
@@ -325,10 +341,17 @@ class DeltaDuckDBRetrievalJob(RetrievalJob):
             lake.overwrite(layer, name, self.to_arrow())
             return
         path = Path(storage.file_options.uri)
+        if not path.is_absolute() and self._repo_path is not None:
+            path = self._repo_path / path
         if path.exists() and not allow_overwrite:
             raise SavedDatasetLocationAlreadyExists(location=str(path))
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(self.to_arrow(), path)
+        if path.suffix == ".parquet":
+            pq.write_table(self.to_arrow(), path)
+        else:  # a directory of Parquet files, as Feast's file store writes it; overwriting replaces them
+            pq.write_to_dataset(
+                self.to_arrow(), root_path=str(path), existing_data_behavior="delete_matching"
+            )
 
     def supports_remote_storage_export(self) -> bool:
         return False
@@ -441,6 +464,7 @@ class DeltaDuckDBOfflineStore(OfflineStore):
                 min_event_timestamp=ts_min,
                 max_event_timestamp=ts_max,
             ),
+            repo_path=repo_path,
         )
 
     # ---------------------------------------------------------- materialization reads

@@ -506,9 +506,9 @@ def test_entity_dataframe_as_sql(repo: Repo):
 
 
 def test_saved_dataset_round_trip(repo: Repo, tmp_path: Path):
-    """`create_saved_dataset` persists the result (Parquet outside the lake, Parquet at a path
-    inside it, or a lake table) and `get_saved_dataset(...).to_df()` reads it back through the
-    store: the same rows and values as the job."""
+    """`create_saved_dataset` persists the result (a Parquet file or directory outside the lake,
+    Parquet at a path inside it, or a lake table) and `get_saved_dataset(...).to_df()` reads it
+    back through the store: the same rows and values as the job."""
     from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
     from flows import feast_offline, lake
@@ -519,6 +519,7 @@ def test_saved_dataset_round_trip(repo: Repo, tmp_path: Path):
     want = job.to_df().sort_values(["event_timestamp", "k"]).reset_index(drop=True)
     storages = {
         "outside": SavedDatasetFileStorage(path=str(tmp_path / "saved.parquet")),
+        "directory": SavedDatasetFileStorage(path=str(tmp_path / "saved_dir")),
         "inside": SavedDatasetFileStorage(
             path=str(Path(lake.uri("gold", "x")).parent / "saved_inside.parquet")
         ),
