@@ -201,7 +201,7 @@ class CachedSiteIndexBuilder(DefaultSiteIndexBuilder):
                     run_id=key.run_id,
                     validation_results_store_name=self.source_stores.get("validations"),
                 )
-                learned.append((key, bool(vr.success), vr.asset_name))
+                learned.append((key, bool(vr.success), asset_label(key)))
             except Exception:  # a result that cannot be read is left out of the index
                 log.warning("validation result %s cannot be read; not listed", key.to_tuple())
         if learned:
@@ -226,17 +226,22 @@ class CachedSiteIndexBuilder(DefaultSiteIndexBuilder):
             )
 
 
+def asset_label(key: ValidationResultIdentifier) -> str:
+    """The data asset a result judged, in asof's words (its page and the index show it)."""
+    from flows.validation.suites import data_asset_name
+
+    return data_asset_name(key.expectation_suite_identifier.name, key.run_id.run_name)
+
+
 def named_result(key: ValidationResultIdentifier, result: Any) -> Any:
     """A stored result as its page shows it: GE names the data asset after the batch spec, which
     for an in-memory frame has no name ("Data asset: None"); asof names the source and the batch
     dates it judged (from the run name, flows.validation.suites.result_run_name)."""
-    from flows.validation.suites import data_asset_name
-
     meta = getattr(result, "meta", None)
     if isinstance(meta, dict):
         spec = meta.get("batch_spec")
         spec = dict(spec) if isinstance(spec, dict) else {}
-        spec["data_asset_name"] = data_asset_name(key.expectation_suite_identifier.name, key.run_id.run_name)
+        spec["data_asset_name"] = asset_label(key)
         meta["batch_spec"] = spec
     return result
 
@@ -438,7 +443,7 @@ def publish(results: Iterable[tuple[ValidationResultIdentifier, Any]]) -> list[s
     keys, entries = [], []
     for key, vr in results:
         keys.append(key)
-        entries.append((key, vr.success, vr.asset_name))
+        entries.append((key, vr.success, asset_label(key)))
     remember_results(entries)
     missing_suites = [k for k in _suite_keys(ctx) if not (root / page_path(k)).exists()]
     global _STALE_KEY

@@ -6,8 +6,8 @@ README's way to redo dates), both runs linking through an artifact server as `ma
 - every link of every artifact of the second run is an http URL of the artifact server (none is
   file://, which a browser refuses from the Prefect UI), and clicking it on the artifact's page in
   the Prefect UI (headless Chromium) opens the page;
-- the run report links both suites (rows and batches) of every source; the result page names its
-  data asset (source and batch dates);
+- the run report links both suites (rows and batches) of every source; the result page and the
+  Data Docs index name each result's data asset (source and batch dates);
 - the served monitoring report still covers the three dates of the lake after the one-date run,
   and the run's own report shows that date in context;
 - the flows' dates are dates in the schema Prefect's form is built from: the custom-run form shows
@@ -124,6 +124,9 @@ def test_every_artifact_link_opens_from_the_prefect_ui(browser, tmp_path: Path) 
         assert f"Data asset: bronze transactions, batch dates {D2}: every delivered row" in result
         batches = next(body for u, body in opened.items() if "/transactions/batches/" in u)
         assert f"Data asset: bronze transactions, batch dates {D2}: per-date summary" in batches
+        assert (
+            f"bronze transactions, batch dates {D2}: every delivered row" in opened[f"{base}docs/index.html"]
+        )
         assert f"this run: <b>{D2} .. {D2}</b>" in opened[f"{base}reports/runs/{own.name}"]
         assert f"{D1}..{D3}" in opened[f"{base}reports/monitoring.html"]
 
