@@ -682,6 +682,10 @@ def write_report(
 
 
 RUNS_DIR = "runs"  # under the reports directory: one report per run range
+# Run reports kept (the newest by time written): a daily schedule writes one a day, up to a few
+# hundred KB each; an artifact of an older run links to a page that is gone (404), and
+# `asof monitor --html` reports any range again.
+RUN_REPORTS_KEPT = 120
 
 
 @dataclass(frozen=True)
@@ -755,4 +759,13 @@ def write_flow_reports(
             marked=run_days,
             notes=[note] if note else [],
         )
+        prune_run_reports(reports / RUNS_DIR, RUN_REPORTS_KEPT)
     return FlowReports(served, run)
+
+
+def prune_run_reports(runs_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the `keep` newest run reports; returns the deleted paths."""
+    pages = sorted(runs_dir.glob("*.html"), key=lambda p: p.stat().st_mtime_ns, reverse=True)
+    for page in pages[keep:]:
+        page.unlink(missing_ok=True)
+    return pages[keep:]

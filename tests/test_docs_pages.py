@@ -176,3 +176,17 @@ def test_a_result_page_names_its_data_asset() -> None:
         "batch_data": "x",
         "data_asset_name": suites.data_asset_name("chargebacks.batches", run_name),
     }
+
+
+def test_only_the_newest_run_reports_are_kept(tmp_path: Path) -> None:
+    import os
+
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    for i in range(5):
+        page = runs / f"2024-01-0{i + 1}_2024-01-0{i + 1}.html"
+        page.write_text("x")
+        os.utime(page, ns=(i * 10**9, i * 10**9))
+    gone = monitor_report.prune_run_reports(runs, 3)
+    assert sorted(p.name for p in gone) == ["2024-01-01_2024-01-01.html", "2024-01-02_2024-01-02.html"]
+    assert sorted(p.name for p in runs.iterdir()) == [f"2024-01-0{i}_2024-01-0{i}.html" for i in (3, 4, 5)]
