@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from flows import lake
+from flows import completeness, lake
 from flows.config import settings
 from flows.sources import Source, bronze_schema, get_source
 
@@ -52,7 +52,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 @dataclass
 class FileRecord:
     file: str
-    status: str  # ok | malformed | not_delivered
+    status: str  # ok | malformed | partial (cut short, flows.completeness) | not_delivered
     rows: int = 0
     bytes: int = 0
     header: list[str] | None = None
@@ -65,7 +65,9 @@ class FileRecord:
 class IngestOutcome:
     source: str
     day: dt.date
-    status: str  # succeeded | malformed | not_delivered | failed (unreadable, or bronze count off)
+    # succeeded | malformed | partial (waits, no rows) | not_delivered
+    # | failed (unreadable, or bronze count off)
+    status: str
     rows: int
     files: list[FileRecord] = field(default_factory=list)
     message: str = ""
@@ -299,15 +301,17 @@ def _empty(source: Source) -> pa.Table:
     return _Rows(source).to_table()
 
 
-def read_file(path: Path, source: Source) -> tuple[FileRecord, pa.Table]:
-    """Parse one landed file; file-level problems go into the returned record."""
-    rec, rows = _read_file(path, source)
+def read_file(path: Path, source: Source, check_cut: bool = True) -> tuple[FileRecord, pa.Table]:
+    """Parse one landed file; file-level problems go into the returned record. With `check_cut`
+    (no completion marker vouches for the file) a file that ends mid-record is noted, or
+    `partial` under ASOF_PARTIAL_FILES=wait (flows.completeness)."""
+    rec, rows = _read_file(path, source, check_cut)
     table = rows if isinstance(rows, pa.Table) else rows.to_table()
     rec.rows = table.num_rows
     return rec, table
 
 
-def _read_file(path: Path, source: Source) -> tuple[FileRecord, _Rows | pa.Table]:
+def _read_file(path: Path, source: Source, check_cut: bool) -> tuple[FileRecord, _Rows | pa.Table]:
     rows = _Rows(source)
     rec = FileRecord(file=_relative(path), status="ok")
     if path.is_dir():
@@ -335,6 +339,12 @@ def _read_file(path: Path, source: Source) -> tuple[FileRecord, _Rows | pa.Table
         rec.status = "malformed"
         rec.message = f"{rec.file} is empty (0 bytes): no header, cannot tell an empty batch from a lost one"
         return rec, rows
+    cut = completeness.cut_short(data, source.fmt) if check_cut else None
+    if cut and completeness.cut_files_wait():
+        rec.status, rec.message = "partial", f"{rec.file} {cut}: a partial delivery"
+        return rec, rows
+    if cut:
+        notes.append(f"{cut}: kept as delivered, its last record is judged as a row")
     if source.fmt == "csv":
         fast = _parse_csv_fast(data, source, rec)
         if fast is not None:
@@ -383,6 +393,7 @@ def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcom
     outcome = IngestOutcome(source=source.name, day=day, status="succeeded", rows=0)
     tables: list[pa.Table] = []
     counts: list[tuple[str, int]] = []
+    markers = completeness.read_markers(folder) if entries else completeness.Markers(False, None)
     if not entries:
         outcome.status = "not_delivered"
         outcome.message = f"not delivered: no file in {_relative(folder)}/"
@@ -390,12 +401,21 @@ def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcom
             FileRecord(file=_relative(folder), status="not_delivered", message=outcome.message)
         )
     for path in entries:
-        rec, tbl = read_file(path, source)
+        rec, tbl = read_file(path, source, check_cut=not markers.vouched)
         outcome.files.append(rec)
         tables.append(tbl)
         counts.append((rec.file, rec.rows))
     rows = pa.concat_tables(tables) if tables else _empty(source)
     outcome.rows = rows.num_rows
+    waiting = _waiting(folder, entries, markers, outcome.files)
+    if waiting:  # the batch waits whole: none of its rows are a batch yet
+        outcome.status, outcome.rows = "partial", 0
+        for r in outcome.files:  # nothing of the date reaches bronze; every file waits with it
+            if r.status != "partial":
+                r.message = "; ".join(m for m in [r.message, "not ingested: the batch waits"] if m)
+            r.status, r.rows = "partial", 0
+        outcome.message = "partial delivery, waiting for the complete batch: " + "; ".join(waiting)
+        return outcome, _to_table(_empty(source), [], source, day, now)
     bad = [r for r in outcome.files if r.status == "malformed"]
     if bad:
         outcome.status = "malformed"
@@ -409,6 +429,30 @@ def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcom
         if notes:
             outcome.message += " (" + "; ".join(notes) + ")"
     return outcome, _to_table(rows, counts, source, day, now)
+
+
+def _waiting(
+    folder: Path, entries: list[Path], markers: completeness.Markers, files: list[FileRecord]
+) -> list[str]:
+    """Why the batch is not complete yet (empty: it is). Files the manifest does not list are
+    malformed, named in their own record."""
+    if not entries:
+        return []
+    reasons = [r.message for r in files if r.status == "partial"]
+    if markers.manifest_error:
+        reasons.append(f"{_relative(folder)}/{markers.manifest_error}")
+    landed = {Path(r.file).name: (r.sha256, r.rows) for r in files}
+    missing, unlisted = completeness.manifest_problems(markers, landed)
+    reasons += [f"{_relative(folder)}/{m}" for m in missing]
+    for r in files:
+        if Path(r.file).name in unlisted and r.status == "ok":
+            r.status, r.message = "malformed", f"{r.file} is not listed in {completeness.MANIFEST}"
+    if not markers.vouched and not markers.manifest_error and completeness.marker_required():
+        reasons.append(
+            f"{_relative(folder)}/ has no {completeness.SUCCESS_MARKER} or {completeness.MANIFEST} "
+            f"and {completeness.REQUIRE_ENV} is set"
+        )
+    return reasons
 
 
 def ingest_dates(source_name: str, days: list[dt.date]) -> dict[dt.date, IngestOutcome]:

@@ -631,7 +631,8 @@ def _quarantine(ctx: _Context, day: dt.date) -> list[Measurement]:
 
 
 def _delivered(files: list[dict]) -> bool:
-    return bool(files) and any(f["status"] != "not_delivered" for f in files)
+    # a partial delivery (flows.completeness) is not a batch yet: it waits, like a missing one
+    return bool(files) and any(f["status"] not in ("not_delivered", "partial") for f in files)
 
 
 def _ingest(ctx: _Context, day: dt.date) -> list[Measurement]:

@@ -253,7 +253,7 @@ def _collect_ingest(
             outcomes[source] = fut.result()
         except Exception as exc:  # a crash of one source must not hide the others
             outcomes[source] = exc
-    rank = ["succeeded", "malformed", "failed", "not_delivered"]
+    rank = ["succeeded", "malformed", "failed", "partial", "not_delivered"]
     for day in days:
         res = results[day]
         for source in SOURCE_NAMES:
@@ -466,8 +466,8 @@ def _finish(res: DateResult) -> None:
         res.status = PENDING
     elif not stages:
         res.status = "not run"
-    elif stages.get("ingest") == "not_delivered":
-        res.status = "not_delivered"
+    elif stages.get("ingest") in ("not_delivered", "partial"):
+        res.status = stages["ingest"]  # nothing to process yet: the date waits for its files
     elif stages.get("validate") == "rejected":
         res.status = "rejected"
     else:

@@ -294,6 +294,8 @@ def date_status(records: list[dict]) -> dict[dt.date, str]:
             r["status"] for r in recs if r["stage"] == "materialize"
         } == {PENDING}:
             status[day] = PENDING
+        elif "partial" in words:  # a file was cut short: the date waits (flows.completeness)
+            status[day] = "partial"
         elif "not_delivered" in words:
             status[day] = "not_delivered"
         elif "rejected" in words:

@@ -249,10 +249,10 @@ def test_a_date_that_cannot_be_read_fails_alone(home: Path, monkeypatch: pytest.
     bad.write_text(csv_text(6))
     real = ingest_module.read_file
 
-    def broken(path: Path, source):
+    def broken(path: Path, source, check_cut: bool = True):
         if path == bad:
             raise OSError("device not ready")
-        return real(path, source)
+        return real(path, source, check_cut)
 
     monkeypatch.setattr(ingest_module, "read_file", broken)
     out = ingest_dates("transactions", days)

@@ -128,6 +128,10 @@ def delivery_info(source: Source, day: dt.date, rows: pa.Table, records: list[di
     if all(r["status"] == "not_delivered" for r in records):
         msg = "; ".join(r["message"] or r["file"] for r in records)
         return Delivery(False, [], [], msg or f"not delivered: no file for {day}")
+    if any(r["status"] == "partial" for r in records):
+        # flows.ingest left the date out of bronze: it is not a batch until it is complete
+        msg = "; ".join(r["message"] or r["file"] for r in records if r["status"] == "partial")
+        return Delivery(False, [], [], f"partial delivery, waiting: {msg}")
     malformed = [f"{r['file']}: {r['message']}" for r in records if r["status"] == "malformed"]
     headers = [r["header"] for r in records if r["status"] == "ok" and r["header"] is not None]
     if not headers:
