@@ -15,6 +15,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -123,6 +124,27 @@ def _relative(path: Path) -> str:
         return str(path.relative_to(settings().home))
     except ValueError:
         return str(path)
+
+
+ALLOWED_ROOTS_ENV = "ASOF_LANDING_ALLOWED_ROOTS"
+
+
+def _outside_landing(path: Path) -> str | None:
+    """Why `path` may not be read, or None. A symlink in the landing area (a file, a date or a
+    source folder) that leads out of it would let whoever can write there make asof read, and
+    copy into the lake, any file the process can read (/etc, another tenant's data). Directories
+    named in ASOF_LANDING_ALLOWED_ROOTS (os.pathsep-separated) are allowed targets."""
+    target = path.resolve()
+    roots = [settings().landing.resolve()]
+    roots += [
+        Path(r).expanduser().resolve() for r in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if r
+    ]
+    if any(target == r or r in target.parents for r in roots):
+        return None
+    return (
+        f"{_relative(path)} leads to {target}, outside the landing area: not read "
+        f"(allow its directory with {ALLOWED_ROOTS_ENV})"
+    )
 
 
 def _decode(data: bytes) -> tuple[str, str, str]:
@@ -314,6 +336,10 @@ def read_file(path: Path, source: Source, check_cut: bool = True) -> tuple[FileR
 def _read_file(path: Path, source: Source, check_cut: bool) -> tuple[FileRecord, _Rows | pa.Table]:
     rows = _Rows(source)
     rec = FileRecord(file=_relative(path), status="ok")
+    escape = _outside_landing(path)
+    if escape:
+        rec.status, rec.message = "malformed", escape
+        return rec, rows
     if path.is_dir():
         rec.status, rec.message = "malformed", f"{rec.file} is a directory, not a file"
         return rec, rows

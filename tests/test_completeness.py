@@ -122,3 +122,29 @@ def test_a_partial_date_has_its_own_status_word() -> None:
         {"execution_date": day, "stage": "validate", "source": "transactions", "status": "not_delivered"},
     ]
     assert date_status(recs) == {day: "partial"}
+
+
+def test_a_symlink_out_of_the_landing_area_is_not_read(home: Path, tmp_path_factory, monkeypatch) -> None:
+    """A landed symlink to a file outside the landing area is refused (malformed, named), unless
+    its directory is an allowed root (issue 23 item 5); a symlink inside the area is fine."""
+    outside = tmp_path_factory.mktemp("elsewhere")
+    secret = outside / "secret.csv"
+    secret.write_text(csv_text(2))
+    folder = home / "landing" / "transactions" / D.isoformat()
+    folder.mkdir(parents=True)
+    (folder / "t.csv").symlink_to(secret)
+    out = ingest("transactions", D)
+    assert out.status == "malformed" and out.rows == 0
+    assert f"leads to {secret}, outside the landing area" in out.message
+    assert bronze("transactions") == []
+
+    monkeypatch.setenv("ASOF_LANDING_ALLOWED_ROOTS", str(outside))
+    out = ingest("transactions", D)
+    assert out.status == "succeeded" and out.rows == 2
+
+    monkeypatch.delenv("ASOF_LANDING_ALLOWED_ROOTS")
+    inside = home / "landing" / "archive.csv"
+    inside.write_text(csv_text(3))
+    (folder / "t.csv").unlink()
+    (folder / "t.csv").symlink_to(inside)
+    assert ingest("transactions", D).rows == 3
