@@ -217,11 +217,11 @@ def _registry_readable(store: FeatureStore) -> bool:
 
 
 def _build_store() -> FeatureStore:
-    from feast import FeatureStore
+    from flows.feast_store import AsofFeatureStore
 
     config = repo_config()
     Path(config.registry.path).parent.mkdir(parents=True, exist_ok=True)
-    return FeatureStore(repo_path=str(REPO_DIR), config=config)
+    return AsofFeatureStore(repo_path=str(REPO_DIR), config=config)
 
 
 @functools.lru_cache(maxsize=8)
@@ -261,7 +261,6 @@ def get_store() -> FeatureStore:
 def reset_store_cache() -> None:
     _cached_store.cache_clear()
     _cache_key_for.cache_clear()
-    _services.clear()
 
 
 def feature_service(name: str) -> FeatureService:
@@ -411,27 +410,9 @@ def online_features(
     if not rows:
         return {}
     resp = store.get_online_features(
-        features=serving_feature_service(store, service),
+        # the same FeatureService object while the registry is unchanged (flows/feast_store.py)
+        features=store.get_feature_service(service, allow_cache=True),
         entity_rows=rows,
         full_feature_names=full_feature_names,
     )
     return resp.to_dict()
-
-
-_services: dict[tuple[int, str], tuple[Any, FeatureService]] = {}
-
-
-def serving_feature_service(store: FeatureStore, name: str) -> FeatureService:
-    """The FeatureService object for online reads, kept while the store's registry is unchanged.
-
-    `get_feature_service` rebuilds the object from the registry proto on every call (~0.9 ms of a
-    ~1.5 ms read for one entity; a fresh registry read instead of the cache costs ~6 ms and
-    empties Feast's request cache). The object is kept as long as the registry's cached proto is
-    the same object: Feast swaps it when it refreshes the registry (its ttl, or `apply()`)."""
-    proto = store.registry.cached_registry_proto
-    hit = _services.get((id(store), name))
-    if hit is not None and hit[0] is proto:
-        return hit[1]
-    fs = store.get_feature_service(name, allow_cache=True)
-    _services[(id(store), name)] = (store.registry.cached_registry_proto, fs)
-    return fs
