@@ -307,6 +307,42 @@ def backfill(
 
 
 @app.command()
+def verify(
+    start: Annotated[
+        str | None, typer.Option(help="First date to check (default: every recorded date).")
+    ] = None,
+    end: Annotated[str | None, typer.Option(help="Last date to check (default: start).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON lines.")] = False,
+) -> None:
+    """Check that the lake still holds what the run records say: every table's Delta log and data
+    files, and per succeeded date and source, ingest's rows = bronze = silver + quarantine.
+
+    Names table, file and date for each finding; exit 1 if anything is damaged. Recovery:
+    docs/operations.md section 11 (a damaged date: rerun it with asof run --date D).
+    """
+    import json
+
+    from flows import integrity, runs
+    from flows.terminal import printable
+
+    d1, d2 = _range(start, end or start) if start else (None, None)
+    findings = integrity.log_findings()
+    if not findings:  # a damaged ops/runs log leaves no records to check dates against
+        records = runs.latest(d1, d2)
+        ok = {d for d, st in runs.date_status(records).items() if st in ("succeeded", "damaged", "stale")}
+        findings += integrity.date_findings(records, ok)
+    if as_json:
+        for f in findings:
+            typer.echo(json.dumps({**f.__dict__, "day": f.day.isoformat() if f.day else None}))
+    else:
+        for f in findings:
+            typer.echo(printable(f.line()))
+        typer.echo(f"{len(findings)} finding(s)" if findings else "no damage found")
+    if findings:
+        raise typer.Exit(1)
+
+
+@app.command()
 def status(
     start: Annotated[str | None, typer.Option(help="First date to show.")] = None,
     end: Annotated[str | None, typer.Option(help="Last date to show (default: start).")] = None,

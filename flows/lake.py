@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
-from deltalake.exceptions import CommitFailedError, TableNotFoundError
+from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
 from flows.config import settings
 
@@ -142,6 +142,19 @@ def table(layer: str, name: str, version: int | None = None) -> DeltaTable:
         return DeltaTable(uri(layer, name), version=version, storage_options=_opts())
     except TableNotFoundError:
         raise LakeError(f"Delta table {layer}/{name} does not exist yet") from None
+    except DeltaError as exc:  # delta-rs names neither table nor file, and appends a backtrace
+        raise LakeError(
+            f"Delta table {layer}/{name} cannot be opened: {delta_message(exc)} "
+            "(asof verify names the damaged file; docs/operations.md section 11)"
+        ) from None
+
+
+def delta_message(exc: BaseException) -> str:
+    """delta-rs's message without the Rust backtrace it may carry: run records keep messages."""
+    text = str(exc)
+    for marker in ("\nStack backtrace:", "\nBacktrace:", "\n   0: "):
+        text = text.split(marker, 1)[0]
+    return " ".join(text.split())[:500]
 
 
 def version(layer: str, name: str) -> int | None:
@@ -722,3 +735,87 @@ def list_tables(layer: str) -> list[str]:
     dirs = fs.get_file_info(pafs.FileSelector("", allow_not_found=True))
     names = [d.base_name for d in dirs if d.type == pafs.FileType.Directory and _NAME.fullmatch(d.base_name)]
     return sorted(n for n in names if exists(layer, n))
+
+
+# ------------------------------------------------------------------ integrity (asof verify)
+
+
+def log_problems(layer: str, name: str) -> list[tuple[str, str]]:
+    """(file, problem) for every damage in a table's Delta log that a reader would not report:
+    a commit file that is empty, cut mid-line or not JSON (delta-rs reads an emptied newest commit
+    as a version that changed nothing: its rows silently vanish), a version missing from the
+    sequence, a `_last_checkpoint` hint naming a checkpoint that is not there, and data files the
+    current version needs that are gone. Files are named relative to the table root."""
+    fs, root = _table_fs(layer, name)
+    log_dir = _join(root, "_delta_log")
+    entries = fs.get_file_info(pafs.FileSelector(log_dir, allow_not_found=True))
+    problems: list[tuple[str, str]] = []
+    commits: dict[int, str] = {}
+    checkpoints: set[int] = set()
+    for entry in entries:
+        if entry.type != pafs.FileType.File:
+            continue
+        stem, _, suffix = entry.base_name.partition(".")
+        if not stem.isdigit():
+            continue
+        rel = f"_delta_log/{entry.base_name}"
+        if suffix == "json":
+            commits[int(stem)] = rel
+            with fs.open_input_stream(entry.path) as fh:
+                data = fh.read()
+            if not data.strip():
+                problems.append((rel, "commit file is empty: the version's changes are lost"))
+                continue
+            try:
+                for line in data.decode("utf-8").splitlines():
+                    if line.strip():
+                        json.loads(line)
+            except (UnicodeDecodeError, ValueError) as exc:
+                problems.append((rel, f"commit file is cut or not JSON ({exc})"))
+        elif suffix.startswith("checkpoint") and entry.base_name.endswith(".parquet"):
+            checkpoints.add(int(stem))
+    if commits:
+        first = min(checkpoints) if checkpoints else min(commits)
+        missing = [v for v in range(first + (1 if checkpoints else 0), max(commits) + 1) if v not in commits]
+        if not checkpoints and min(commits) != 0:
+            missing = list(range(0, min(commits))) + missing
+        for v in missing:
+            problems.append((f"_delta_log/{v:020d}.json", "commit file is missing from the sequence"))
+    hint_info = fs.get_file_info(_join(log_dir, "_last_checkpoint"))
+    if hint_info.type == pafs.FileType.File:
+        try:
+            with fs.open_input_stream(hint_info.path) as fh:
+                hinted = int(json.loads(fh.read())["version"])
+            if hinted not in checkpoints:
+                problems.append(
+                    ("_delta_log/_last_checkpoint", f"names checkpoint {hinted}, which is not there")
+                )
+        except (ValueError, KeyError, TypeError) as exc:
+            problems.append(("_delta_log/_last_checkpoint", f"unreadable ({exc})"))
+    if problems:
+        return problems
+    try:
+        current = table(layer, name)
+        wanted = [unquote(p) for p in current.get_add_actions(flatten=True).column("path").to_pylist()]
+    except LakeError as exc:
+        return [("_delta_log", str(exc))]
+    infos = fs.get_file_info([_join(root, p) for p in wanted])
+    return [
+        (p, "data file of the current version is missing")
+        for p, i in zip(wanted, infos, strict=True)
+        if i.type != pafs.FileType.File
+    ]
+
+
+def partition_rows(layer: str, name: str, column: str = "_batch_date") -> dict[dt.date, int] | None:
+    """Rows per value of a date partition column of the current version, from the log's file
+    statistics (no data read); None when a file carries no row count."""
+    actions = table(layer, name).get_add_actions(flatten=True)
+    counts, key = actions.column("num_records").to_pylist(), f"partition.{column}"
+    if key not in actions.column_names or any(c is None for c in counts):
+        return None
+    out: dict[dt.date, int] = {}
+    for value, n in zip(actions.column(key).to_pylist(), counts, strict=True):
+        day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
+        out[day] = out.get(day, 0) + int(n)
+    return out

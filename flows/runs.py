@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows import lake
+from flows import integrity, lake
 
 STAGES = ("ingest", "validate", "transform", "materialize")
 ALL_SOURCES = "*"
@@ -184,6 +184,20 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
             }
         )
     succeeded = {d for d, st in date_status(out).items() if st == FINAL_OK and d not in flagged}
+    # A succeeded date whose rows the lake no longer holds (damage from outside: flows.integrity)
+    damaged = integrity.damaged_dates(out, succeeded)
+    for day, why in damaged.items():
+        marker = max((r for r in out if r["execution_date"] == day), key=lambda r: r["recorded_at"])
+        out.append(
+            {
+                **marker,
+                "stage": "run",
+                "source": ALL_SOURCES,
+                "status": "damaged",
+                "message": f"{why}; rerun the date",
+            }
+        )
+    succeeded -= set(damaged)
     for marker, why in _stale(everything, succeeded).values():
         out.append({**marker, "stage": "run", "source": ALL_SOURCES, "status": "stale", "message": why})
     out.sort(key=lambda r: (r["execution_date"], r["stage"], r["source"]))
