@@ -533,12 +533,14 @@ def _start_feature_server(home: Path) -> tuple[subprocess.Popen, int]:
 
 def _time_requests(calls: list[Callable[[int], Any]], n: int, warmup: int) -> list[list[int]]:
     """Latencies (ns) of each call(i) for i in 0..warmup+n-1, the first `warmup` untimed. Several
-    calls are interleaved request by request, so they see the same machine load."""
+    calls are interleaved request by request, so they see the same machine load, and take turns
+    going first: the first to read request i's rows also pays for bringing them into the cache."""
     lat: list[list[int]] = [[] for _ in calls]
     for i in range(warmup + n):
-        for k, call in enumerate(calls):
+        for j in range(len(calls)):
+            k = (i + j) % len(calls)
             t0 = time.perf_counter_ns()
-            call(i)
+            calls[k](i)
             if i >= warmup:
                 lat[k].append(time.perf_counter_ns() - t0)
     return lat
