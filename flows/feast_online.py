@@ -54,6 +54,7 @@ from feast.type_map import python_values_to_proto_values
 from feast.utils import make_tzaware, to_naive_utc
 from feast.value_type import ValueType
 from google.protobuf.timestamp_pb2 import Timestamp
+from pydantic import field_validator
 
 STORE_TYPE = "flows.feast_online.KeyOrderedSqliteOnlineStore"
 
@@ -64,9 +65,18 @@ _PRIMARY_KEY = itemgetter(0, 1)
 
 
 class KeyOrderedSqliteOnlineStoreConfig(SqliteOnlineStoreConfig):
-    """Feast's SQLite options, under this store's type name."""
+    """Feast's SQLite options, under this store's type name; `${ASOF_HOME}` in the path resolves
+    as `asof` resolves it when the variable is unset (the feast CLI from feature_repo/:
+    flows.feast_home), instead of naming a directory literally called `${ASOF_HOME}`."""
 
     type: Literal["flows.feast_online.KeyOrderedSqliteOnlineStore"] = STORE_TYPE  # type: ignore[assignment]
+
+    @field_validator("path")
+    @classmethod
+    def _home(cls, path: str) -> str:
+        from flows.feast_home import expand_home  # sets ASOF_HOME's default: only when needed
+
+        return expand_home(path)
 
 
 def _epoch(ts: datetime) -> int:

@@ -308,3 +308,18 @@ def test_online_timestamps_do_not_depend_on_the_time_zone(tmp_path: Path) -> Non
     assert stored[0] == stored[1] == stored[2]
     assert stored[0] == stock_stored[0]  # under UTC, the very rows Feast writes
     assert stock_stored[0] != stock_stored[1]  # Feast's own rows move with the zone
+
+
+def test_online_store_path_without_asof_home_is_asofs_default(monkeypatch) -> None:
+    """The feast CLI from feature_repo/ without ASOF_HOME: Feast's expandvars leaves the variable
+    in the path; the store resolves it to asof's default home, not a literal `${ASOF_HOME}` dir."""
+    from flows.feast_home import DEFAULT_HOME
+
+    monkeypatch.delenv("ASOF_HOME", raising=False)
+    config = KeyOrderedSqliteOnlineStoreConfig(path="${ASOF_HOME}/feast/online.db")
+    assert config.path == str(DEFAULT_HOME.resolve() / "feast" / "online.db")
+    monkeypatch.setenv("ASOF_HOME", "/srv/asof")
+    assert (
+        KeyOrderedSqliteOnlineStoreConfig(path="${ASOF_HOME}/feast/online.db").path
+        == "/srv/asof/feast/online.db"
+    )
