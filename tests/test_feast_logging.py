@@ -112,14 +112,22 @@ def test_served_features_are_logged_and_compared_with_offline(served):
     today = TODAY
     assert set(logged["__log_date"].to_pylist()) == {today}
 
-    # Feast's own read of the logs goes through the offline store
+    # Feast reads logs back with the offline store's pull_all_from_table_or_query over the
+    # destination's data source (its provider's retrieve_feature_service_logs): the same call
+    from feast.feature_logging import LOG_TIMESTAMP_FIELD, FeatureServiceLoggingSource
+
+    from flows.feast_offline import DeltaDuckDBOfflineStore
+
     fs = store.get_feature_service("fraud_v2")
-    job = store._get_provider().retrieve_feature_service_logs(  # noqa: SLF001 - Feast's API for reading logs
-        feature_service=fs,
+    schema = FeatureServiceLoggingSource(fs, store.project).get_schema(store.registry)
+    job = DeltaDuckDBOfflineStore.pull_all_from_table_or_query(
+        config=store.config,
+        data_source=fs.logging_config.destination.to_data_source(),
+        join_key_columns=[],
+        feature_name_columns=[n for n in schema.names if n != LOG_TIMESTAMP_FIELD],
+        timestamp_field=LOG_TIMESTAMP_FIELD,
         start_date=dt.datetime.now(dt.UTC) - dt.timedelta(hours=1),
         end_date=dt.datetime.now(dt.UTC) + dt.timedelta(hours=1),
-        config=store.config,
-        registry=store.registry,
     )
     assert len(job.to_df()) == 7
 
