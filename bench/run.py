@@ -388,9 +388,10 @@ def write_results(
     results = BENCH / "RESULTS.md"
     header = "# Benchmark results\n\nWritten by `make bench` (bench/run.py). Newest profile run first.\n\n"
     old = results.read_text().split("\n", 4)[-1] if results.exists() else ""
-    old = old[old.find("## Profile") :] if "## Profile" in old else ""
+    # every earlier section stays, hand-written ones (side-by-side notes) included
+    old = old[old.find("## ") :] if "## " in old else ""
     if old.startswith(lines[0] + "\n"):  # this run's own section, written after an earlier pair
-        nxt = old.find("\n## Profile", len(lines[0]))
+        nxt = old.find("\n## ", len(lines[0]))
         old = old[nxt + 1 :] if nxt >= 0 else ""
     results.write_text(header + "\n".join(lines) + "\n" + old)
     print(f"wrote {results} and {runs_dir / f'{args.profile}-{stamp}.json'}")
