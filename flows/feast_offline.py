@@ -441,7 +441,10 @@ class DeltaDuckDBOfflineStore(OfflineStore):
             if date_range is not None:
                 return con.sql(_range_entity_sql(plans, ts_col, *date_range)).to_arrow_table()
             assert isinstance(frame, pd.DataFrame)
-            return _utc_timestamps(pa.Table.from_pandas(frame, preserve_index=False), ts_col)
+            df = frame
+            if not pd.api.types.is_datetime64_any_dtype(df[ts_col]):  # strings, Python datetimes
+                df = df.assign(**{ts_col: pd.to_datetime(df[ts_col], utc=True)})
+            return _utc_timestamps(pa.Table.from_pandas(df, preserve_index=False), ts_col)
 
         def compute() -> pa.Table:
             con = _connect(store_config)
