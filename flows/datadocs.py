@@ -40,6 +40,7 @@ from great_expectations.render.renderer.site_builder import (
 )
 
 from flows.config import settings
+from flows.static_files import RootOnlyHandler
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +486,7 @@ def build_site() -> Path:
 # ------------------------------------------------------------------------------------- serving
 
 
-class _Handler(http.server.SimpleHTTPRequestHandler):
+class _Handler(RootOnlyHandler):
     def log_message(self, format, *args):  # noqa: A002 - signature of the base class
         log.debug("docs server: " + format, *args)
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from flows import links
 from flows.config import REPO_ROOT, settings
+from flows.static_files import NOT_SERVED, RootOnlyHandler
 
 POOL = "asof-process"
 
@@ -95,7 +96,7 @@ def start_server(port: int, env: dict[str, str], log_path: Path) -> subprocess.P
     )
 
 
-class _ArtifactHandler(http.server.SimpleHTTPRequestHandler):
+class _ArtifactHandler(RootOnlyHandler):
     """Serves `/docs/...` from the Data Docs site and `/reports/...` from the reports directory,
     nothing else of ASOF_HOME (the lake stays off the network, even on 127.0.0.1)."""
 
@@ -106,7 +107,7 @@ class _ArtifactHandler(http.server.SimpleHTTPRequestHandler):
             if path == f"/{prefix}" or path.startswith(f"/{prefix}/"):
                 self.directory = str(root)
                 return super().translate_path(path[len(prefix) + 1 :] or "/")
-        return str(Path(os.devnull) / "not-served")  # -> 404
+        return NOT_SERVED
 
     def do_GET(self) -> None:
         if self.path in ("/", "/index.html"):
