@@ -56,7 +56,7 @@ DESTINATION_KIND = "asof_lake"
 ENABLE_ENV = "ASOF_LOG_SERVED_FEATURES"
 FLUSH_ENV = "ASOF_FEATURE_LOG_FLUSH_S"
 DEFAULT_FLUSH_S = 10.0
-MAX_BUFFERED_REQUESTS = 100_000
+MAX_BUFFERED_BYTES = 256 * 2**20  # requests + responses waiting for a flush, per process
 ENDPOINT = "/get-online-features"
 MISMATCH_METRIC = "logged_mismatch_rate"
 SAMPLE_SIZE = 200
@@ -180,25 +180,29 @@ def _parse_ts(value: Any) -> dt.datetime | None:
 class FeatureLogWriter:
     """Buffers served requests and writes them as Feast log rows, off the request path.
 
-    A request only costs an append to a list; a daemon thread flushes every `flush_s` seconds
-    (and at exit), so each flush is one Delta commit per feature service, not one per request."""
+    A request only costs keeping its request and response bytes: JSON parsing, building rows and
+    writing happen in a daemon thread every `flush_s` seconds (and at exit), one Delta commit per
+    feature service per flush, not one per request."""
 
     def __init__(self, store: FeatureStore, flush_s: float | None = None):
         self.store = store
         self.flush_s = flush_s if flush_s is not None else float(os.environ.get(FLUSH_ENV, DEFAULT_FLUSH_S))
-        self._pending: list[tuple[dict[str, Any], dict[str, Any], dt.datetime]] = []
+        self._pending: list[tuple[bytes, bytes, dt.datetime]] = []
+        self._pending_bytes = 0
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.dropped = 0
 
-    def submit(self, request: dict[str, Any], response: dict[str, Any], served_at: dt.datetime) -> None:
+    def submit(self, request: bytes, response: bytes, served_at: dt.datetime) -> None:
+        size = len(request) + len(response)
         with self._lock:
-            if len(self._pending) >= MAX_BUFFERED_REQUESTS:
+            if self._pending_bytes + size > MAX_BUFFERED_BYTES:
                 self.dropped += 1  # never grow without bound when the lake cannot be written
                 return
             self._pending.append((request, response, served_at))
+            self._pending_bytes += size
         if self._thread is None:
             self._start()
 
@@ -222,12 +226,18 @@ class FeatureLogWriter:
         """Write everything buffered; returns the number of log rows written."""
         with self._flush_lock:
             with self._lock:
-                pending, self._pending = self._pending, []
-            if not pending:
-                return 0
+                pending, self._pending, self._pending_bytes = self._pending, [], 0
             by_service: dict[str, list[tuple[dict[str, Any], dict[str, Any], dt.datetime]]] = {}
-            for item in pending:
-                by_service.setdefault(item[0]["feature_service"], []).append(item)
+            for request_body, response_body, served_at in pending:
+                try:
+                    request = json.loads(request_body or b"{}")
+                    if request.get("feature_service"):  # Feast logs per feature service only
+                        response = json.loads(response_body)
+                        by_service.setdefault(request["feature_service"], []).append(
+                            (request, response, served_at)
+                        )
+                except ValueError:
+                    log.debug("feature log: a request or response was not JSON", exc_info=True)
             written = 0
             for name, items in by_service.items():
                 try:
@@ -298,12 +308,7 @@ def served_features_logger(
 
         await app(scope, receive_and_keep, send_and_keep)
         if status and status[0] == 200:
-            try:
-                request = json.loads(b"".join(request_body) or b"{}")
-                if request.get("feature_service"):
-                    writer.submit(request, json.loads(b"".join(response_body)), served_at)
-            except ValueError:
-                log.debug("feature log: a request or response was not JSON", exc_info=True)
+            writer.submit(b"".join(request_body), b"".join(response_body), served_at)
 
     return logged
 
