@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
+import html
 import http.server
 import json
 import logging
@@ -237,14 +238,35 @@ def asset_label(key: ValidationResultIdentifier) -> str:
 def named_result(key: ValidationResultIdentifier, result: Any) -> Any:
     """A stored result as its page shows it: GE names the data asset after the batch spec, which
     for an in-memory frame has no name ("Data asset: None"); asof names the source and the batch
-    dates it judged (from the run name, flows.validation.suites.result_run_name)."""
+    dates it judged (from the run name, flows.validation.suites.result_run_name). Values that came
+    from upstream are escaped (`escaped_values`)."""
     meta = getattr(result, "meta", None)
     if isinstance(meta, dict):
         spec = meta.get("batch_spec")
         spec = dict(spec) if isinstance(spec, dict) else {}
         spec["data_asset_name"] = asset_label(key)
         meta["batch_spec"] = spec
+    for evr in getattr(result, "results", None) or []:
+        if isinstance(getattr(evr, "result", None), dict):
+            evr.result = escaped_values(evr.result)
+        info = getattr(evr, "exception_info", None)
+        if isinstance(info, dict):
+            evr.exception_info = escaped_values(info)
     return result
+
+
+def escaped_values(value: Any) -> Any:
+    """Every string in `value` HTML-escaped. An expectation's result holds data as delivered
+    (unexpected values, observed header names, exception messages quoting them), and GE's result
+    pages insert it into HTML as is: a landed `<script>` or `<img onerror=...>` ran in the browser
+    of whoever opened the report. The stored JSON keeps the values as they are; only pages differ."""
+    if isinstance(value, str):
+        return html.escape(value, quote=True)
+    if isinstance(value, dict):
+        return {k: escaped_values(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(escaped_values(v) for v in value)
+    return value
 
 
 def valued_suite(suite: Any) -> Any:

@@ -263,3 +263,23 @@ def test_show_prints_hostile_upstream_text_as_escapes(home, fx):
     assert "\\x1b]0;PWNED\\x07\\x1b[2J[boldred]x[/]\\u202eevil" in flat
     res = CliRunner().invoke(quarantine_app, ["show", "--source", "transactions", "--json"])
     assert "\x1b" not in res.output and json.loads(res.output.splitlines()[0])["currency"] == HOSTILE
+
+
+def test_data_docs_show_hostile_values_as_text(home, fx):
+    """Upstream markup in a quarantined value is text on the Data Docs result page, not HTML that
+    runs (issue 23 item 4); the stored result keeps the value as delivered."""
+    land(
+        "merchants",
+        D1,
+        [{"merchant_id": "1", "name": "M", "mcc": "5411", "country": "US", "risk_tier": "low"}],
+    )
+    script, img = "<script>alert(2)</script>", "<img src=x onerror=alert(1)>"
+    land("transactions", D1, [txn(i) for i in range(50)] + [txn(9000, currency=script, channel=img)])
+    out = stage.validate_date(D1, ["merchants", "transactions"], build_docs=True)["transactions"]
+    pages = [p for p in (home / "docs").rglob("*.html") if "validations" in p.parts]
+    text = "".join(p.read_text() for p in pages)
+    assert pages and script not in text and img not in text
+    assert "&lt;script&gt;alert(2)&lt;/script&gt;" in text
+    stored = "".join(p.read_text() for p in (home / "ge" / "validations" / "transactions").rglob("*.json"))
+    assert "<script>alert(2)</script>" in stored  # the stored result keeps the value as delivered
+    assert out.status == "succeeded"
