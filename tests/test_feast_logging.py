@@ -136,6 +136,11 @@ def test_served_features_are_logged_and_compared_with_offline(served):
     assert (metric, scope) == ("logged_mismatch_rate", "fraud_v2")
     assert value == 0.0, info
     assert info["compared"] == 7 and info["logged_rows"] == 7
+    # and so does monitoring of the date (flows.monitor's logged_features family)
+    from flows import monitor
+
+    rows = [r for r in monitor.compute([today], online_reader=False) if r["metric"] == "logged_mismatch_rate"]
+    assert [(r["scope"], r["value"]) for r in rows] == [("fraud_v2", 0.0)]
 
     # a correction of gold after serving: the served values of those customers now differ offline
     changed_ids = ids[:2]
