@@ -56,7 +56,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import duckdb
 import numpy as np
@@ -89,6 +89,9 @@ from pydantic import StrictStr
 
 from flows import lake
 from flows.feature_logging import LakeLoggingDestination
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as ds
 
 log = logging.getLogger(__name__)
 
@@ -246,12 +249,24 @@ def _connect(config: DeltaDuckDBOfflineStoreConfig | None) -> duckdb.DuckDBPyCon
     return con
 
 
+def parquet_dataset(files: ParquetFiles) -> ds.Dataset:
+    """A Parquet file, or a directory of them (hive partitions become columns, as Feast's file
+    logging destination writes them). Only hidden entries and the usual marker files are skipped:
+    pyarrow's default also skips everything starting with `_`, i.e. `__log_date=...` partitions."""
+    import pyarrow.dataset as ds
+
+    partitioning = "hive" if Path(files.path).is_dir() else None
+    return ds.dataset(
+        files.path,
+        format="parquet",
+        partitioning=partitioning,
+        ignore_prefixes=[".", "_SUCCESS", "_metadata", "_common_metadata", "_delta_log"],
+    )
+
+
 def _register(con: duckdb.DuckDBPyConnection, alias: str, table: Readable) -> None:
     if isinstance(table, ParquetFiles):
-        import pyarrow.dataset as ds
-
-        partitioning = "hive" if Path(table.path).is_dir() else None
-        con.register(alias, ds.dataset(table.path, format="parquet", partitioning=partitioning))
+        con.register(alias, parquet_dataset(table))
         return
     con.register(alias, lake.dataset(table.layer, table.name, version=table.version))
 
@@ -525,9 +540,7 @@ class DeltaDuckDBOfflineStore(OfflineStore):
     def get_table_column_names_and_types_from_data_source(self, config: RepoConfig, data_source: DataSource):
         t = resolve(data_source, Path(config.repo_path) if config.repo_path else None)
         if isinstance(t, ParquetFiles):
-            import pyarrow.dataset as ds
-
-            schema = ds.dataset(t.path, format="parquet").schema
+            schema = parquet_dataset(t).schema
         else:
             schema = pa.schema(lake.table(t.layer, t.name, t.version).schema().to_arrow())
         return zip(schema.names, map(str, schema.types), strict=True)
