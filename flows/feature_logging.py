@@ -13,8 +13,8 @@ retrieval (Chronon's online/offline consistency measure; docs/feature-store.md).
 - `measurements(day)`: for requests served on UTC day D, a sample of logged rows is retrieved
   offline for the same entities at the instant each was served, and every feature compared.
 
-Nothing here imports Feast at module level except the destination's base class: the serving
-path and the offline store import this module.
+The module imports Feast (the destination is a Feast class), so modules that must stay light
+import it where they use it (flows.feature_server, flows.monitor).
 """
 
 from __future__ import annotations
