@@ -17,6 +17,7 @@ import typer
 from flows import cli_features, cli_monitor, cli_validation, usage
 from flows.dates import DateError, parse_date, parse_range
 from flows.runners import DEFAULT_WORKERS, DaskOptions, Runner, RunnerError, task_runner
+from flows.terminal import printable
 from flows.usage import Refused as Refused  # re-exported: tests and callers catch flows.cli.Refused
 from flows.usage import fail, refuse
 
@@ -308,38 +309,95 @@ def backfill(
 
 @app.command()
 def verify(
-    start: Annotated[
-        str | None, typer.Option(help="First date to check (default: every recorded date).")
-    ] = None,
+    start: Annotated[str | None, typer.Option(help="First date to check (default: every date).")] = None,
     end: Annotated[str | None, typer.Option(help="Last date to check (default: start).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the findings as JSON lines.")] = False,
+    repair: Annotated[
+        bool,
+        typer.Option(
+            "--repair",
+            help="Fix what can be fixed from upstream, printing each step first: set a damaged newest "
+            "commit or checkpoint hint aside (kept under ASOF_HOME/cache/damaged); after a commit was "
+            "set aside, recompute every recorded date (a forced backfill), otherwise rerun the dates "
+            "that are not succeeded (damaged ones included).",
+        ),
+    ] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="With --repair: print the steps only.")] = False,
 ) -> None:
     """Check that the lake still holds what the run records say: every table's Delta log and data
     files, and per succeeded date and source, ingest's rows = bronze = silver + quarantine.
 
-    Names table, file and date for each finding; exit 1 if anything is damaged. Recovery:
-    docs/operations.md section 11 (a damaged date: rerun it with asof run --date D).
+    Names table, file and date for each finding; exit 1 if anything is damaged (with --repair:
+    still damaged afterwards). Recovery by hand: docs/operations.md section 11.
     """
     import json
 
-    from flows import integrity, runs
-    from flows.terminal import printable
+    from flows import integrity
 
     d1, d2 = _range(start, end or start) if start else (None, None)
+    findings = _findings(d1, d2)
+    if as_json:
+        for f in findings:
+            typer.echo(json.dumps({**f.__dict__, "day": f.day.isoformat() if f.day else None}))
+    else:
+        _print_findings(findings)
+    if findings and repair:
+        plan = integrity.repair_plan(findings)
+        days = _recorded_range()
+        # A set-aside commit leaves its table one version back, and which dates that version held is
+        # in the lost commit: every recorded date is recomputed (forced). Otherwise only the dates
+        # that are not succeeded (damaged ones included) are rerun.
+        rebuild = any(step.automatic and step.file != integrity.CHECKPOINT_HINT for step in plan)
+        per_date = any(f.day is not None for f in findings)
+        for step in plan:
+            typer.echo(printable(f"repair: {step.line()}"))
+        if days and (rebuild or per_date):
+            how = "--force (every date)" if rebuild else "(dates not succeeded only)"
+            typer.echo(f"repair: asof backfill --start {days[0]} --end {days[1]} {how}")
+        if dry_run:
+            raise typer.Exit(1)
+        from flows.config import settings
+
+        integrity.set_aside(plan, settings().home / "cache" / "damaged")
+        if days and (rebuild or per_date):
+            results = _run_flow(
+                "backfill",
+                (days[1] - days[0]).days + 1,
+                start=days[0].isoformat(),
+                end=days[1].isoformat(),
+                force=rebuild,
+                continue_on_failure=True,
+            )
+            _print_results(results)
+        findings = _findings(d1, d2)
+        _print_findings(findings)
+    if findings:
+        raise typer.Exit(1)
+
+
+def _findings(d1: dt.date | None, d2: dt.date | None) -> list:
+    from flows import integrity, runs
+
     findings = integrity.log_findings()
     if not findings:  # a damaged ops/runs log leaves no records to check dates against
         records = runs.latest(d1, d2)
         ok = {d for d, st in runs.date_status(records).items() if st in ("succeeded", "damaged", "stale")}
         findings += integrity.date_findings(records, ok)
-    if as_json:
-        for f in findings:
-            typer.echo(json.dumps({**f.__dict__, "day": f.day.isoformat() if f.day else None}))
-    else:
-        for f in findings:
-            typer.echo(printable(f.line()))
-        typer.echo(f"{len(findings)} finding(s)" if findings else "no damage found")
-    if findings:
-        raise typer.Exit(1)
+    return findings
+
+
+def _print_findings(findings: list) -> None:
+    for f in findings:
+        typer.echo(printable(f.line()))
+    typer.echo(f"{len(findings)} finding(s)" if findings else "no damage found")
+
+
+def _recorded_range() -> tuple[dt.date, dt.date] | None:
+    """The first and last date with run records (after a damaged log is set aside)."""
+    from flows import runs
+
+    days = sorted({r["execution_date"] for r in runs.latest()})
+    return (days[0], days[-1]) if days else None
 
 
 @app.command()
@@ -353,7 +411,6 @@ def status(
 
     from flows import runs
     from flows.sources import SOURCE_NAMES
-    from flows.terminal import printable
 
     if end and not start:
         refuse("--end needs --start")

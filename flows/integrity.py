@@ -21,11 +21,13 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 from flows import lake
 from flows.sources import SOURCE_NAMES
 
 CONSERVED_LAYERS = ("bronze", "silver", "quarantine")
+CHECKPOINT_HINT = "_delta_log/_last_checkpoint"
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,11 @@ def date_findings(records: list[dict], days: Iterable[dt.date]) -> list[Finding]
     for source in SOURCE_NAMES:
         if not lake.exists("bronze", source):
             continue  # nothing ingested into this lake (or the table is gone: every read says so)
-        counts = {layer: _rows_by_date(layer, source) for layer in CONSERVED_LAYERS}
+        try:
+            counts = {layer: _rows_by_date(layer, source) for layer in CONSERVED_LAYERS}
+        except lake.LakeError as exc:  # a table that cannot be opened holds none of its dates
+            out += [Finding(f"{source} tables", str(exc), day) for day in sorted(wanted)]
+            continue
         if any(c is None for c in counts.values()):
             continue  # a file without row statistics: nothing to compare from metadata
         for day in sorted(wanted):
@@ -101,3 +107,48 @@ def damaged_dates(records: list[dict], days: Iterable[dt.date]) -> dict[dt.date,
         if f.day is not None:
             found[f.day] = "; ".join(m for m in [found.get(f.day), f.line()] if m)
     return found
+
+
+# ------------------------------------------------------------------ repair
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One step of `asof verify --repair`: set a damaged log file aside, or a finding it cannot
+    fix by itself (the runbook's recovery is named)."""
+
+    table: str
+    file: str
+    automatic: bool
+    why: str
+
+    def line(self) -> str:
+        if self.automatic:
+            return f"set aside {self.table} {self.file} ({self.why})"
+        return f"by hand: {self.table} {self.file}: {self.why} (docs/operations.md section 11)"
+
+
+def repair_plan(findings: list[Finding]) -> list[Repair]:
+    """What `--repair` does about the log findings: the newest commit file when it is empty or
+    cut, and a checkpoint hint naming a lost checkpoint, are set aside (the table is then its
+    previous version, and the dates that commit wrote are rerun); anything else is named for the
+    runbook. Per-date findings need no step here: the rerun covers them."""
+    plan: list[Repair] = []
+    for f in findings:
+        if f.file is None:
+            continue
+        layer, name = f.table.split("/", 1)
+        fixable = f.file == CHECKPOINT_HINT or (
+            f.file == lake.newest_commit(layer, name) and "commit file is" in f.problem
+        )
+        plan.append(Repair(f.table, f.file, fixable, f.problem))
+    return plan
+
+
+def set_aside(plan: list[Repair], keep_dir: Path) -> list[Path]:
+    moved = []
+    for step in plan:
+        if step.automatic:
+            layer, name = step.table.split("/", 1)
+            moved.append(lake.set_aside_log_file(layer, name, step.file, keep_dir))
+    return moved

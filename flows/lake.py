@@ -819,3 +819,35 @@ def partition_rows(layer: str, name: str, column: str = "_batch_date") -> dict[d
         day = value if isinstance(value, dt.date) else dt.date.fromisoformat(str(value))
         out[day] = out.get(day, 0) + int(n)
     return out
+
+
+def newest_commit(layer: str, name: str) -> str | None:
+    """The newest commit file of a table's log, as `log_problems` names files."""
+    fs, root = _table_fs(layer, name)
+    entries = fs.get_file_info(pafs.FileSelector(_join(root, "_delta_log"), allow_not_found=True))
+    versions = [
+        int(e.base_name.partition(".")[0])
+        for e in entries
+        if e.base_name.endswith(".json") and e.base_name.partition(".")[0].isdigit()
+    ]
+    return f"_delta_log/{max(versions):020d}.json" if versions else None
+
+
+def set_aside_log_file(layer: str, name: str, rel: str, keep_dir: Path) -> Path:
+    """Move a damaged `_delta_log` file (`rel`, as `log_problems` names it) of a local table into
+    `keep_dir` (kept for forensics, never deleted). Only the newest commit or the checkpoint hint
+    may go: without an older commit the versions after it could not be read."""
+    if not settings().is_local_lake:
+        raise LakeError(f"{layer}/{name}: set a damaged log file aside by hand on object storage")
+    root = Path(uri(layer, name)).resolve()
+    path = (root / rel).resolve()
+    if path.parent != root / "_delta_log" or not path.is_file():
+        raise LakeError(f"{layer}/{name}: {rel} is not a file of its _delta_log")
+    if rel != "_delta_log/_last_checkpoint" and rel != newest_commit(layer, name):
+        raise LakeError(
+            f"{layer}/{name}: {rel} is not the newest commit: rebuild the table (operations.md section 11)"
+        )
+    target = keep_dir / layer / name / f"{path.name}.{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path.replace(target)
+    return target

@@ -111,3 +111,15 @@ def test_delta_errors_name_the_table_without_a_backtrace(lake_of_two_dates: Path
         lake.read("ops", "runs")
     assert "Delta table ops/runs cannot be opened" in str(exc.value)
     assert "backtrace" not in str(exc.value).lower() and "\n" not in str(exc.value)
+
+
+def test_status_survives_a_table_that_cannot_be_opened(lake_of_two_dates: Path) -> None:
+    """Emptying a table's only commit leaves no metadata: reads fail, and status says damaged
+    for every succeeded date instead of failing itself."""
+    log = Path(lake.uri("silver", "transactions")) / "_delta_log"
+    for commit in log.glob("*.json"):
+        commit.write_bytes(b"")
+    status = runs.date_status(runs.latest(D1, D2))
+    assert status == {D1: "damaged", D2: "damaged"}
+    [marker, _] = [r for r in runs.latest(D1, D2) if r["stage"] == "run"]
+    assert "silver/transactions cannot be opened" in marker["message"]

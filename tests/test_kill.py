@@ -24,6 +24,7 @@ uninterrupted run's, and vacuum removes only orphan files (every version stays r
 from __future__ import annotations
 
 import datetime as dt
+import json
 import signal
 import subprocess
 import sys
@@ -299,6 +300,8 @@ def kills() -> dict:
         "redo_diff": redo_diff,
         "trace": trace,
         "reference_seconds": ref.elapsed,
+        "reference": reference,
+        "reference_home": ref_home,
     }
 
 
@@ -357,3 +360,43 @@ def test_a_failed_run_exits_non_zero() -> None:
     run = h.asof(home, *RUN_D2)
     assert "not delivered" in run.output()
     assert run.rc not in (0, None)
+
+
+# ---------------------------------------------------------------- damage from outside (asof verify)
+
+
+def test_an_emptied_commit_is_named_then_repaired_to_the_undamaged_lake(kills) -> None:
+    """Issue 23: the newest commit of silver/transactions emptied (its rows silently gone to every
+    reader): `asof verify` names the file and exits 1, status shows the dates damaged, and
+    `asof verify --repair` sets the file aside and recomputes the dates: every table and the
+    online store equal the undamaged run's."""
+    h = harness()
+    home = h.new_home("damage_commit", copy_from=kills["reference_home"])
+    log = home / "lake" / "silver" / "transactions" / "_delta_log"
+    newest = max(log.glob("*.json"))
+    newest.write_bytes(b"")
+    found = h.asof(home, "verify")
+    assert (
+        found.rc == 1
+        and f"silver/transactions _delta_log/{newest.name}: commit file is empty" in found.output()
+    )
+    repaired = h.asof(home, "verify", "--repair")
+    assert repaired.rc == 0, repaired.output()[-3000:]
+    out = repaired.output()
+    assert f"repair: set aside silver/transactions _delta_log/{newest.name}" in out and "--force" in out
+    assert list((home / "cache" / "damaged" / "silver" / "transactions").iterdir())  # kept, not deleted
+    assert date_statuses(home, D1, D2) == {D1: "succeeded", D2: "succeeded"}
+    assert diff(kills["reference"], snapshot(home)) == ""
+
+
+def test_a_lost_checkpoint_hint_is_set_aside_without_a_rerun(kills) -> None:
+    h = harness()
+    home = h.new_home("damage_hint", copy_from=kills["reference_home"])
+    hint = home / "lake" / "gold" / "merchant_features_daily" / "_delta_log" / "_last_checkpoint"
+    hint.write_text(json.dumps({"version": 42, "size": 3}))
+    found = h.asof(home, "verify", "--json")
+    assert found.rc == 1 and "names checkpoint 42, which is not there" in found.output()
+    repaired = h.asof(home, "verify", "--repair")
+    assert repaired.rc == 0 and "no damage found" in repaired.output() and "backfill" not in repaired.output()
+    assert not hint.exists()
+    assert diff(kills["reference"], snapshot(home)) == ""
