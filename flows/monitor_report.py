@@ -583,6 +583,19 @@ def render(
         y_range=(None, 1.0),
         y_fmt=_pct,
     )
+    section(
+        "Online serving latency P99 (ms)",
+        "serving_latency_p99_ms",
+        "slowest 1% of asof serve's requests of the UTC day, per endpoint and feature service "
+        "(docs/monitoring.md); no line: nothing was served that day",
+        y_range=(0.0, None),
+    )
+    section(
+        "Online serving latency P50 (ms)",
+        "serving_latency_p50_ms",
+        "median request of the UTC day, per endpoint and feature service",
+        y_range=(0.0, None),
+    )
 
     psi_scopes = m.scopes("psi")
     if psi_scopes:

@@ -267,3 +267,29 @@ def test_render_without_metrics_and_with_odd_values() -> None:
     html = monitor_report.render([row], START, START)
     assert "<script>" not in html and "&lt;b&gt;x&lt;/b&gt;" in html
     assert monitor_report._nice_ticks(0, 0) and monitor_report._nice_ticks(0.99, 1.0)
+
+
+def test_serving_latency_is_charted_per_endpoint_and_service() -> None:
+    """The daily P50/P99 of asof serve (issue 22) have their own charts, one line per scope, with
+    the P99 threshold; a day breaching it is named."""
+    rows = [
+        {
+            "execution_date": START + dt.timedelta(days=i),
+            "metric": metric,
+            "scope": "get-online-features:fraud_v2",
+            "value": value,
+            "threshold": 50.0 if metric.endswith("p99_ms") else None,
+            "condition": "> 50" if metric.endswith("p99_ms") else None,
+            "severity": "warning" if metric.endswith("p99_ms") and value > 50 else None,
+            "breached": metric.endswith("p99_ms") and value > 50,
+            "details": {},
+        }
+        for i, (p50, p99) in enumerate([(2.0, 9.0), (3.0, 80.0)])
+        for metric, value in (("serving_latency_p50_ms", p50), ("serving_latency_p99_ms", p99))
+    ]
+    html = monitor_report.render(rows, START, START + dt.timedelta(days=1))
+    assert "Online serving latency P99 (ms)" in html and "Online serving latency P50 (ms)" in html
+    assert 'data-chart="serving_latency_p99_ms"' in html and 'data-chart="serving_latency_p50_ms"' in html
+    assert "get-online-features:fraud_v2" in html
+    without = monitor_report.render([r for r in rows if "p50" in r["metric"]], START, START)
+    assert "Online serving latency P99 (ms)" not in without
