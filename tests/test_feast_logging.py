@@ -192,7 +192,9 @@ def test_asof_serve_app_logs_when_switched_on(served, monkeypatch):
     monkeypatch.setenv(feature_logging.FLUSH_ENV, "0.2")
     store = served["store"]
     table = feature_logging.log_table("fraud_v1")
-    with TestClient(feature_server.build_app(store)) as client:
+    # the app inside the latency middleware: its per-day latency log is process-wide and would
+    # carry this request into other tests' homes
+    with TestClient(feature_server.build_app(store).app) as client:
         body = {"feature_service": "fraud_v1", "entities": {"customer_id": [1, 2]}}
         assert client.post("/get-online-features", json=body).status_code == 200
     deadline = time.monotonic() + 20
