@@ -323,6 +323,14 @@ def verify(
         ),
     ] = False,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="With --repair: print the steps only.")] = False,
+    online: Annotated[
+        bool,
+        typer.Option(
+            "--online",
+            help="Also compare the online store with gold's newest rows (a sample of the newest "
+            "succeeded date's entities; imports Feast). --repair then re-materializes it.",
+        ),
+    ] = False,
 ) -> None:
     """Check that the lake still holds what the run records say: every table's Delta log and data
     files, and per succeeded date and source, ingest's rows = bronze = silver + quarantine.
@@ -335,7 +343,7 @@ def verify(
     from flows import integrity
 
     d1, d2 = _range(start, end or start) if start else (None, None)
-    findings = _findings(d1, d2)
+    findings = _findings(d1, d2, online)
     if as_json:
         for f in findings:
             typer.echo(json.dumps({**f.__dict__, "day": f.day.isoformat() if f.day else None}))
@@ -348,12 +356,15 @@ def verify(
         # in the lost commit: every recorded date is recomputed (forced). Otherwise only the dates
         # that are not succeeded (damaged ones included) are rerun.
         rebuild = any(step.automatic and step.file != integrity.CHECKPOINT_HINT for step in plan)
-        per_date = any(f.day is not None for f in findings)
+        stale_online = any(f.table.startswith("online/") for f in findings)
+        per_date = any(f.day is not None and not f.table.startswith("online/") for f in findings)
         for step in plan:
             typer.echo(printable(f"repair: {step.line()}"))
         if days and (rebuild or per_date):
             how = "--force (every date)" if rebuild else "(dates not succeeded only)"
             typer.echo(f"repair: asof backfill --start {days[0]} --end {days[1]} {how}")
+        elif days and stale_online:  # a backfill materializes anyway
+            typer.echo(f"repair: materialize the online store from {days[0]} to {days[1]}")
         if dry_run:
             raise typer.Exit(1)
         from flows.config import settings
@@ -369,13 +380,17 @@ def verify(
                 continue_on_failure=True,
             )
             _print_results(results)
-        findings = _findings(d1, d2)
+        elif days and stale_online:
+            from flows.featurestore import materialize_span
+
+            typer.echo(materialize_span(days[0], days[1])["message"])
+        findings = _findings(d1, d2, online)
         _print_findings(findings)
     if findings:
         raise typer.Exit(1)
 
 
-def _findings(d1: dt.date | None, d2: dt.date | None) -> list:
+def _findings(d1: dt.date | None, d2: dt.date | None, online: bool = False) -> list:
     from flows import integrity, runs
 
     findings = integrity.log_findings()
@@ -383,6 +398,9 @@ def _findings(d1: dt.date | None, d2: dt.date | None) -> list:
         records = runs.latest(d1, d2)
         ok = {d for d, st in runs.date_status(records).items() if st in ("succeeded", "damaged", "stale")}
         findings += integrity.date_findings(records, ok)
+        newest = max((d for d, st in runs.date_status(records).items() if st == "succeeded"), default=None)
+        if online and newest is not None and not findings:
+            findings += integrity.online_findings(newest)
     return findings
 
 

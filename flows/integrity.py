@@ -19,6 +19,7 @@ section 11 says how to recover each case.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +108,23 @@ def damaged_dates(records: list[dict], days: Iterable[dt.date]) -> dict[dt.date,
         if f.day is not None:
             found[f.day] = "; ".join(m for m in [found.get(f.day), f.line()] if m)
     return found
+
+
+def online_findings(day: dt.date) -> list[Finding]:
+    """The online store against gold's newest rows, for a sample of the entities of `day` (the
+    newest succeeded date): monitoring's own online check (flows.monitor, `online_mismatch_rate`).
+    Imports Feast: `asof verify --online` only."""
+    from flows import monitor
+
+    out: list[Finding] = []
+    for row in monitor.compute([day], online_reader=None):
+        if row["metric"] != "online_mismatch_rate":
+            continue
+        details = json.loads(row["details"]) if row.get("details") else {}
+        if row["value"] is None or row["value"] > 0:
+            why = details.get("summary") or details.get("error") or "the online store does not match gold"
+            out.append(Finding(f"online/{row['scope']}", why, day))
+    return out
 
 
 # ------------------------------------------------------------------ repair

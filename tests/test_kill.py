@@ -400,3 +400,27 @@ def test_a_lost_checkpoint_hint_is_set_aside_without_a_rerun(kills) -> None:
     assert repaired.rc == 0 and "no damage found" in repaired.output() and "backfill" not in repaired.output()
     assert not hint.exists()
     assert diff(kills["reference"], snapshot(home)) == ""
+
+
+def test_a_tampered_online_store_is_found_and_rematerialized(kills) -> None:
+    """`asof verify --online` compares the online store with gold's newest rows; `--repair`
+    re-materializes it: the online store equals the undamaged run's again."""
+    import sqlite3
+
+    from feast.protos.feast.types.Value_pb2 import Value
+
+    h = harness()
+    home = h.new_home("damage_online", copy_from=kills["reference_home"])
+    with sqlite3.connect(home / "feast" / "online.db") as conn:
+        changed = conn.execute(
+            "UPDATE asof_customer_txn_features_daily SET value = ? WHERE feature_name = 'txn_count_30d'",
+            (Value(int64_val=999_999).SerializeToString(),),
+        ).rowcount
+    assert changed > 0
+    assert h.asof(home, "verify").rc == 0  # the lake itself is intact
+    found = h.asof(home, "verify", "--online")
+    assert found.rc == 1 and "online/customer_txn_features_daily" in found.output()
+    repaired = h.asof(home, "verify", "--online", "--repair")
+    assert repaired.rc == 0, repaired.output()[-3000:]
+    assert "repair: materialize the online store" in repaired.output()
+    assert diff(kills["reference"], snapshot(home)) == ""
