@@ -11,7 +11,8 @@ from feast import FeatureService
 from feast.feature_logging import LoggingConfig
 from features import customer_profile, customer_txn_features_daily, merchant_features_daily
 
-from flows.feature_logging import LakeLoggingDestination, log_table
+from flows.feast_log_destination import LakeLoggingDestination
+from flows.feature_logging import log_table
 
 
 def served_log(service: str) -> LoggingConfig:

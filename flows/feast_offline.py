@@ -88,7 +88,7 @@ from feast.utils import _get_requested_feature_views_to_features_dict, compute_n
 from pydantic import StrictStr
 
 from flows import lake
-from flows.feature_logging import LakeLoggingDestination
+from flows.feast_log_destination import LakeLoggingDestination
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds

@@ -1,9 +1,10 @@
 """Feature logging: what `asof serve` served, in a lake table, and how it compares with offline
 retrieval (Chronon's online/offline consistency measure; docs/feature-store.md).
 
-- `LakeLoggingDestination`: Feast's logging destination for a lake table (`ops/<table>`,
-  partitioned by `__log_date`). The feature services in `feature_repo/feature_services.py` carry
-  one in their `LoggingConfig`; the project's offline store writes it (`write_logged_features`).
+- `log_table(service)`: the lake table (`ops/feature_log_<service>`, partitioned by `__log_date`)
+  that `flows.feast_log_destination.LakeLoggingDestination` names; the feature services in
+  `feature_repo/feature_services.py` carry one in their `LoggingConfig`, and the project's offline
+  store writes it (`write_logged_features`).
 - `served_features_logger(app, store)`: the ASGI wrapper `asof serve` puts around Feast's app
   when logging is switched on (`ASOF_LOG_SERVED_FEATURES=1`, or `feature_server.feature_logging.
   enabled` in feature_store.yaml). Feast's Python feature server does not log by itself (only its
@@ -13,8 +14,8 @@ retrieval (Chronon's online/offline consistency measure; docs/feature-store.md).
 - `measurements(day)`: for requests served on UTC day D, a sample of logged rows is retrieved
   offline for the same entities at the instant each was served, and every feature compared.
 
-The module imports Feast (the destination is a Feast class), so modules that must stay light
-import it where they use it (flows.feature_server, flows.monitor).
+Feast is imported where it is used, never at import: flows.monitor calls `measurements` for every
+date it monitors, and a date without logs must not pay for importing Feast (over a second).
 """
 
 from __future__ import annotations
@@ -34,15 +35,6 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-from feast.data_format import DeltaFormat
-from feast.feature_logging import (
-    LOG_DATE_FIELD,
-    LOG_TIMESTAMP_FIELD,
-    REQUEST_ID_FIELD,
-    LoggingDestination,
-)
-from feast.infra.offline_stores.file_source import FileSource
-from feast.protos.feast.core.FeatureService_pb2 import LoggingConfig as LoggingConfigProto
 
 from flows import lake
 
@@ -52,7 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_LAYER = "ops"
-DESTINATION_KIND = "asof_lake"
 ENABLE_ENV = "ASOF_LOG_SERVED_FEATURES"
 FLUSH_ENV = "ASOF_FEATURE_LOG_FLUSH_S"
 DEFAULT_FLUSH_S = 10.0
@@ -68,37 +59,6 @@ STATUS_CODES = {"INVALID": 0, "PRESENT": 1, "NULL_VALUE": 2, "NOT_FOUND": 3, "OU
 def log_table(service: str) -> str:
     """The lake table (layer `ops`) holding what `service` served."""
     return f"feature_log_{service}"
-
-
-class LakeLoggingDestination(LoggingDestination):
-    """Feature logs in a lake table of layer `ops`, written through flows.lake.
-
-    Stored in the registry as Feast's `custom_destination` (kind `asof_lake`): a process reading
-    the registry must have imported this module (flows.featurestore does)."""
-
-    _proto_kind = DESTINATION_KIND
-
-    def __init__(self, *, table: str):
-        self.table = table
-
-    @classmethod
-    def from_proto(cls, config_proto: LoggingConfigProto) -> LoggingDestination:
-        return LakeLoggingDestination(table=config_proto.custom_destination.config["table"])
-
-    def to_proto(self) -> LoggingConfigProto:
-        return LoggingConfigProto(
-            custom_destination=LoggingConfigProto.CustomDestination(
-                kind=DESTINATION_KIND, config={"table": self.table}
-            )
-        )
-
-    def to_data_source(self) -> FileSource:
-        return FileSource(
-            name=f"{LOG_LAYER}_{self.table}",
-            path=lake.uri(LOG_LAYER, self.table),
-            file_format=DeltaFormat(),
-            timestamp_field=LOG_TIMESTAMP_FIELD,
-        )
 
 
 # ------------------------------------------------------------------ serving: capture and write
@@ -125,6 +85,8 @@ def log_rows(
 ) -> list[dict[str, Any]]:
     """Feast's log rows (one per entity row) for one served request: join keys, and per feature
     `view__feature`, `__timestamp`, `__status`, then the log timestamp, date and request id."""
+    from feast.feature_logging import LOG_DATE_FIELD, LOG_TIMESTAMP_FIELD, REQUEST_ID_FIELD
+
     names = response.get("metadata", {}).get("feature_names", [])
     results = response.get("results", [])
     columns = dict(zip(names, results, strict=False))
@@ -318,6 +280,8 @@ def served_features_logger(
 
 def _sample(table: pa.Table, size: int, salt: int) -> pa.Table:
     """A deterministic sample of logged rows (by request id and row), the same on every rerun."""
+    from feast.feature_logging import REQUEST_ID_FIELD
+
     ids = table[REQUEST_ID_FIELD].to_pylist()
     keys = [hashlib.sha256(f"{salt}:{rid}:{i}".encode()).digest()[:8] for i, rid in enumerate(ids)]
     order = sorted(range(len(keys)), key=keys.__getitem__)[:size]
@@ -332,6 +296,8 @@ def compare_logged(
     Each logged row is retrieved offline for its join keys at its `__log_timestamp` (full
     feature names, the log's column names). A served value counts as null when its status is
     not PRESENT. Details: rows compared, per-feature mismatch rates, up to 5 examples."""
+    from feast.feature_logging import LOG_TIMESTAMP_FIELD, REQUEST_ID_FIELD
+
     from flows.monitor import values_equal
 
     fs = store.get_feature_service(service, allow_cache=True)
@@ -410,6 +376,8 @@ def measurements(
         table = log_table(service)
         if not lake.exists(LOG_LAYER, table):
             continue
+        from feast.feature_logging import LOG_DATE_FIELD
+
         logged = lake.read(LOG_LAYER, table, filter=pc.field(LOG_DATE_FIELD) == pa.scalar(day, pa.date32()))
         if logged.num_rows == 0:
             continue

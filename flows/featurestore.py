@@ -226,7 +226,7 @@ def _build_store() -> FeatureStore:
 
 @functools.lru_cache(maxsize=8)
 def _cached_store(key: tuple) -> FeatureStore:
-    import flows.feature_logging  # noqa: F401 - registers the lake logging destination of the services
+    import flows.feast_log_destination  # noqa: F401 - registers the services' logging destination
 
     store = _build_store()
     apply(store)
