@@ -31,7 +31,7 @@ import pytest
 
 from flows import serve
 from tests.test_deployments import Api
-from tests.test_kill_harness import REPO, harness
+from tests.kill_harness import REPO, harness
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
 SCALE, SEED = "200x400", 5  # the deployments test's landing: cached by the harness

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_kill_harness import REPO, asof_home, date_statuses, diff, harness, read_trace, snapshot
+from tests.kill_harness import REPO, asof_home, date_statuses, diff, harness, read_trace, snapshot
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
 SCALE, SEED = "200x400", 5

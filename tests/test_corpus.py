@@ -219,7 +219,7 @@ def test_broken_batch_through_the_flow_then_redelivery_repairs_it() -> None:
     clean run's. (`asof status` flagging a stale date is tested in test_reliability_lake.py.)"""
     from flows.validation import storage
     from tests.corpus import wrong_delimiter
-    from tests.test_kill_harness import asof_home, date_statuses, diff, harness, snapshot
+    from tests.kill_harness import asof_home, date_statuses, diff, harness, snapshot
 
     d1, d2, d3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
     h = harness()

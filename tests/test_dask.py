@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from flows.sources import SOURCE_NAMES
-from tests.test_kill_harness import date_statuses, diff, digest, snapshot
+from tests.kill_harness import date_statuses, diff, digest, snapshot
 
 pytestmark = pytest.mark.slow
 

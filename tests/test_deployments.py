@@ -39,7 +39,7 @@ import psutil
 import pytest
 
 from flows import notify, serve
-from tests.test_kill_harness import REPO, date_statuses, diff, harness, snapshot
+from tests.kill_harness import REPO, date_statuses, diff, harness, snapshot
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
 SCALE, SEED = "200x400", 5  # the concurrency tests' landing and reference backfill: shared, cached

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import textwrap
 
-from tests.test_kill_harness import REPO
+from tests.kill_harness import REPO
 
 PROBE = textwrap.dedent(
     """

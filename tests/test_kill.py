@@ -36,7 +36,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_kill_harness import (
+from tests.kill_harness import (
     REPO,
     date_statuses,
     diff,
@@ -191,7 +191,7 @@ def _run_chain(
 
 def _vacuum_everything(home: Path, before: dict) -> tuple[int, str]:
     """Orphan-only vacuum of every table: nothing visible changes and version 0 still reads."""
-    from tests.test_kill_harness import asof_home
+    from tests.kill_harness import asof_home
 
     removed = 0
     with asof_home(home):

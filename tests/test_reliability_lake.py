@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from flows import lake, runs
-from tests.test_kill_harness import REPO
+from tests.kill_harness import REPO
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from flows import lake
-from tests.test_kill_harness import LOG_TABLES, VOLATILE, date_statuses, online_rows
+from tests.kill_harness import LOG_TABLES, VOLATILE, date_statuses, online_rows
 
 BUCKET = "asof-lake"
 KEY_ID = "asof-test-key-id"

@@ -13,7 +13,7 @@ Also here: landing-data templates and a content snapshot of a data root (every D
 the columns that legitimately differ between runs, plus the Feast online store), used to compare
 an interrupted-then-rerun lake with an uninterrupted one.
 
-Run `python tests/test_kill_harness.py --zygote` only through `Zygote` (it speaks JSON lines).
+Run `python tests/kill_harness.py --zygote` only through `Zygote` (it speaks JSON lines).
 """
 
 from __future__ import annotations
