@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from flows import serve
-from tests.test_deployments import Api
 from tests.kill_harness import REPO, harness
+from tests.test_deployments import Api
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
 SCALE, SEED = "200x400", 5  # the deployments test's landing: cached by the harness
