@@ -19,18 +19,22 @@ import tempfile
 from typing import Any
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# The directory asof made for its workers. Feast sets PROMETHEUS_MULTIPROC_DIR to a directory of
+# its own whenever it is imported (feast/metrics.py), so that variable alone does not say that
+# `/metrics` must merge several workers' files.
+OWN_MULTIPROC_ENV = "ASOF_SERVE_METRICS_DIR"
 
 
 def prepare_metrics(workers: int) -> None:
     """For several workers, a fresh multiprocess directory (removed at exit by the process that
     made it). Refuses to go on if prometheus_client was imported first: each worker would then
     answer `/metrics` with its own counts only, which looks right and is not."""
-    if workers <= 1 or os.environ.get(MULTIPROC_ENV):
+    if workers <= 1 or os.environ.get(OWN_MULTIPROC_ENV):
         return
     if "prometheus_client.values" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
     path = tempfile.mkdtemp(prefix="asof-serve-metrics-")
-    os.environ[MULTIPROC_ENV] = path
+    os.environ[MULTIPROC_ENV] = os.environ[OWN_MULTIPROC_ENV] = path
     owner = os.getpid()
 
     def remove() -> None:

@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from flows.feature_server import MULTIPROC_ENV
+from flows.feature_server import OWN_MULTIPROC_ENV
 from flows.monitoring import daily_latency
 
 METRICS_PATH = "/metrics"
@@ -91,7 +91,7 @@ def timed(feature_service: str, endpoint: str = IN_PROCESS) -> Iterator[None]:
 def exposition() -> bytes:
     """The text `/metrics` answers: this process's histogram, or every worker's in multiprocess
     mode (only asof's own metric families: Feast's, switched off, would be zeros)."""
-    path = os.environ.get(MULTIPROC_ENV)
+    path = os.environ.get(OWN_MULTIPROC_ENV)  # not Feast's PROMETHEUS_MULTIPROC_DIR (feature_server)
     if not path:
         return generate_latest(REGISTRY)
     from prometheus_client import multiprocess
