@@ -336,10 +336,6 @@ def read_file(path: Path, source: Source, check_cut: bool = True) -> tuple[FileR
 def _read_file(path: Path, source: Source, check_cut: bool) -> tuple[FileRecord, _Rows | pa.Table]:
     rows = _Rows(source)
     rec = FileRecord(file=_relative(path), status="ok")
-    escape = _outside_landing(path)
-    if escape:
-        rec.status, rec.message = "malformed", escape
-        return rec, rows
     if path.is_dir():
         rec.status, rec.message = "malformed", f"{rec.file} is a directory, not a file"
         return rec, rows
@@ -427,6 +423,10 @@ def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcom
             FileRecord(file=_relative(folder), status="not_delivered", message=outcome.message)
         )
     for path in entries:
+        escape = _outside_landing(path)
+        if escape:  # not read at all: a malformed file that contributes no rows
+            outcome.files.append(FileRecord(file=_relative(path), status="malformed", message=escape))
+            continue
         rec, tbl = read_file(path, source, check_cut=not markers.vouched)
         outcome.files.append(rec)
         tables.append(tbl)

@@ -30,6 +30,7 @@ COMMANDS = (
     "training-set",
     "reproduce",
     "serve",
+    "verify",
     "monitor",
     "quarantine",
 )

@@ -4,6 +4,7 @@ artifact naming the metric, the value and the threshold, plus a link to the HTML
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -82,4 +83,7 @@ def test_breaches_mark_the_flow_run_and_publish_artifacts(home: Path, prefect_ba
     assert "| psi | customer_txn_features_daily.amount_usd_sum_7d |" in md and "breach if > 0.2" in md
     assert "No monitoring threshold was breached" in by_run[str(clean.state_details.flow_run_id)].data
     link = {str(a.flow_run_id): a for a in links}[str(failed.state_details.flow_run_id)]
-    assert "monitoring.html" in link.data and (home / "reports" / "monitoring.html").exists()
+    # the run's own report (its dates in context), next to the lake-wide one make serve serves
+    [target] = re.findall(r"\(file://([^)]+)\)", link.data)
+    assert "/reports/runs/" in target and Path(target).exists()
+    assert (home / "reports" / "monitoring.html").exists()

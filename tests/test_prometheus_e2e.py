@@ -232,13 +232,21 @@ def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
         # every query of the Grafana dashboard is valid PromQL for this Prometheus, and the panels
         # of the run's core metrics and of the serving latency have data
         dashboard = json.loads((alert_rules.RULES_FILE.parent / "grafana" / "asof.json").read_text())
-        answered = {
-            t["expr"]: bool(query(prom, t["expr"].replace("$source", ".*")))
-            for panel in dashboard["panels"]
-            for t in panel["targets"]
-        }
-        for wanted in ("asof_validation_pass_rate", "asof_freshness_hours", "asof_run_stage_seconds", "0.99"):
-            assert any(ok for expr, ok in answered.items() if wanted in expr), (wanted, answered)
+        wanted = ("asof_validation_pass_rate", "asof_freshness_hours", "asof_run_stage_seconds", "0.99")
+
+        def panels() -> dict[str, bool] | None:
+            # a rate() panel has data from the second scrape that saw the requests on (1 s apart)
+            answered = {
+                t["expr"]: bool(query(prom, t["expr"].replace("$source", ".*")))
+                for panel in dashboard["panels"]
+                for t in panel["targets"]
+            }
+            ok = all(any(has for expr, has in answered.items() if w in expr) for w in wanted)
+            return answered if ok else None
+
+        answered = wait_for("the dashboard's panels", panels, 30, (serve,))
+        for w in wanted:
+            assert any(ok for expr, ok in answered.items() if w in expr), (w, answered)
 
         live = value_of(
             prom,
