@@ -16,6 +16,9 @@ step unchanged. Batches keep Feast's `online_write_batch_size`, which bounds mem
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+from collections.abc import Iterator
 from typing import Literal
 
 from feast.infra.common.materialization_job import MaterializationJobStatus, MaterializationTask
@@ -36,6 +39,22 @@ class ArrowLocalComputeEngineConfig(LocalComputeEngineConfig):
     type: Literal["flows.feast_engine.ArrowLocalComputeEngine"] = ENGINE_TYPE  # type: ignore[assignment]
 
 
+_WRITTEN: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar("asof_written", default=None)
+
+
+@contextlib.contextmanager
+def counting_written_rows() -> Iterator[list[int]]:
+    """Inside, every materialization's output step adds the rows it hands to the online store to
+    the yielded one-item list: the count of what was written, without a second scan of the
+    offline rows to learn it (flows.featurestore.materialize_span)."""
+    box = [0]
+    token = _WRITTEN.set(box)
+    try:
+        yield box
+    finally:
+        _WRITTEN.reset(token)
+
+
 def takes_arrow(context: ExecutionContext) -> bool:
     store = context.online_store
     writes_rows = getattr(store, "writes_rows", None)
@@ -50,9 +69,12 @@ class ArrowOutputNode(LocalOutputNode):
 
     def execute(self, context: ExecutionContext) -> ArrowTableValue:
         view = self.feature_view
+        table = self.get_single_table(context).data
+        written = _WRITTEN.get()
+        if written is not None and view.online:
+            written[0] += table.num_rows
         if not (view.online and takes_arrow(context)):
             return super().execute(context)
-        table = self.get_single_table(context).data
         output = ArrowTableValue(data=table)
         context.node_outputs[self.name] = output
         if table.num_rows == 0:

@@ -392,10 +392,12 @@ class ArrowRedisOnlineStore(RedisOnlineStore):
         ts_field, ttl = f"_ts:{view}", store.key_ttl_seconds
         with self._get_client(store).pipeline(transaction=False) as pipe:
             for i, key in enumerate(keys):
-                mapping: dict[Any, bytes] = {ts_field: stamps[i]}
+                # HSET key field value ...: what redis-py's hset(mapping=...) sends, without the
+                # dict it builds per entity
+                args: list[Any] = [key + project, ts_field, stamps[i]]
                 for field, values in fields:
-                    mapping[field] = values[i][0]
-                pipe.hset(key + project, mapping=mapping)
+                    args += (field, values[i][0])
+                pipe.execute_command("HSET", *args)
                 if ttl:
                     pipe.expire(name=key + project, time=ttl)
             pipe.execute()

@@ -291,23 +291,6 @@ def service_join_keys(store: FeatureStore, service: str) -> list[str]:
 # ------------------------------------------------------------------ materialization
 
 
-def _rows_to_write(fv: FeatureView, start: dt.datetime, end: dt.datetime) -> int:
-    """How many online rows materializing [start, end] writes (current rows only)."""
-    from flows import feast_offline as off
-
-    sql = off.pull_sql(
-        [c.name for c in fv.entity_columns],
-        [],
-        fv.batch_source.timestamp_field,
-        fv.batch_source.created_timestamp_column or None,
-        start,
-        end,
-        latest=True,
-        current_only=True,
-    )
-    return int(off.query_table(fv.batch_source, f"SELECT count(*) AS n FROM ({sql})").to_pylist()[0]["n"])
-
-
 def materialize_date(day: dt.date | str, views: Sequence[str] | None = None) -> dict[str, Any]:
     """Load into the online store the feature rows that became available on `day`.
 
@@ -337,7 +320,7 @@ def materialize_span(
     With current rows only, each entity is written once with its newest row of the span, which is
     exactly what the online store holds after materializing the dates one by one: a backfill pays
     Feast's per-call cost once per chunk instead of once per date."""
-    from flows import feast_offline, lake
+    from flows import feast_engine, feast_offline, lake
 
     day, last_day = parse_date(first, "first"), parse_date(last, "last")
     if last_day < day:
@@ -350,18 +333,19 @@ def materialize_span(
     rows = 0
     names = list(views) if views else [fv.name for fv in store.list_feature_views()]
     for name in sorted(names):
-        fv = store.get_feature_view(name)
         try:
-            n = _rows_to_write(fv, start, end)
-        except lake.LakeError as exc:
+            with (
+                feast_engine.counting_written_rows() as written,
+                feast_offline.current_rows_only(),
+                contextlib.redirect_stdout(io.StringIO()) as chatter,
+            ):
+                store.materialize(start_date=start, end_date=end, feature_views=[name])
+        except lake.LakeError as exc:  # the view's gold table does not exist yet
             per_view[name] = {"rows": 0, "skipped": str(exc)}
             continue
-        if n:
-            with feast_offline.current_rows_only(), contextlib.redirect_stdout(io.StringIO()) as chatter:
-                store.materialize(start_date=start, end_date=end, feature_views=[name])
-            log.debug("feast materialize %s: %s", name, chatter.getvalue().strip())
-        per_view[name] = {"rows": n}
-        rows += n
+        log.debug("feast materialize %s: %s", name, chatter.getvalue().strip())
+        per_view[name] = {"rows": written[0]}
+        rows += written[0]
     message = ", ".join(
         f"{name}: {v['rows']} rows" + (f" ({v['skipped']})" if "skipped" in v else "")
         for name, v in per_view.items()
