@@ -119,10 +119,16 @@ def _write_both(tmp: Path, table: pa.Table, view: FeatureView) -> tuple[list[tup
     ours_cfg = _config(ours_path, KeyOrderedSqliteOnlineStoreConfig)
     for store, cfg in ((stock, stock_cfg), (ours, ours_cfg)):
         store.update(cfg, [], [view], [], [], partial=False)
+    protos_path = tmp / "ours_protos.db"  # the store's proto path (Feast's push, write_to_online_store)
+    protos_path.unlink(missing_ok=True)
+    protos_cfg = _config(protos_path, KeyOrderedSqliteOnlineStoreConfig)
+    KeyOrderedSqliteOnlineStore().update(protos_cfg, [], [view], [], [], partial=False)
     with zone("UTC"):
         data = _convert_arrow_to_proto(table, view, {"customer_id": ValueType.INT64})
         stock.online_write_batch(stock_cfg, view, data, progress=None)
         ours.online_write_arrow(ours_cfg, view, table)
+        KeyOrderedSqliteOnlineStore().online_write_batch(protos_cfg, view, data, progress=None)
+    assert _rows(protos_path) == _rows(stock_path)
     return _rows(stock_path), _rows(ours_path)
 
 
