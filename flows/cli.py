@@ -365,11 +365,14 @@ def verify(
             typer.echo(f"repair: asof backfill --start {days[0]} --end {days[1]} {how}")
         elif days and stale_online:  # a backfill materializes anyway
             typer.echo(f"repair: materialize the online store from {days[0]} to {days[1]}")
+        elif rebuild:  # ops/runs cannot be read until its damaged commit is set aside
+            typer.echo("repair: asof backfill --force over every date its run records then hold")
         if dry_run:
             raise typer.Exit(1)
         from flows.config import settings
 
         integrity.set_aside(plan, settings().home / "cache" / "damaged")
+        days = _recorded_range()  # ops/runs itself may have been one of the damaged tables
         if days and (rebuild or per_date):
             results = _run_flow(
                 "backfill",
@@ -411,10 +414,14 @@ def _print_findings(findings: list) -> None:
 
 
 def _recorded_range() -> tuple[dt.date, dt.date] | None:
-    """The first and last date with run records (after a damaged log is set aside)."""
-    from flows import runs
+    """The first and last date with run records; None while ops/runs cannot be read (its damaged
+    commit is set aside first)."""
+    from flows import lake, runs
 
-    days = sorted({r["execution_date"] for r in runs.latest()})
+    try:
+        days = sorted({r["execution_date"] for r in runs.latest()})
+    except lake.LakeError:
+        return None
     return (days[0], days[-1]) if days else None
 
 
