@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import NoReturn
@@ -47,6 +49,31 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("ASOF_HOME", str(root))
     monkeypatch.delenv("ASOF_LAKE_URI", raising=False)
     return root
+
+
+@contextlib.contextmanager
+def feature_store_home(home: Path, cleared: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A module's data root for the feature store (module-scoped fixtures cannot use `home`'s
+    monkeypatch): ASOF_HOME set, the lake under it, the SQLite online store (ASOF_LAKE_URI,
+    ASOF_ONLINE_STORE and `cleared` unset), Feast's store cache reset on the way in and out, and
+    the environment as it was afterwards."""
+    from flows import featurestore
+
+    names = ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE", *cleared)
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ["ASOF_HOME"] = str(home)
+    for k in names[1:]:
+        os.environ.pop(k, None)
+    featurestore.reset_store_cache()
+    try:
+        yield home
+    finally:
+        featurestore.reset_store_cache()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 @pytest.fixture(scope="session")

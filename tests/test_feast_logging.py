@@ -6,7 +6,6 @@ values were changed afterwards, per feature, with examples."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tests.conftest import feature_store_home
 from tests.synthetic_gold import gold_from_silver, make_silver, write_gold
 
 TODAY = dt.datetime.now(dt.UTC).date()
@@ -23,27 +23,14 @@ START, END = TODAY - dt.timedelta(days=20), TODAY - dt.timedelta(days=1)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    home = tmp_path_factory.mktemp("feature_logging_home")
-    saved = {k: os.environ.get(k) for k in ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE")}
-    os.environ["ASOF_HOME"] = str(home)
-    os.environ.pop("ASOF_LAKE_URI", None)
-    os.environ.pop("ASOF_ONLINE_STORE", None)
     from flows import featurestore
 
-    featurestore.reset_store_cache()
-    try:
+    with feature_store_home(tmp_path_factory.mktemp("feature_logging_home")):
         silver = make_silver(START, END, customers=120, merchants=15, txns_per_day=80, seed=5)
         gold = gold_from_silver(silver, START, END)
         write_gold(gold, START, END)
         featurestore.materialize_span(START, END)  # every profile too, not only the last day's rows
         yield {"store": featurestore.get_store(), "gold": gold}
-    finally:
-        featurestore.reset_store_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def _serve(store: Any, requests: list[dict[str, Any]]) -> Any:

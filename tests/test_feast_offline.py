@@ -4,12 +4,12 @@ with Feast's stock `file` store, materialization reads."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 
 import numpy as np
 import pandas as pd
 import pytest
 
+from tests.conftest import feature_store_home
 from tests.synthetic_gold import (
     add_transactions,
     day_ts,
@@ -46,38 +46,25 @@ PROFILE_FEATURES = ["country", "kyc_level", "signup_date"]
 
 @pytest.fixture(scope="module")
 def lake_data(tmp_path_factory):
-    home = tmp_path_factory.mktemp("feast_offline_home")
-    saved = {k: os.environ.get(k) for k in ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE")}
-    os.environ["ASOF_HOME"] = str(home)
-    os.environ.pop("ASOF_LAKE_URI", None)
-    os.environ.pop("ASOF_ONLINE_STORE", None)
-    from flows import featurestore
-
-    featurestore.reset_store_cache()
-    silver = make_silver(START, END, customers=250, merchants=30, txns_per_day=120, seed=3)
-    silver = add_transactions(
-        silver,
-        [
-            (
-                "quiet-1",
-                QUIET,
-                1,
-                42.0,
-                day_ts(dt.date(2024, 1, 20)) + dt.timedelta(hours=9),
-                dt.date(2024, 1, 20),
-            )
-        ],
-    )
-    write_silver(silver)
-    gold = gold_from_silver(silver, START, END)
-    write_gold(gold, START, END)
-    yield {"home": home, "silver": silver, "gold": gold}
-    featurestore.reset_store_cache()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with feature_store_home(tmp_path_factory.mktemp("feast_offline_home")) as home:
+        silver = make_silver(START, END, customers=250, merchants=30, txns_per_day=120, seed=3)
+        silver = add_transactions(
+            silver,
+            [
+                (
+                    "quiet-1",
+                    QUIET,
+                    1,
+                    42.0,
+                    day_ts(dt.date(2024, 1, 20)) + dt.timedelta(hours=9),
+                    dt.date(2024, 1, 20),
+                )
+            ],
+        )
+        write_silver(silver)
+        gold = gold_from_silver(silver, START, END)
+        write_gold(gold, START, END)
+        yield {"home": home, "silver": silver, "gold": gold}
 
 
 @pytest.fixture(scope="module")

@@ -5,12 +5,12 @@ item 4) are dropped when the registry changes."""
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.conftest import feature_store_home
 from tests.synthetic_gold import gold_from_silver, make_silver, write_gold
 
 START, END = dt.date(2024, 2, 1), dt.date(2024, 2, 10)
@@ -18,26 +18,13 @@ START, END = dt.date(2024, 2, 1), dt.date(2024, 2, 10)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    home = tmp_path_factory.mktemp("online_reads_home")
-    saved = {k: os.environ.get(k) for k in ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE")}
-    os.environ["ASOF_HOME"] = str(home)
-    os.environ.pop("ASOF_LAKE_URI", None)
-    os.environ.pop("ASOF_ONLINE_STORE", None)
     from flows import featurestore
 
-    featurestore.reset_store_cache()
-    try:
+    with feature_store_home(tmp_path_factory.mktemp("online_reads_home")):
         silver = make_silver(START, END, customers=80, merchants=10, txns_per_day=60, seed=9)
         write_gold(gold_from_silver(silver, START, END), START, END)
         featurestore.materialize_span(START, END)
         yield featurestore.get_store()
-    finally:
-        featurestore.reset_store_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_online_features_equal_feasts_own_read(store):

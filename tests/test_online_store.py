@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
+from tests.conftest import feature_store_home
 from tests.synthetic_gold import build_lake, write_gold
 
 START, END = dt.date(2024, 1, 1), dt.date(2024, 2, 12)
@@ -79,23 +80,10 @@ def redis_server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def lake_data(tmp_path_factory):
-    home = tmp_path_factory.mktemp("online_home")
-    keys = ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE", "ASOF_REDIS_URL", "ASOF_REDIS_PASSWORD")
-    saved = {k: os.environ.get(k) for k in keys}
-    os.environ["ASOF_HOME"] = str(home)
-    for k in keys[1:]:
-        os.environ.pop(k, None)
-    from flows import featurestore
-
-    featurestore.reset_store_cache()
-    silver, gold = build_lake(START, END, customers=200, merchants=25, txns_per_day=80, seed=21)
-    yield {"home": home, "gold": gold}
-    featurestore.reset_store_cache()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    redis = ("ASOF_REDIS_URL", "ASOF_REDIS_PASSWORD")
+    with feature_store_home(tmp_path_factory.mktemp("online_home"), cleared=redis) as home:
+        silver, gold = build_lake(START, END, customers=200, merchants=25, txns_per_day=80, seed=21)
+        yield {"home": home, "gold": gold}
 
 
 @pytest.fixture(params=["sqlite", "redis"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import sys
 
 import pyarrow as pa
@@ -13,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import feature_store_home
 from tests.synthetic_gold import (
     Silver,
     add_chargebacks,
@@ -34,33 +34,22 @@ EARLY = "early-cb"  # chargeback delivered in batch 2024-02-03
 
 @pytest.fixture(scope="module")
 def lake_data(tmp_path_factory):
-    home = tmp_path_factory.mktemp("training_home")
-    saved = {k: os.environ.get(k) for k in ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE")}
-    os.environ["ASOF_HOME"] = str(home)
-    os.environ.pop("ASOF_LAKE_URI", None)
-    os.environ.pop("ASOF_ONLINE_STORE", None)
-    from flows import featurestore
-
-    featurestore.reset_store_cache()
-    silver = make_silver(START, END, customers=150, merchants=20, txns_per_day=60, seed=5)
-    silver = add_transactions(
-        silver,
-        [
-            (LATE, 7, 3, 900.0, day_ts(dt.date(2024, 1, 20)) + dt.timedelta(hours=3), dt.date(2024, 1, 20)),
-            (EARLY, 8, 4, 800.0, day_ts(dt.date(2024, 1, 25)) + dt.timedelta(hours=4), dt.date(2024, 1, 25)),
-        ],
-    )
-    silver = add_chargebacks(silver, [(EARLY, day_ts(dt.date(2024, 2, 3)), dt.date(2024, 2, 3))])
-    write_silver(silver)
-    gold = gold_from_silver(silver, START, END)
-    write_gold(gold, START, END)
-    yield {"home": home, "silver": silver, "gold": gold}
-    featurestore.reset_store_cache()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with feature_store_home(tmp_path_factory.mktemp("training_home")) as home:
+        silver = make_silver(START, END, customers=150, merchants=20, txns_per_day=60, seed=5)
+        late_at = day_ts(dt.date(2024, 1, 20)) + dt.timedelta(hours=3)
+        early_at = day_ts(dt.date(2024, 1, 25)) + dt.timedelta(hours=4)
+        silver = add_transactions(
+            silver,
+            [
+                (LATE, 7, 3, 900.0, late_at, dt.date(2024, 1, 20)),
+                (EARLY, 8, 4, 800.0, early_at, dt.date(2024, 1, 25)),
+            ],
+        )
+        silver = add_chargebacks(silver, [(EARLY, day_ts(dt.date(2024, 2, 3)), dt.date(2024, 2, 3))])
+        write_silver(silver)
+        gold = gold_from_silver(silver, START, END)
+        write_gold(gold, START, END)
+        yield {"home": home, "silver": silver, "gold": gold}
 
 
 def _label(table: pa.Table, txn_id: str) -> bool:
