@@ -46,12 +46,18 @@ class Settings:
         roots = [self.landing, self.feast_dir]
         if self.is_local_lake:
             roots.append(Path(self.lake_uri))
-        target = Path(path).expanduser().resolve()
         for root in roots:
-            resolved = root.expanduser().resolve()
-            if target == resolved or resolved in target.parents:
-                return resolved
+            if resolves_inside(path, root):
+                return root.expanduser().resolve()
         return None
+
+
+def resolves_inside(path: Path | str, root: Path | str) -> bool:
+    """`path` is `root` or lies under it once both are resolved (symlinks followed, `..` gone):
+    the one test of "does this path stay in that directory" (user outputs, landing files, served
+    files)."""
+    target, base = Path(path).expanduser().resolve(), Path(root).expanduser().resolve()
+    return target == base or base in target.parents
 
 
 class ConfigError(ValueError):

@@ -26,7 +26,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from flows import completeness, lake
-from flows.config import settings
+from flows.config import resolves_inside, settings
 from flows.sources import Source, bronze_schema, get_source
 
 csv.field_size_limit(64 * 1024 * 1024)
@@ -134,15 +134,11 @@ def _outside_landing(path: Path) -> str | None:
     source folder) that leads out of it would let whoever can write there make asof read, and
     copy into the lake, any file the process can read (/etc, another tenant's data). Directories
     named in ASOF_LANDING_ALLOWED_ROOTS (os.pathsep-separated) are allowed targets."""
-    target = path.resolve()
-    roots = [settings().landing.resolve()]
-    roots += [
-        Path(r).expanduser().resolve() for r in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if r
-    ]
-    if any(target == r or r in target.parents for r in roots):
+    roots = [settings().landing, *(r for r in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if r)]
+    if any(resolves_inside(path, r) for r in roots):
         return None
     return (
-        f"{_relative(path)} leads to {target}, outside the landing area: not read "
+        f"{_relative(path)} leads to {path.resolve()}, outside the landing area: not read "
         f"(allow its directory with {ALLOWED_ROOTS_ENV})"
     )
 

@@ -14,17 +14,15 @@ import os
 from http import HTTPStatus
 from pathlib import Path
 
+from flows.config import resolves_inside
+
 NOT_SERVED = str(Path(os.devnull) / "not-served")  # a path that never exists: 404
 
 
 class RootOnlyHandler(http.server.SimpleHTTPRequestHandler):
     def translate_path(self, path: str) -> str:
         full = super().translate_path(path)
-        root = Path(self.directory).resolve()
-        target = Path(full).resolve()
-        if target != root and root not in target.parents:
-            return NOT_SERVED
-        return full
+        return full if resolves_inside(full, self.directory) else NOT_SERVED
 
     def list_directory(self, path: str | os.PathLike[str]) -> None:
         self.send_error(HTTPStatus.NOT_FOUND, "not found")
