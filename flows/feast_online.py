@@ -217,14 +217,18 @@ def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> list[tuple
     return out
 
 
-def _epochs(column: pa.ChunkedArray) -> list[int | None]:
-    """`_epoch` of every timestamp, computed once per distinct value (a materialization window
-    holds a handful of distinct event times). Sub-microsecond parts are dropped, as Feast's
-    conversion to Python datetimes drops them."""
+def per_distinct_time(column: pa.ChunkedArray, encode: Callable[[datetime], Any]) -> list[Any]:
+    """`encode` of every timestamp of the column (None stays None), computed once per distinct
+    value: a materialization window holds a handful of distinct event times. Values are aware UTC
+    datetimes; sub-microsecond parts are dropped, as Feast's conversion to Python datetimes does."""
     times = column.cast(pa.timestamp("us", tz="UTC"), safe=False)
     distinct = pc.unique(times)
-    epochs = [None if v is None else _epoch(v) for v in distinct.to_pylist()]
-    return [epochs[i] for i in pc.index_in(times, distinct).to_pylist()]
+    encoded = [None if v is None else encode(v) for v in distinct.to_pylist()]
+    return [encoded[i] for i in pc.index_in(times, distinct).to_pylist()]
+
+
+def _epochs(column: pa.ChunkedArray) -> list[int | None]:
+    return per_distinct_time(column, _epoch)
 
 
 def _entity_keys(table: pa.Table, view: FeatureView, key_version: int) -> list[bytes]:
@@ -357,17 +361,12 @@ class ArrowRedisOnlineStoreConfig(RedisOnlineStoreConfig):
     type: Literal["flows.feast_online.ArrowRedisOnlineStore"] = REDIS_STORE_TYPE  # type: ignore[assignment]
 
 
-def _redis_timestamps(column: pa.ChunkedArray) -> list[bytes]:
-    """The serialized protobuf Timestamp Feast stores per entity (`_ts:<view>`), computed once per
-    distinct event time, from the aware UTC datetime as Feast's write makes it."""
-    times = column.cast(pa.timestamp("us", tz="UTC"), safe=False)
-    distinct = pc.unique(times)
-    encoded = []
-    for v in distinct.to_pylist():
-        ts = Timestamp()
-        ts.FromDatetime(make_tzaware(v))
-        encoded.append(ts.SerializeToString())
-    return [encoded[i] for i in pc.index_in(times, distinct).to_pylist()]
+def _redis_timestamp(value: datetime) -> bytes:
+    """The serialized protobuf Timestamp Feast stores per entity (`_ts:<view>`), from the aware
+    UTC datetime as Feast's write makes it."""
+    ts = Timestamp()
+    ts.FromDatetime(make_tzaware(value))
+    return ts.SerializeToString()
 
 
 class ArrowRedisOnlineStore(RedisOnlineStore):
@@ -384,7 +383,7 @@ class ArrowRedisOnlineStore(RedisOnlineStore):
         view = compute_versioned_name(table, config.registry.enable_online_feature_view_versioning)
         project = config.project.encode("utf-8")
         keys = _entity_keys(rows, table, config.entity_key_serialization_version)
-        stamps = _redis_timestamps(rows.column(table.batch_source.timestamp_field))
+        stamps = per_distinct_time(rows.column(table.batch_source.timestamp_field), _redis_timestamp)
         fields = [
             (_mmh3(f"{view}:{f.name}"), _column_values(rows.column(f.name), f.dtype.to_value_type()))
             for f in table.features
