@@ -399,9 +399,11 @@ def _findings(d1: dt.date | None, d2: dt.date | None, online: bool = False) -> l
     findings = integrity.log_findings()
     if not findings:  # a damaged ops/runs log leaves no records to check dates against
         records = runs.latest(d1, d2)
-        ok = {d for d, st in runs.date_status(records).items() if st in ("succeeded", "damaged", "stale")}
-        findings += integrity.date_findings(records, ok)
-        newest = max((d for d, st in runs.date_status(records).items() if st == "succeeded"), default=None)
+        status = runs.date_status(records)
+        findings += integrity.date_findings(
+            records, {d for d, st in status.items() if st in ("succeeded", "damaged", "stale")}
+        )
+        newest = max((d for d, st in status.items() if st == "succeeded"), default=None)
         if online and newest is not None and not findings:
             findings += integrity.online_findings(newest)
     return findings
