@@ -37,6 +37,8 @@ import pyarrow.parquet as pq
 from flows import lake
 from flows.config import REPO_ROOT, settings
 from flows.dates import day_start_utc, parse_date, parse_range
+from flows.lineage import training_sets
+from flows.lineage.openlineage_events import observed
 
 MANIFEST_VERSION = 1
 TS = pa.timestamp("us", tz="UTC")
@@ -103,7 +105,8 @@ def build_training_set(
         "label_cutoff_source": cutoff_source,
     }
     refs = feature_refs(store, service)
-    return _build(store, params, versions, refs, Path(out), reproduced_from=None)
+    build = lambda: _build(store, params, versions, refs, Path(out), reproduced_from=None)  # noqa: E731
+    return observed("training_set", [d1, d2], build)
 
 
 def reproduce(manifest: Path | str, out: Path | str) -> dict[str, Any]:
@@ -316,6 +319,7 @@ def _build(
             "changed_since": _changed(recorded, manifest),
         }
     manifest_path(out).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    training_sets.register(manifest, manifest_path(out))  # what `asof lineage impact` finds
     return manifest
 
 
