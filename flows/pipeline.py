@@ -38,15 +38,14 @@ from flows import key_index, lake, links, monitor, notify, runs
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range, span_label
 from flows.ingest import IngestOutcome, ingest_dates
-from flows.lineage.openlineage_events import observed
 from flows.runs import ALL_SOURCES, StageRecord
 from flows.sources import SOURCE_NAMES
 
-DEFAULT_CHUNK_DAYS = int(os.environ.get("ASOF_CHUNK_DAYS", "31"))
+DEFAULT_CHUNK_DAYS = settings().chunk_days
 # Landed rows validated together at most (ASOF_VALIDATION_MAX_ROWS): GE judges them in one frame. 30
 # bench days (3.1M rows): one slice of 3.5M peaked at 4.1 GB, two slices of <= 1.6M at 2.4 GB in the
 # same time (71.4 s vs 72.2 s; docs/scaling.md section 0).
-VALIDATION_MAX_ROWS = int(os.environ.get("ASOF_VALIDATION_MAX_ROWS", "1600000"))
+VALIDATION_MAX_ROWS = settings().validation_max_rows
 # Prefect's default thread pool has no bound: when ingest was a task per source and date, a chunk's
 # 124 tasks parsed every CSV at once and the allocator kept what those threads grew (90-day
 # backfill: peak 5.9 GB, 3.9 GB with 4 workers; bench/RESULTS.md). Ingest is now a task per source
@@ -65,26 +64,12 @@ THREAD_WORKERS = int(os.environ.get("PREFECT_TASK_RUNNER_THREAD_POOL_MAX_WORKERS
 # sleep; submitted tasks (ingest, in the thread pool) get an exception at their next Python
 # bytecode, so a call blocked inside C code ends first. A timeout counts as a failed attempt, so
 # the tasks with retries (ingest, validate, materialize) try again before failing the date.
-STAGE_TIMEOUT_DEFAULTS_S = {
-    "ingest": 600.0,
-    "validate": 900.0,
-    "transform": 1800.0,
-    "materialize": 3600.0,  # a whole span (up to a chunk): ~15 s per bench day into SQLite
-    "monitor": 3600.0,  # every date of the run at once; a timeout only loses the metrics
-}
+# The defaults are declared with the variables (flows/config.py, STAGE_TIMEOUT_DEFAULTS_S).
 
 
 def stage_timeout(stage: str) -> float | None:
     """Timeout of `stage` in seconds from `ASOF_TIMEOUT_<STAGE>_S` (None = no limit)."""
-    name = f"ASOF_TIMEOUT_{stage.upper()}_S"
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return STAGE_TIMEOUT_DEFAULTS_S[stage]
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ValueError(f"{name}={raw!r}: expected a number of seconds (0 = no limit)") from None
-    return value if value > 0 else None
+    return settings().stage_timeout(stage)
 
 
 class _ThreadTimeoutNotice(logging.Filter):
@@ -152,7 +137,7 @@ def _progress(day: dt.date, what: str) -> None:
 )
 def ingest_source(source: str, days: list[dt.date], label: str) -> dict[dt.date, IngestOutcome]:
     """One source's batches of the chunk, in one bronze commit (flows.ingest.ingest_dates)."""
-    return observed("ingest", days, lambda: ingest_dates(source, days), source=source)
+    return ingest_dates(source, days)
 
 
 @task(
@@ -167,7 +152,7 @@ def validate_dates(days: list[dt.date], stop_on_failure: bool, label: str) -> di
     """Every source of `days`, validated together (flows.validation.stage)."""
     from flows.validation.stage import validate_dates as validate
 
-    return observed("validate", days, lambda: validate(days, stop_on_failure=stop_on_failure))
+    return validate(days, stop_on_failure=stop_on_failure)
 
 
 @dataclass
@@ -190,7 +175,7 @@ class StageOutcome:
 def transform_features(start: dt.date, end: dt.date) -> StageOutcome:
     from flows.transform import transform_range
 
-    out = observed("transform", [start, end], lambda: transform_range(start, end))
+    out = transform_range(start, end)
     details = {"rows": out.rows, "versions": out.versions, "elapsed_s": out.elapsed_s}
     return StageOutcome(out.status, out.message, out.rows, details)
 
@@ -206,7 +191,7 @@ def transform_features(start: dt.date, end: dt.date) -> StageOutcome:
 def materialize_features(start: dt.date, end: dt.date) -> StageOutcome:
     from flows.featurestore import materialize_span
 
-    out = observed("materialize", [start, end], lambda: materialize_span(start, end))
+    out = materialize_span(start, end)
     return StageOutcome(out.get("status", "succeeded"), out.get("message", ""), out.get("rows"), out)
 
 
@@ -728,7 +713,7 @@ def _monitor(results: list[DateResult], title: str) -> monitor.Verdict:
 def catch_up_dates(day: dt.date, max_days: int | None = None) -> list[dt.date]:
     """Dates a scheduled run should process: `day`, preceded by the dates missed since the newest
     succeeded one (the server or worker was down), oldest first, at most `max_days` in all."""
-    max_days = max_days or int(os.environ.get("ASOF_CATCHUP_MAX_DAYS", "7"))
+    max_days = max_days or settings().catchup_max_days
     window_start = day - dt.timedelta(days=max_days - 1)
     done = runs.succeeded_dates(window_start, day)
     newest = runs.newest_succeeded(day)
@@ -798,7 +783,7 @@ def daily_pipeline(execution_date: dt.date | None = None) -> list[dict]:
         execution_date: the UTC day to process, YYYY-MM-DD. Empty: the day before the run's
             scheduled start, after catching up missed days.
     """
-    day = resolve_execution_date(execution_date, int(os.environ.get("ASOF_EXECUTION_LAG_DAYS", "1")))
+    day = resolve_execution_date(execution_date, settings().execution_lag_days)
     with pipeline_lock():
         days = [day] if execution_date else catch_up_dates(day)
         results = process_dates(days, continue_on_failure=False, chunk_days=DEFAULT_CHUNK_DAYS)

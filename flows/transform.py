@@ -230,8 +230,7 @@ def _reset_compiled_state(manifest) -> None:
 
 def dbt_cache_dir() -> Path:
     """Where dbt's target/ and logs/ go: under ASOF_HOME (or ASOF_DBT_CACHE), not in the repo."""
-    override = os.environ.get("ASOF_DBT_CACHE")
-    path = Path(override) if override else settings().home / "cache" / "dbt"
+    path = settings().dbt_cache
     path.mkdir(parents=True, exist_ok=True)
     return path
 

@@ -50,7 +50,7 @@ TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 
 
 def test_stage_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows import pipeline
+    from flows import config, pipeline
 
     tasks = {
         "ingest": pipeline.ingest_source,
@@ -59,14 +59,14 @@ def test_stage_timeouts_come_from_the_environment(monkeypatch: pytest.MonkeyPatc
         "materialize": pipeline.materialize_features,
         "monitor": pipeline.monitor_dates,
     }
-    assert set(tasks) == set(pipeline.STAGE_TIMEOUT_DEFAULTS_S)
+    assert set(tasks) == set(config.STAGE_TIMEOUT_DEFAULTS_S)
     for stage, task in tasks.items():
         assert task.timeout_seconds == pipeline.stage_timeout(stage)
         monkeypatch.delenv(f"ASOF_TIMEOUT_{stage.upper()}_S", raising=False)
-        assert pipeline.stage_timeout(stage) == pipeline.STAGE_TIMEOUT_DEFAULTS_S[stage]
+        assert pipeline.stage_timeout(stage) == config.STAGE_TIMEOUT_DEFAULTS_S[stage]
     # generous: a 31-day chunk at bench scale takes 20-40 s to transform, ~3 s per day to validate
-    assert pipeline.STAGE_TIMEOUT_DEFAULTS_S["transform"] >= 600
-    assert min(pipeline.STAGE_TIMEOUT_DEFAULTS_S.values()) >= 300
+    assert config.STAGE_TIMEOUT_DEFAULTS_S["transform"] >= 600
+    assert min(config.STAGE_TIMEOUT_DEFAULTS_S.values()) >= 300
     monkeypatch.setenv("ASOF_TIMEOUT_VALIDATE_S", "12.5")
     assert pipeline.stage_timeout("validate") == 12.5
     monkeypatch.setenv("ASOF_TIMEOUT_VALIDATE_S", "0")

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -549,7 +548,7 @@ def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
 def _docs_enabled(build_docs: bool | None) -> bool:
     if build_docs is not None:
         return build_docs
-    return os.environ.get("ASOF_VALIDATION_DOCS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return settings().validation_docs
 
 
 @dataclass
