@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from flows import cli_features, cli_monitor, cli_validation, usage
+from flows import cli_features, cli_lineage, cli_monitor, cli_validation, usage
 from flows.dates import DateError, parse_date, parse_range
 from flows.runners import DEFAULT_WORKERS, DaskOptions, Runner, RunnerError, task_runner
 from flows.terminal import printable
@@ -483,6 +483,7 @@ def status(
 cli_validation.register(app)
 cli_features.register(app)
 cli_monitor.register(app)
+cli_lineage.register(app)
 usage.guard_commands(app)
 
 

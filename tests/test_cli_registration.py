@@ -33,6 +33,7 @@ COMMANDS = (
     "verify",
     "monitor",
     "quarantine",
+    "lineage",
 )
 HEAVY = ("great_expectations", "dbt", "feast", "pandas", "duckdb")
 
