@@ -38,6 +38,7 @@ from flows import key_index, lake, links, monitor, notify, runs
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range, span_label
 from flows.ingest import IngestOutcome, ingest_dates
+from flows.lineage.openlineage_events import observed
 from flows.runs import ALL_SOURCES, StageRecord
 from flows.sources import SOURCE_NAMES
 
@@ -137,7 +138,7 @@ def _progress(day: dt.date, what: str) -> None:
 )
 def ingest_source(source: str, days: list[dt.date], label: str) -> dict[dt.date, IngestOutcome]:
     """One source's batches of the chunk, in one bronze commit (flows.ingest.ingest_dates)."""
-    return ingest_dates(source, days)
+    return observed("ingest", days, lambda: ingest_dates(source, days), source=source)
 
 
 @task(
@@ -152,7 +153,7 @@ def validate_dates(days: list[dt.date], stop_on_failure: bool, label: str) -> di
     """Every source of `days`, validated together (flows.validation.stage)."""
     from flows.validation.stage import validate_dates as validate
 
-    return validate(days, stop_on_failure=stop_on_failure)
+    return observed("validate", days, lambda: validate(days, stop_on_failure=stop_on_failure))
 
 
 @dataclass
@@ -175,7 +176,7 @@ class StageOutcome:
 def transform_features(start: dt.date, end: dt.date) -> StageOutcome:
     from flows.transform import transform_range
 
-    out = transform_range(start, end)
+    out = observed("transform", [start, end], lambda: transform_range(start, end))
     details = {"rows": out.rows, "versions": out.versions, "elapsed_s": out.elapsed_s}
     return StageOutcome(out.status, out.message, out.rows, details)
 
@@ -191,7 +192,7 @@ def transform_features(start: dt.date, end: dt.date) -> StageOutcome:
 def materialize_features(start: dt.date, end: dt.date) -> StageOutcome:
     from flows.featurestore import materialize_span
 
-    out = materialize_span(start, end)
+    out = observed("materialize", [start, end], lambda: materialize_span(start, end))
     return StageOutcome(out.get("status", "succeeded"), out.get("message", ""), out.get("rows"), out)
 
 
