@@ -1,4 +1,5 @@
-"""The data contracts, flows/sources.py and the committed GE suites agree; GE loads the committed files."""
+"""The data contracts are the sources; the committed GE suites and dbt sources YAML are generated from
+them; GE loads the committed files."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from flows.sources import SOURCE_NAMES, get_source
 from flows.validation import contracts, stage, suites
@@ -23,14 +25,17 @@ def _builder():
 
 
 @pytest.mark.parametrize("name", SOURCE_NAMES)
-def test_contract_matches_sources(name):
-    contract, source = contracts.load_contract(name), get_source(name)
-    assert contract.source == name and contract.format == source.fmt
-    assert contract.key == source.key and contract.empty_is_valid == source.empty_is_valid
-    assert [c.name for c in contract.columns] == source.column_names
-    for cc, sc in zip(contract.columns, source.columns, strict=True):
-        assert (cc.type, cc.nullable) == (sc.type, sc.nullable), cc.name
-        assert cc.allowed == sc.allowed, cc.name
+def test_the_contract_is_the_source(name):
+    """flows/sources.py holds no column of its own: the source is its contract file, read as written."""
+    raw = yaml.safe_load((REPO / "expectations" / "contracts" / f"{name}.yml").read_text())
+    source = get_source(name)
+    assert contracts.load_contract(name) is source
+    assert (source.name, source.fmt, source.key) == (raw["source"], raw["format"], tuple(raw["key"]))
+    assert source.empty_is_valid == raw["empty_is_valid"] and source.default_file == raw["file"]
+    assert [(c.name, c.type, c.nullable) for c in source.columns] == [
+        (c["name"], c["type"], c.get("nullable", False)) for c in raw["columns"]
+    ]
+    assert all(c.description for c in source.columns), "every contract column is documented"
 
 
 def test_fx_seed_covers_the_contract_currencies():
@@ -49,6 +54,19 @@ def test_committed_suites_are_built_from_the_contracts(tmp_path):
         assert committed.read_bytes() == path.read_bytes(), (
             f"{rel} is stale: run expectations/build_suites.py"
         )
+
+
+def test_committed_dbt_sources_are_built_from_the_contracts():
+    """dbt's silver sources YAML is generated from the contracts, never edited by hand."""
+    builder = _builder()
+    assert builder.DBT_SOURCES_YML.read_text() == builder.silver_sources_yaml(), (
+        "dbt_project/models/staging/silver/_silver__sources.yml is stale: run expectations/build_suites.py"
+    )
+    tables = yaml.safe_load(builder.DBT_SOURCES_YML.read_text())["sources"][0]["tables"]
+    assert [t["name"] for t in tables] == list(SOURCE_NAMES)
+    for table in tables:
+        names = [c["name"] for c in table["columns"]]
+        assert names[: len(get_source(table["name"]).columns)] == get_source(table["name"]).column_names
 
 
 @pytest.mark.parametrize("name", SOURCE_NAMES)

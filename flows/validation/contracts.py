@@ -8,17 +8,12 @@ the validation stage builds frames with them. Change a name here and rebuild the
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
-import yaml
-
 from flows.config import REPO_ROOT
-from flows.sources import get_source
+from flows.sources import CONTRACTS_DIR, Column, Source, get_source
 
 EXPECTATIONS_DIR = REPO_ROOT / "expectations"
-CONTRACTS_DIR = EXPECTATIONS_DIR / "contracts"
 # The dbt seed `fx_rates(currency, usd_rate)`: the currencies a transaction may use and their rates.
 FX_SEED = REPO_ROOT / "dbt_project" / "seeds" / "fx_rates.csv"
 
@@ -83,76 +78,17 @@ def bound_col(rule: str, bound: str) -> str:
 
 # ------------------------------------------------------------------------------------- contracts
 
-
-@dataclass(frozen=True)
-class ContractColumn:
-    name: str
-    type: str
-    nullable: bool = False
-    allowed: tuple[str, ...] | None = None
-    allowed_from: str | None = None
-    reason: str | None = None
-    pattern: str | None = None
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class Contract:
-    source: str
-    version: int
-    format: str
-    key: tuple[str, ...]
-    empty_is_valid: bool
-    columns: tuple[ContractColumn, ...]
-    rules: tuple[dict, ...]
-    batch: dict
-
-    @property
-    def column_names(self) -> list[str]:
-        return [c.name for c in self.columns]
-
-    def column(self, name: str) -> ContractColumn:
-        return next(c for c in self.columns if c.name == name)
-
-    def rules_of(self, kind: str) -> list[dict]:
-        return [r for r in self.rules if r["kind"] == kind]
+# A contract is the source itself: flows/sources.py reads `expectations/contracts/<source>.yml`.
+Contract = Source
+ContractColumn = Column
 
 
 def contract_path(source: str) -> Path:
     return CONTRACTS_DIR / f"{get_source(source).name}.yml"
 
 
-@cache
-def _load_contract(path: str, mtime: float) -> Contract:
-    raw = yaml.safe_load(Path(path).read_text())
-    cols = tuple(
-        ContractColumn(
-            name=c["name"],
-            type=c["type"],
-            nullable=bool(c.get("nullable", False)),
-            allowed=tuple(str(v) for v in c["allowed"]) if c.get("allowed") is not None else None,
-            allowed_from=c.get("allowed_from"),
-            reason=c.get("reason"),
-            pattern=c.get("pattern"),
-            description=c.get("description", ""),
-        )
-        for c in raw["columns"]
-    )
-    return Contract(
-        source=raw["source"],
-        version=int(raw["version"]),
-        format=raw["format"],
-        key=tuple(raw["key"]),
-        empty_is_valid=bool(raw["empty_is_valid"]),
-        columns=cols,
-        rules=tuple(raw.get("rules") or ()),
-        batch=dict(raw.get("batch") or {}),
-    )
-
-
 def load_contract(source: str) -> Contract:
-    path = contract_path(source)
-    return _load_contract(str(path), path.stat().st_mtime)
+    return get_source(source)
 
 
 def load_fx_rates(path: Path | None = None) -> dict[str, float]:
