@@ -41,7 +41,29 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows.dates import DateError, parse_date
-from flows.sources import SOURCE_NAMES, SOURCES
+from flows.sources import Source, get_source
+
+# --------------------------------------------------------------------------------------- sources
+
+# The four upstream systems this simulator plays (what their values mean is modelled below; their
+# columns, formats and file names are their contracts'). The order is part of determinism: a fault's
+# random stream is keyed by the source's position here. A source added by its contract alone is not
+# simulated: its upstream delivers its files.
+DEMO_SOURCES: tuple[str, ...] = ("merchants", "customers", "transactions", "chargebacks")
+
+
+@cache
+def _contract(source: str) -> Source:
+    return get_source(source)
+
+
+def _contract_table(source: str, values: dict[str, pa.Array]) -> pa.Table:
+    """The simulated values of a batch as the contract's columns, in the contract's order."""
+    names = _contract(source).column_names
+    if set(values) != set(names):
+        raise AssertionError(f"the simulator of {source} produces {sorted(values)}, its contract has {names}")
+    return pa.table({c: values[c] for c in names})
+
 
 # ---------------------------------------------------------------------------------------- scales
 
@@ -114,7 +136,7 @@ _GENERIC_FAULTS = (
     "missing_file",
 )
 FAULTS_BY_SOURCE: dict[str, tuple[str, ...]] = {
-    name: (FAULTS if name == "transactions" else _GENERIC_FAULTS) for name in SOURCE_NAMES
+    name: (FAULTS if name == "transactions" else _GENERIC_FAULTS) for name in DEMO_SOURCES
 }
 # Faults are applied in this order whatever order they were given in (deterministic combinations).
 _FAULT_ORDER = (
@@ -182,9 +204,9 @@ class Fault:
     def __post_init__(self) -> None:
         if self.name not in FAULTS:
             raise ValueError(f"unknown fault {self.name!r} (valid: {', '.join(FAULTS)})")
-        if self.source not in SOURCES:
+        if self.source not in DEMO_SOURCES:
             raise ValueError(
-                f"unknown source {self.source!r} for fault {self.name!r} (valid: {', '.join(SOURCE_NAMES)})"
+                f"unknown source {self.source!r} for fault {self.name!r} (valid: {', '.join(DEMO_SOURCES)})"
             )
         if self.name not in FAULTS_BY_SOURCE[self.source]:
             raise ValueError(
@@ -320,7 +342,7 @@ def _rng(seed: int, purpose: str, day_ord: int = 0) -> np.random.Generator:
 
 
 def _fault_rng(seed: int, fault: str, source: str, day_ord: int) -> np.random.Generator:
-    pid = _FAULT_PURPOSE_BASE + FAULTS.index(fault) * 10 + SOURCE_NAMES.index(source)
+    pid = _FAULT_PURPOSE_BASE + FAULTS.index(fault) * 10 + DEMO_SOURCES.index(source)
     return np.random.default_rng([seed, pid, day_ord])
 
 
@@ -684,8 +706,11 @@ class _World:
             cur.append(got["currency"])
             chan.append(got["channel"])
         if not ids:
-            return pa.table({c: pa.array([], pa.string()) for c in SOURCES["transactions"].column_names})
-        return pa.table(
+            return _contract_table(
+                "transactions", {c: pa.array([], pa.string()) for c in _contract("transactions").column_names}
+            )
+        return _contract_table(
+            "transactions",
             {
                 "txn_id": pa.concat_arrays(ids),
                 "customer_id": _int_str(np.concatenate(cust) + 1),
@@ -694,7 +719,7 @@ class _World:
                 "currency": _labels(CURRENCIES, np.concatenate(cur)),
                 "channel": _labels(CHANNELS, np.concatenate(chan)),
                 "event_time": pa.concat_arrays(times),
-            }
+            },
         )
 
     def customers(self, d: int) -> pa.Table:
@@ -710,7 +735,8 @@ class _World:
         op = np.concatenate([np.zeros(created.size, dtype=np.int64), np.ones(ui.size, dtype=np.int64)])
         order = np.lexsort((cid, secs))
         cid, state, secs, op = cid[order], state[order], secs[order], op[order]
-        return pa.table(
+        return _contract_table(
+            "customers",
             {
                 "customer_id": _int_str(cid + 1),
                 "op": _labels(("c", "u"), op),
@@ -718,7 +744,7 @@ class _World:
                 "country": _labels(COUNTRIES, self.c_country_state[cid, state]),
                 "kyc_level": _int_str(self.c_kyc_state[cid, state]),
                 "signup_date": _fmt_dates(self.c_signup[cid]),
-            }
+            },
         )
 
     def merchants(self, d: int) -> pa.Table:
@@ -726,14 +752,15 @@ class _World:
         cnt = int(np.searchsorted(self.m_created, off, side="right"))
         slot = (self.m_tier_change[:cnt] <= off).sum(axis=1)
         tier = self.m_tiers[np.arange(cnt), slot]
-        return pa.table(
+        return _contract_table(
+            "merchants",
             {
                 "merchant_id": _int_str(np.arange(1, cnt + 1)),
                 "name": pa.array(self.m_name[:cnt], pa.string()),
                 "mcc": pa.array(self.m_mcc[:cnt].tolist(), pa.string()),
                 "country": pa.array(self.m_country[:cnt].tolist(), pa.string()),
                 "risk_tier": _labels(TIERS, tier),
-            }
+            },
         )
 
     def chargebacks(self, d: int) -> pa.Table:
@@ -750,12 +777,13 @@ class _World:
         secs = _rng(self.seed, "cb_day", d).integers(0, 86_400, k)
         order = np.argsort(secs, kind="stable")
         reason = np.concatenate(reasons) if reasons else np.zeros(0, dtype=np.int64)
-        return pa.table(
+        return _contract_table(
+            "chargebacks",
             {
                 "txn_id": pa.array([ids[i] for i in order.tolist()], pa.string()),
                 "chargeback_time": _fmt_times(d, secs[order]),
                 "reason_code": _labels(REASONS, reason[order]),
-            }
+            },
         )
 
     def batch(self, source: str, d: int) -> pa.Table:
@@ -901,7 +929,7 @@ def _break_lines(lines: list[str], header: list[str], source: str, r: np.random.
     """`malformed_rows`: break ~1% of the data lines in place, each staying on its own line."""
     rows = _some_rows(r, len(lines), 0.01)
     kinds = (r.integers(0, 3) + np.arange(rows.size)) % 3  # every kind once there are 3 broken rows
-    jsonl = SOURCES[source].fmt == "jsonl"
+    jsonl = _contract(source).fmt == "jsonl"
     quote_field = _STRAY_QUOTE_FIELD.get(source)
     quote_at = header.index(quote_field) if quote_field in header else None
     for row, kind in zip(rows.tolist(), kinds.tolist(), strict=True):
@@ -979,7 +1007,7 @@ def _join_lines(lines: pa.Array) -> bytes:
 
 def _render(source: str, table: pa.Table, break_rng: np.random.Generator | None) -> tuple[bytes, int]:
     """File content and the number of lines broken by `malformed_rows` (when `break_rng` is given)."""
-    fmt = SOURCES[source].fmt
+    fmt = _contract(source).fmt
     header = ",".join(_csv_name(c) for c in table.column_names) + "\n" if fmt == "csv" else ""
     lines = _lines(table, fmt) if table.num_rows else pa.array([], pa.string())
     n_broken = 0
@@ -1102,8 +1130,8 @@ def generate(
     for d in range(start.toordinal(), end.toordinal() + 1):
         day = dt.date.fromordinal(d)
         per_day: dict[str, dict] = {}
-        for source in SOURCE_NAMES:
-            path = landing / source / day.isoformat() / SOURCES[source].default_file
+        for source in DEMO_SOURCES:
+            path = landing / source / day.isoformat() / _contract(source).default_file
             todo = sorted(by_batch.get((source, d), []), key=_FAULT_ORDER.index)
             if "missing_file" in todo:
                 path.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from flows.simulate import (
+    DEMO_SOURCES,
     FAULTS,
     FAULTS_BY_SOURCE,
     STATE_FILE,
@@ -22,7 +23,7 @@ from flows.simulate import (
     parse_fault,
     parse_scale,
 )
-from flows.sources import SOURCE_NAMES, SOURCES
+from flows.sources import SOURCES
 
 SCALE = parse_scale("300x600")
 EPOCH = dt.date(2024, 1, 1)  # a Monday
@@ -182,7 +183,7 @@ def test_summary_and_formats(world) -> None:
     assert summary["epoch"] == EPOCH.isoformat()
     assert set(summary["dates"]) == {d.isoformat() for d in days(EPOCH, LAST)}
     for day in days(EPOCH, LAST):
-        for source in SOURCE_NAMES:
+        for source in DEMO_SOURCES:
             entry = summary["dates"][day.isoformat()][source]
             path = Path(entry["path"])
             assert path == file_of(landing, source, day)
@@ -439,7 +440,7 @@ def test_other_source_faults(source: str, fault: str, world, tmp_path: Path) -> 
     landing = tmp_path / "landing"
     generate(landing, EPOCH, EPOCH, SCALE)
     generate(landing, day, day, SCALE, faults=[Fault(fault, day, source)])
-    for other in SOURCE_NAMES:
+    for other in DEMO_SOURCES:
         if other != source:
             assert file_of(landing, other, day).read_bytes() == file_of(base_landing, other, day).read_bytes()
     path, base = file_of(landing, source, day), file_of(base_landing, source, day)
