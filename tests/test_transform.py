@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows import lake
+from flows import config, lake
 from flows.dbt_plugins.lake_io import GOLD_SCHEMAS
 from flows.transform import GOLD_TABLES, transform_range
 from tests import reference_features as rf
@@ -130,6 +132,44 @@ def test_day_by_day_equals_range_and_reruns_are_identical(lakehouse):
     assert result.succeeded, result.message
     for t in GOLD_TABLES:
         assert _gold(t).equals(before[t]), f"{t}: rerun of the range is not identical"
+
+
+_TRANSFORM_IN_A_NEW_PROCESS = (
+    "import datetime as dt, sys\n"
+    "from flows.transform import transform_range\n"
+    "r = transform_range(dt.date.fromisoformat(sys.argv[1]))\n"
+    "print('RESULT', r.status, r.parsed_manifest, repr(r.message))\n"
+)
+
+
+def _transform_in_a_new_process(day: dt.date) -> list[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", _TRANSFORM_IN_A_NEW_PROCESS, day.isoformat()],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=dict(os.environ),  # the module's ASOF_HOME
+    )
+    return next(ln.split()[1:3] for ln in out.stdout.splitlines() if ln.startswith("RESULT "))
+
+
+def test_a_new_process_reuses_the_parsed_manifest(lakehouse):
+    """A process after the first loads the manifest the first one parsed (flows/transform.py
+    load_manifest) instead of parsing the project again, and computes the same gold; a cached file
+    that does not load is ignored, the project parsed and the file replaced."""
+    day = START + D(days=21)
+    before = {t: _gold(t) for t in GOLD_TABLES}
+    cache = Path(lakehouse["home"]) / "cache" / "dbt"
+    assert list(cache.glob("manifest-*.pickle")), "the first parse left no manifest for later processes"
+    assert _transform_in_a_new_process(day) == ["succeeded", "False"]
+    for t in GOLD_TABLES:
+        assert _gold(t).equals(before[t]), f"{t}: the cached manifest computed another gold"
+    for f in cache.glob("manifest-*.pickle"):
+        f.write_bytes(b"not a pickle")
+    assert _transform_in_a_new_process(day) == ["succeeded", "True"]
+    assert all(f.read_bytes() != b"not a pickle" for f in cache.glob("manifest-*.pickle"))
+    for t in GOLD_TABLES:
+        assert _gold(t).equals(before[t])
 
 
 def test_dbt_test_failure_fails_the_range_with_dbts_message(home):
@@ -299,7 +339,7 @@ _txn = st.tuples(
 )
 # Examples of the point-in-time property, two dbt invocations each (~4-4.5 s on 2 busy cores): 3 by
 # default for a quick local run, 16 in CI (.ci/run), ASOF_PIT_EXAMPLES=200 for a deep search (~15 min).
-PIT_EXAMPLES = int(os.environ.get("ASOF_PIT_EXAMPLES", "3"))
+PIT_EXAMPLES = config.settings().pit_examples
 
 
 @settings(max_examples=PIT_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
