@@ -17,8 +17,15 @@ serialized entity key that leads the table's primary key. Profiled on 30 bench d
 entities, 1,030,506 values, fresh SQLite store): 24.4 s, of which proto conversion 6.6-9.1 s and
 `Connection.execute` 5.2 s. Here the engine hands the Arrow batch over (`online_write_arrow`);
 values are encoded without a message where the type allows; SQLite rows go in primary-key order
-(each B-tree page touched once instead of once per row: 754,542 rows 3.7 s vs 12.0 s) in one
-`executemany`; Redis gets Feast's `skip_dedup` hashes in one pipeline.
+(each B-tree page touched once instead of once per row: 754,542 rows 3.7 s vs 12.0 s), 100 rows
+per statement (each row bound in one multi-row VALUES list: executemany's per-row statement
+overhead was a third of the write); Redis gets Feast's `skip_dedup` hashes in one pipeline.
+
+The SQLite tables keep Feast's columns, rows and primary key, but not Feast's second index on
+`entity_key`: the primary key (entity_key, feature_name) already serves every lookup by entity key
+(SQLite uses a leading column of an index), so that index only made each row written land in a
+third B-tree. `update` does not keep it, and the first write to a table drops it if Feast's `feast
+apply` (its SqliteTable infra object) created it.
 
 Vector and value_num columns (Feast's RAG options, unused here) and Redis without `skip_dedup`
 keep Feast's own path. Feast's `_mmh3` (the field hash of its Redis layout) is used as is, so the
@@ -28,16 +35,19 @@ layout cannot drift from Feast's.
 from __future__ import annotations
 
 import calendar
+import functools
 import itertools
+import sqlite3
 import struct
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from operator import itemgetter
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from feast import FeatureView
+from feast import Entity, FeatureView
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.helpers import (
     _mmh3,
@@ -89,15 +99,47 @@ def _epoch(ts: datetime) -> int:
     return calendar.timegm(to_naive_utc(ts).utctimetuple())
 
 
-def upsert_statement(table_name: str) -> str:
+# Rows per INSERT statement: one multi-row VALUES list binds 100 rows (600 parameters, well under
+# SQLite's 32,766), so the statement is stepped and reset once per 100 rows. Rows of one statement
+# are inserted in list order: of two rows with one key, the later still wins through ON CONFLICT.
+ROWS_PER_STATEMENT = 100
+
+
+def _quoted(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def upsert_statement(table_name: str, rows: int = 1) -> str:
     names = ", ".join(_COLUMNS)
-    marks = ", ".join("?" * len(_COLUMNS))
+    marks = "(" + ", ".join("?" * len(_COLUMNS)) + ")"
     updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[2:])
-    quoted = '"' + table_name.replace('"', '""') + '"'
     return (
-        f"INSERT INTO {quoted} ({names}) VALUES ({marks}) "
+        f"INSERT INTO {_quoted(table_name)} ({names}) VALUES {', '.join([marks] * rows)} "
         f"ON CONFLICT(entity_key, feature_name) DO UPDATE SET {updates}"
     )
+
+
+def entity_key_index(table_name: str) -> str:
+    """The name of Feast's index on entity_key alone (SqliteOnlineStore.update, SqliteTable)."""
+    return table_name + "_ek"
+
+
+def write_rows(conn: sqlite3.Connection, table_name: str, flat: list) -> None:
+    """Upsert rows given as one flat list of parameters (len(_COLUMNS) per row, rows in order),
+    in one transaction."""
+    width = len(_COLUMNS)
+    chunk = ROWS_PER_STATEMENT * width
+    whole = len(flat) // chunk * chunk
+    with conn:
+        if whole:
+            conn.executemany(
+                upsert_statement(table_name, ROWS_PER_STATEMENT),
+                (flat[i : i + chunk] for i in range(0, whole, chunk)),
+            )
+        if whole < len(flat):
+            conn.executemany(
+                upsert_statement(table_name), (flat[i : i + width] for i in range(whole, len(flat), width))
+            )
 
 
 def key_ordered_rows(
@@ -161,8 +203,7 @@ def _double_encoder() -> Callable[[float], bytes] | None:
     pack = struct.Struct("<Bd").pack
     if len(sample) != 9 or pack(sample[0], -1.5) != sample:
         return None
-    tag = sample[0]
-    return lambda x: pack(tag, x)
+    return functools.partial(pack, sample[0])  # C-level when mapped over a column
 
 
 _ENCODE_DOUBLE = _double_encoder()
@@ -192,29 +233,63 @@ def _protos(column: pa.ChunkedArray, value_type: ValueType) -> list[ValueProto] 
     return out
 
 
-def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> list[tuple[bytes, str | None]]:
-    """(serialized value, value_text) per row of one feature column."""
+def _distinct_values(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.ndarray, np.ndarray] | None:
+    """(serialized value, value_text) per row as two object arrays, each distinct value built and
+    serialized once (Arrow's unique and index_in, then a C-level gather): for the non-float columns
+    of the types in _BUILDERS, whose distinct values are few (counts, flags, codes). None for any
+    other column."""
+    build = _BUILDERS.get(value_type)
+    if build is None or not _ARROW_TYPES[value_type](column.type) or pa.types.is_floating(column.type):
+        return None
+    distinct = pc.unique(column)
+    pairs = [_NULL if x is None else _serialized(build(x)) for x in distinct.to_pylist()]
+    where = pc.index_in(column, distinct).to_numpy(zero_copy_only=False)
+    return _objects([v for v, _ in pairs])[where], _objects([t for _, t in pairs])[where]
+
+
+def _serialized(value: ValueProto) -> tuple[bytes, str | None]:
+    # value_text is what Feast's extract_text_and_num makes of the stored value
+    return value.SerializeToString(), extract_text_and_num(value, False)[0]
+
+
+def _objects(values: Sequence[Any]) -> np.ndarray:
+    """A 1-d object array holding exactly these objects (numpy would nest tuples or coerce)."""
+    out = np.empty(len(values), dtype=object)
+    out[:] = values
+    return out
+
+
+def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.ndarray, np.ndarray]:
+    """(serialized value, value_text) per row of one feature column, as two object arrays."""
     if value_type == ValueType.DOUBLE and _ENCODE_DOUBLE and pa.types.is_floating(column.type):
-        encode = _ENCODE_DOUBLE
+        floats = column.cast(pa.float64()).to_pylist()
+        nulls = [i for i, x in enumerate(floats) if _is_null(x)]
+        for i in nulls:
+            floats[i] = 0.0
         # value_text of a double is str() of the stored double (extract_text_and_num)
-        return [_NULL if _is_null(x) else (encode(x), str(x)) for x in column.cast(pa.float64()).to_pylist()]
+        values, texts = _objects(list(map(_ENCODE_DOUBLE, floats))), _objects(list(map(str, floats)))
+        values[nulls], texts[nulls] = _NULL
+        return values, texts
+    distinct = _distinct_values(column, value_type)
+    if distinct is not None:
+        return distinct
     protos = _protos(column, value_type)
     if protos is None:
         plain_times = column.null_count == 0 and pa.types.is_timestamp(column.type)
         if value_type == ValueType.UNIX_TIMESTAMP and plain_times:
             # Feast floors each datetime64 to whole seconds; value_text stays empty for timestamps
             seconds = column.to_numpy().astype("datetime64[s]").astype("int64").tolist()
-            return [(ValueProto(unix_timestamp_val=s).SerializeToString(), None) for s in seconds]
+            values = [ValueProto(unix_timestamp_val=s).SerializeToString() for s in seconds]
+            return _objects(values), _objects([None] * len(values))
         protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
     encoded: dict[int, tuple[bytes, str | None]] = {}
-    out = []
+    pairs = []
     for value in protos:
         pair = encoded.get(id(value))
         if pair is None:
-            # value_text is what Feast's extract_text_and_num makes of the stored value
-            pair = encoded[id(value)] = (value.SerializeToString(), extract_text_and_num(value, False)[0])
-        out.append(pair)
-    return out
+            pair = encoded[id(value)] = _serialized(value)
+        pairs.append(pair)
+    return _objects([v for v, _ in pairs]), _objects([t for _, t in pairs])
 
 
 def per_distinct_time(column: pa.ChunkedArray, encode: Callable[[datetime], Any]) -> list[Any]:
@@ -258,28 +333,28 @@ def _entity_keys(table: pa.Table, view: FeatureView, key_version: int) -> list[b
     ]
 
 
-def arrow_rows(
-    table: pa.Table, view: FeatureView, key_version: int
-) -> list[tuple[bytes, str, bytes, str | None, int | None, int | None]]:
+def arrow_rows(table: pa.Table, view: FeatureView, key_version: int) -> list:
     """The SQLite rows Feast's materialization writes for these feature rows (its Arrow-to-proto
-    conversion followed by its SQLite upsert), in primary-key order: entities by serialized key
-    (a stable sort: of two rows of one entity the later is written last and wins, as in Feast's
-    loop), features by name. Built without a protobuf object per value where the type allows."""
+    conversion followed by its SQLite upsert), in primary-key order, as one flat parameter list
+    (`write_rows`): entities by serialized key (a stable sort: of two rows of one entity the later
+    is written last and wins, as in Feast's loop), features by name. Built column by column with
+    numpy object arrays, without a protobuf object or a tuple per value where the type allows."""
     keys = _entity_keys(table, view, key_version)
     source = view.batch_source
     event_ts = _epochs(table.column(source.timestamp_field))
     created = source.created_timestamp_column
     created_ts = _epochs(table.column(created)) if created else [None] * table.num_rows
     features = sorted(view.features, key=lambda f: f.name)  # SQLite's BINARY order of UTF-8 text
-    columns = [(f.name, _column_values(table.column(f.name), f.dtype.to_value_type())) for f in features]
-    rows = []
-    append = rows.append
-    for i in sorted(range(len(keys)), key=keys.__getitem__):
-        key, ets, cts = keys[i], event_ts[i], created_ts[i]
-        for name, values in columns:
-            value, text = values[i]
-            append((key, name, value, text, ets, cts))
-    return rows
+    order = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+    rows = np.empty((len(keys), len(features), len(_COLUMNS)), dtype=object)
+    rows[:, :, 0] = _objects(keys)[order][:, None]
+    rows[:, :, 1] = _objects([f.name for f in features])[None, :]
+    for j, f in enumerate(features):
+        values, texts = _column_values(table.column(f.name), f.dtype.to_value_type())
+        rows[:, j, 2], rows[:, j, 3] = values[order], texts[order]
+    rows[:, :, 4] = _objects(event_ts)[order][:, None]
+    rows[:, :, 5] = _objects(created_ts)[order][:, None]
+    return rows.reshape(-1).tolist()
 
 
 class KeyOrderedSqliteOnlineStore(SqliteOnlineStore):
@@ -292,7 +367,8 @@ class KeyOrderedSqliteOnlineStore(SqliteOnlineStore):
     ) -> None:
         if not self.writes_rows(config):
             return super().online_write_batch(config, table, data, progress)
-        self._upsert(config, table, key_ordered_rows(data, config.entity_key_serialization_version))
+        rows = key_ordered_rows(data, config.entity_key_serialization_version)
+        self._upsert(config, table, list(itertools.chain.from_iterable(rows)))
         if progress:
             progress(len(data))
 
@@ -343,11 +419,45 @@ class KeyOrderedSqliteOnlineStore(SqliteOnlineStore):
         (flows.feast_engine): the rows `online_write_batch` would write after Feast's conversion."""
         self._upsert(config, table, arrow_rows(rows, table, config.entity_key_serialization_version))
 
-    def _upsert(self, config: RepoConfig, table: FeatureView, rows: list[tuple]) -> None:
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeatureView],
+        tables_to_keep: Sequence[FeatureView],
+        entities_to_delete: Sequence[Entity],
+        entities_to_keep: Sequence[Entity],
+        partial: bool,
+    ) -> None:
+        """Feast's tables, without its redundant entity_key index (module docstring)."""
+        super().update(
+            config, tables_to_delete, tables_to_keep, entities_to_delete, entities_to_keep, partial
+        )
+        if self.writes_rows(config):
+            for table in tables_to_keep:
+                self._drop_entity_key_index(config, self._table_name(config, table))
+
+    def _table_name(self, config: RepoConfig, table: FeatureView) -> str:
+        return compute_table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
+
+    def _drop_entity_key_index(self, config: RepoConfig, name: str) -> None:
         conn = self._get_conn(config)
-        name = compute_table_id(config.project, table, config.registry.enable_online_feature_view_versioning)
         with conn:
-            conn.executemany(upsert_statement(name), rows)
+            conn.execute(f"DROP INDEX IF EXISTS {_quoted(entity_key_index(name))}")
+        self._plain_tables().add(name)
+
+    def _plain_tables(self) -> set[str]:
+        """Tables known to be without Feast's entity_key index on this store's connection."""
+        plain: set[str] | None = getattr(self, "_asof_plain_tables", None)
+        if plain is None or getattr(self, "_asof_plain_conn", None) is not self._conn:
+            plain = self._asof_plain_tables = set()
+            self._asof_plain_conn = self._conn
+        return plain
+
+    def _upsert(self, config: RepoConfig, table: FeatureView, flat: list) -> None:
+        name = self._table_name(config, table)
+        if name not in self._plain_tables():
+            self._drop_entity_key_index(config, name)
+        write_rows(self._get_conn(config), name, flat)
 
 
 # ------------------------------------------------------------------ Redis
@@ -385,7 +495,10 @@ class ArrowRedisOnlineStore(RedisOnlineStore):
         keys = _entity_keys(rows, table, config.entity_key_serialization_version)
         stamps = per_distinct_time(rows.column(table.batch_source.timestamp_field), _redis_timestamp)
         fields = [
-            (_mmh3(f"{view}:{f.name}"), _column_values(rows.column(f.name), f.dtype.to_value_type()))
+            (
+                _mmh3(f"{view}:{f.name}"),
+                _column_values(rows.column(f.name), f.dtype.to_value_type())[0].tolist(),
+            )
             for f in table.features
         ]
         ts_field, ttl = f"_ts:{view}", store.key_ttl_seconds
@@ -395,7 +508,7 @@ class ArrowRedisOnlineStore(RedisOnlineStore):
                 # dict it builds per entity
                 args: list[Any] = [key + project, ts_field, stamps[i]]
                 for field, values in fields:
-                    args += (field, values[i][0])
+                    args += (field, values[i])
                 pipe.execute_command("HSET", *args)
                 if ttl:
                     pipe.expire(name=key + project, time=ttl)

@@ -214,6 +214,55 @@ def test_rewrite_replaces_values(tmp_path: Path) -> None:
     assert len(rows) == 1 and rows[0][3] == "2.5" and rows[0][5] == int(t2.timestamp())
 
 
+def _indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+
+
+def test_batch_spanning_statements_without_the_entity_key_index(tmp_path: Path) -> None:
+    """A batch of several multi-row statements, each entity twice (the later row wins, also across
+    a statement boundary), into a table Feast's own `update` created (with its entity_key index):
+    the rows are Feast's, the redundant index is dropped by the first write (and never created by
+    our `update`), and both Feast's online_read and ours read every entity back alike."""
+    t1, t2 = dt.datetime(2024, 1, 2, tzinfo=UTC), dt.datetime(2024, 1, 3, tzinfo=UTC)
+    n = 60  # 2 * 60 entities * 7 features = 840 rows: 8 statements of 100 rows and a remainder
+    ids = [(i * 37) % n for i in range(2 * n)]
+    table = pa.table(
+        {
+            "customer_id": pa.array(ids, pa.int64()),
+            "f_double": pa.array([i / 3 for i in range(2 * n)]),
+            "f_int64": pa.array([i % 5 for i in range(2 * n)], pa.int64()),
+            "f_int32": pa.array([None if i % 3 else i for i in range(2 * n)], pa.int32()),
+            "f_string": pa.array([f"s{i % 4}" for i in range(2 * n)]),
+            "f_bool": pa.array([i % 2 == 0 for i in range(2 * n)]),
+            "f_time": pa.array([t1] * (2 * n), pa.timestamp("us", tz="UTC")),
+            "f_float": pa.array([float(i) for i in range(2 * n)], pa.float32()),
+            "feature_timestamp": pa.array([t1] * n + [t2] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    view = _view(False)
+    stock, ours = _write_both(tmp_path, table, view)
+    assert ours == stock and len(ours) == n * len(FEATURES)
+    assert "p_fv_ek" in _indexes(tmp_path / "stock.db")
+    assert "p_fv_ek" not in _indexes(tmp_path / "ours.db")  # our update never made it
+
+    path = tmp_path / "made_by_feast.db"
+    cfg = _config(path, KeyOrderedSqliteOnlineStoreConfig)
+    SqliteOnlineStore().update(cfg, [], [view], [], [], partial=False)  # Feast's schema, index included
+    assert "p_fv_ek" in _indexes(path)
+    with zone("UTC"):
+        KeyOrderedSqliteOnlineStore().online_write_arrow(cfg, view, table)
+        assert _rows(path) == stock and "p_fv_ek" not in _indexes(path)
+        keys = [
+            EntityKeyProto(join_keys=["customer_id"], entity_values=[ValueProto(int64_val=i)])
+            for i in [*range(n), n + 1]
+        ]
+        feasts = SqliteOnlineStore().online_read(cfg, view, keys)
+        ours_read = KeyOrderedSqliteOnlineStore().online_read(cfg, view, keys)
+    assert ours_read == feasts and feasts[-1] == (None, None)
+    assert all(ts == t2 and len(values) == len(FEATURES) for ts, values in feasts[:-1])
+
+
 @pytest.mark.parametrize("field", ["vector_enabled", "enable_openai_compatible_store"])
 def test_options_it_does_not_write_keep_feasts_path(tmp_path: Path, field: str) -> None:
     cfg = _config(tmp_path / "x.db", KeyOrderedSqliteOnlineStoreConfig)
