@@ -119,9 +119,11 @@ def _fresh_home(args, label: str) -> Path:
 def _drop_fresh_home(extra: dict, keep_gold: bool = False) -> None:
     """Delete the fresh home (unless ASOF_BENCH_KEEP); with `keep_gold` keep its lake/gold, the
     tables the `floor` measurement compares its own with (bench/floor.py)."""
-    if not extra.get("fresh_home") or os.environ.get("ASOF_BENCH_KEEP"):
+    from flows.config import settings
+
+    if not extra.get("fresh_home") or settings().bench_keep:
         return
-    home = Path(os.environ["ASOF_HOME"])
+    home = settings().home
     gold, kept = home / "lake" / "gold", home.parent / f"{home.name}.gold"
     shutil.rmtree(kept, ignore_errors=True)
     if keep_gold and gold.is_dir():
@@ -155,7 +157,7 @@ def backfill(args) -> dict:
         DaskOptions(n_workers=int(extra.get("workers", DEFAULT_WORKERS))) if runner is Runner.dask else None
     )
     with _prefect_server(args):
-        from flows import pipeline  # after the API URL is set: Prefect reads its settings on import
+        from flows import config, pipeline  # after the API URL is set: Prefect reads its settings on import
 
         t = time.perf_counter()
         with task_runner(runner, options) as flow_runner:
@@ -164,7 +166,8 @@ def backfill(args) -> dict:
             )
             results = flow(args.start, args.end, force=True, chunk_days=args.chunk_days)
         secs = time.perf_counter() - t
-    _drop_fresh_home(extra, keep_gold=bool(extra.get("keep_gold") or os.environ.get("ASOF_BENCH_KEEP_GOLD")))
+    keep_gold = bool(extra.get("keep_gold") or config.settings().bench_keep_gold)
+    _drop_fresh_home(extra, keep_gold=keep_gold)
     stages = {k: round(v, 2) for k, v in pipeline.STAGE_SECONDS.items()}
     per_day = secs / max(1, len(results))
     return {
@@ -262,7 +265,9 @@ def daily_one(args) -> dict:
 def _validation_setup(days: list[dt.date]) -> None:
     """Ingest every day and validate all but the last (history for duplicates, medians,
     merchants): done once per bench home, untimed."""
-    marker = Path(os.environ["ASOF_HOME"]) / f".validated-{days[0]}-{days[-1]}"
+    from flows.config import settings
+
+    marker = settings().home / f".validated-{days[0]}-{days[-1]}"
     if marker.exists():
         return
     os.environ["ASOF_VALIDATION_DOCS"] = "0"

@@ -21,28 +21,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from flows.config import settings
+
 SUCCESS_MARKER = "_SUCCESS"
 MANIFEST = "_manifest.json"
-REQUIRE_ENV = "ASOF_REQUIRE_COMPLETION_MARKER"
-
-
-POLICY_ENV = "ASOF_PARTIAL_FILES"
 
 
 def marker_required() -> bool:
-    return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return settings().require_completion_marker
 
 
 def cut_files_wait() -> bool:
     """`ASOF_PARTIAL_FILES`: `ingest` (default: the contract's never-block rule) or `wait`."""
-    policy = os.environ.get(POLICY_ENV, "ingest").strip().lower() or "ingest"
-    if policy not in ("ingest", "wait"):
-        raise ValueError(f"{POLICY_ENV}={policy!r}: expected ingest or wait")
-    return policy == "wait"
+    return settings().partial_files == "wait"
 
 
 @dataclass(frozen=True)

@@ -225,6 +225,7 @@ INGEST = "Landing files"
 DBT = "dbt and DuckDB"
 STORE = "Feature store"
 SERVING = "asof serve"
+LINEAGE = "Lineage"
 MONITORING = "Monitoring and alerts"
 DEPLOY = "make serve, make redis and the Prefect deployments"
 CLI = "The asof command"
@@ -311,7 +312,7 @@ class Settings:
     )
     validation_docs: Variable[bool] = Variable(
         "ASOF_VALIDATION_DOCS",
-        "flag (1/0, true/false, yes/no, on/off)",
+        "flag",
         True,
         "Rebuild the Data Docs site after validating (off: the results are stored, the site is not rebuilt).",
         _flag,
@@ -544,6 +545,18 @@ class Settings:
         _path,
         SERVING,
         read_by="asof (set by asof)",
+    )
+
+    # ------------------------------------------------------------ lineage
+
+    openlineage: Variable[bool] = Variable(
+        "ASOF_OPENLINEAGE",
+        "flag",
+        True,
+        "Emit OpenLineage events for the pipeline's stage runs (OPENLINEAGE_DISABLED=true also "
+        "turns them off).",
+        _flag,
+        LINEAGE,
     )
 
     # ------------------------------------------------------------ monitoring and alerts
@@ -868,7 +881,8 @@ def configuration_markdown() -> str:
         "",
         "- A value is read when it is used, so a new value applies to the next use; the ones read",
         '  "once per process" apply from the next process (a Prefect worker starts one per flow run).',
-        "- An empty value counts as unset: the default applies.",
+        "- An empty value counts as unset: the default applies. A flag is `1`, `true`, `yes` or `on`,",
+        "  or `0`, `false`, `no` or `off` (any case).",
         "- A value that does not have the expected form is an error naming the variable (and the",
         "  value, unless it may hold a credential).",
         "- An `ASOF_*` name that is not below is reported once per process, with the closest known",

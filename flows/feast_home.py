@@ -21,15 +21,16 @@ from pathlib import Path
 from feast.infra.registry.file import FileRegistryStore
 from feast.repo_config import RegistryConfig
 
-from flows.config import REPO_ROOT
+from flows.config import REPO_ROOT, Settings
 
-HOME_VAR = "ASOF_HOME"
+HOME_VAR = Settings.home.name
 DEFAULT_HOME = REPO_ROOT / "data"  # `make demo`'s home: asof's default when run from the repository
 
 
 def home() -> Path:
-    """ASOF_HOME, or the repository's `data/` when it is unset (made absolute either way)."""
-    return Path(os.environ.get(HOME_VAR) or DEFAULT_HOME).resolve()
+    """ASOF_HOME, or the repository's `data/` when it is unset (made absolute either way): not
+    asof's default, `./data` from the working directory, which for the feast CLI is feature_repo/."""
+    return Settings(os.environ).home if os.environ.get(HOME_VAR, "").strip() else DEFAULT_HOME.resolve()
 
 
 def expand_home(path: str) -> str:

@@ -25,7 +25,6 @@ import datetime as dt
 import hashlib
 import json
 import logging
-import os
 import random
 import threading
 import time
@@ -37,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows import lake
+from flows.config import settings
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore
@@ -44,9 +44,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 LOG_LAYER = "ops"
-ENABLE_ENV = "ASOF_LOG_SERVED_FEATURES"
-FLUSH_ENV = "ASOF_FEATURE_LOG_FLUSH_S"
-DEFAULT_FLUSH_S = 10.0
 MAX_BUFFERED_BYTES = 256 * 2**20  # requests + responses waiting for a flush, per process
 ENDPOINT = "/get-online-features"
 MISMATCH_METRIC = "logged_mismatch_rate"
@@ -66,11 +63,9 @@ def log_table(service: str) -> str:
 
 def logging_enabled(store: FeatureStore) -> bool:
     """Opt-in: `ASOF_LOG_SERVED_FEATURES=1`, or Feast's `feature_server.feature_logging.enabled`."""
-    flag = os.environ.get(ENABLE_ENV, "").strip().lower()
-    if flag in ("1", "true", "yes", "on"):
-        return True
-    if flag in ("0", "false", "no", "off"):
-        return False
+    flag = settings().log_served_features
+    if flag is not None:
+        return flag
     server = getattr(store.config, "feature_server", None)
     feature_logging = getattr(server, "feature_logging", None)
     return bool(getattr(feature_logging, "enabled", False))
@@ -148,7 +143,7 @@ class FeatureLogWriter:
 
     def __init__(self, store: FeatureStore, flush_s: float | None = None):
         self.store = store
-        self.flush_s = flush_s if flush_s is not None else float(os.environ.get(FLUSH_ENV, DEFAULT_FLUSH_S))
+        self.flush_s = flush_s if flush_s is not None else settings().feature_log_flush_s
         self._pending: list[tuple[bytes, bytes, dt.datetime]] = []
         self._pending_bytes = 0
         self._lock = threading.Lock()

@@ -18,23 +18,24 @@ import sys
 import tempfile
 from typing import Any
 
+from flows.config import Settings, settings
+
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# The directory asof made for its workers. Feast sets PROMETHEUS_MULTIPROC_DIR to a directory of
-# its own whenever it is imported (feast/metrics.py), so that variable alone does not say that
-# `/metrics` must merge several workers' files.
-OWN_MULTIPROC_ENV = "ASOF_SERVE_METRICS_DIR"
+# asof's own ASOF_SERVE_METRICS_DIR names the directory it made for its workers: Feast sets
+# PROMETHEUS_MULTIPROC_DIR to a directory of its own whenever it is imported (feast/metrics.py), so
+# that variable alone does not say that `/metrics` must merge several workers' files.
 
 
 def prepare_metrics(workers: int) -> None:
     """For several workers, a fresh multiprocess directory (removed at exit by the process that
     made it). Refuses to go on if prometheus_client was imported first: each worker would then
     answer `/metrics` with its own counts only, which looks right and is not."""
-    if workers <= 1 or os.environ.get(OWN_MULTIPROC_ENV):
+    if workers <= 1 or settings().serve_metrics_dir:
         return
     if "prometheus_client.values" in sys.modules:
         raise RuntimeError("prometheus_client was imported before its multiprocess directory was set")
     path = tempfile.mkdtemp(prefix="asof-serve-metrics-")
-    os.environ[MULTIPROC_ENV] = os.environ[OWN_MULTIPROC_ENV] = path
+    os.environ[MULTIPROC_ENV] = os.environ[Settings.serve_metrics_dir.name] = path
     owner = os.getpid()
 
     def remove() -> None:

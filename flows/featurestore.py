@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from flows.config import REPO_ROOT, settings
+from flows.config import REPO_ROOT, Settings, settings
 from flows.dates import feature_timestamp, parse_date
 
 if TYPE_CHECKING:
@@ -65,10 +65,7 @@ def _ensure_home_env() -> Path:
 
 
 def online_store_kind() -> str:
-    kind = os.environ.get("ASOF_ONLINE_STORE", "sqlite").strip().lower() or "sqlite"
-    if kind not in ("sqlite", "redis"):
-        raise ValueError(f"ASOF_ONLINE_STORE={kind!r}: expected sqlite or redis")
-    return kind
+    return settings().online_store
 
 
 def redis_connection_string() -> str:
@@ -76,8 +73,8 @@ def redis_connection_string() -> str:
 
     Contains the password when one is configured: never log or persist the result.
     """
-    url = os.environ.get("ASOF_REDIS_URL", "redis://127.0.0.1:6379/0")
-    parts = urlsplit(url)
+    s = settings()
+    parts = urlsplit(s.redis_url)
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError("ASOF_REDIS_URL must start with redis:// or rediss://")
     host = parts.hostname or "127.0.0.1"
@@ -89,14 +86,14 @@ def redis_connection_string() -> str:
     params.append(f"db={db}")
     if parts.username:
         params.append(f"username={unquote(parts.username)}")
-    password = os.environ.get("ASOF_REDIS_PASSWORD") or (unquote(parts.password) if parts.password else None)
+    password = s.redis_password or (unquote(parts.password) if parts.password else None)
     if password:
         if "," in password:
             raise ValueError("the Redis password may not contain ',' (Feast's connection-string format)")
         params.append(f"password={password}")
     if parts.scheme == "rediss":
         params.append("ssl=true")
-        ca = os.environ.get("ASOF_REDIS_CA_CERT")
+        ca = s.redis_ca_cert
         if ca:
             params.append(f"ssl_ca_certs={ca}")
     return ",".join(params)
@@ -109,7 +106,7 @@ def repo_config() -> RepoConfig:
     _ensure_home_env()
     if online_store_kind() == "redis":
         config = load_repo_config(REPO_DIR, REPO_DIR / "feature_store.redis.yaml")
-        if not os.environ.get("ASOF_REDIS_CONNECTION_STRING"):
+        if not settings().redis_connection_string:
             config.online_store.connection_string = redis_connection_string()
     else:
         config = load_repo_config(REPO_DIR, REPO_DIR / "feature_store.yaml")
@@ -121,7 +118,7 @@ def _cache_key() -> tuple:
     kind = online_store_kind()
     redis = ""
     if kind == "redis":
-        raw = os.environ.get("ASOF_REDIS_CONNECTION_STRING") or redis_connection_string()
+        raw = s.redis_connection_string or redis_connection_string()
         redis = hashlib.sha256(raw.encode()).hexdigest()  # the key never holds the password itself
     return (str(s.home), s.lake_uri, kind, redis)
 
@@ -235,14 +232,17 @@ def _cached_store(key: tuple) -> FeatureStore:
 
 # What `_cache_key` is computed from. Computing it resolves paths (~0.3 ms), which an online read
 # should not pay per call, so it is remembered per value of these variables and working directory.
-_KEY_ENV = (
-    "ASOF_HOME",
-    "ASOF_LAKE_URI",
-    "ASOF_STORAGE_OPTIONS",
-    "ASOF_ONLINE_STORE",
-    "ASOF_REDIS_URL",
-    "ASOF_REDIS_PASSWORD",
-    "ASOF_REDIS_CONNECTION_STRING",
+_KEY_ENV = tuple(
+    v.name
+    for v in (
+        Settings.home,
+        Settings.lake_uri,
+        Settings.storage_options,
+        Settings.online_store,
+        Settings.redis_url,
+        Settings.redis_password,
+        Settings.redis_connection_string,
+    )
 )
 
 

@@ -15,7 +15,6 @@ import gzip
 import hashlib
 import io
 import json
-import os
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from flows import completeness, lake
-from flows.config import resolves_inside, settings
+from flows.config import Settings, resolves_inside, settings
 from flows.sources import Source, bronze_schema, get_source
 
 csv.field_size_limit(64 * 1024 * 1024)
@@ -126,20 +125,18 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-ALLOWED_ROOTS_ENV = "ASOF_LANDING_ALLOWED_ROOTS"
-
-
 def _outside_landing(path: Path) -> str | None:
     """Why `path` may not be read, or None. A symlink in the landing area (a file, a date or a
     source folder) that leads out of it would let whoever can write there make asof read, and
     copy into the lake, any file the process can read (/etc, another tenant's data). Directories
     named in ASOF_LANDING_ALLOWED_ROOTS (os.pathsep-separated) are allowed targets."""
-    roots = [settings().landing, *(r for r in os.environ.get(ALLOWED_ROOTS_ENV, "").split(os.pathsep) if r)]
+    s = settings()
+    roots = [s.landing, *s.landing_allowed_roots]
     if any(resolves_inside(path, r) for r in roots):
         return None
     return (
         f"{_relative(path)} leads to {path.resolve()}, outside the landing area: not read "
-        f"(allow its directory with {ALLOWED_ROOTS_ENV})"
+        f"(allow its directory with {Settings.landing_allowed_roots.name})"
     )
 
 
@@ -472,7 +469,7 @@ def _waiting(
     if not markers.vouched and not markers.manifest_error and completeness.marker_required():
         reasons.append(
             f"{_relative(folder)}/ has no {completeness.SUCCESS_MARKER} or {completeness.MANIFEST} "
-            f"and {completeness.REQUIRE_ENV} is set"
+            f"and {Settings.require_completion_marker.name} is set"
         )
     return reasons
 

@@ -16,7 +16,6 @@ whole when it outgrows ASOF_KEY_INDEX_MB (default 1024) and rebuilt from the fil
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Iterator
 
@@ -26,6 +25,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from flows.config import settings
+
 _LOCK = threading.Lock()
 _HASHES: dict[tuple[str, str], np.ndarray] = {}
 _BYTES = 0
@@ -34,7 +35,7 @@ _ACTIVE = 0
 
 
 def _limit_bytes() -> int:
-    return int(float(os.environ.get("ASOF_KEY_INDEX_MB", "1024")) * 2**20)
+    return int(settings().key_index_mb * 2**20)
 
 
 def _hash(values: pa.Array | pa.ChunkedArray) -> np.ndarray:

@@ -30,7 +30,7 @@ import pyarrow.parquet as pq
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import CommitFailedError, DeltaError, TableNotFoundError
 
-from flows.config import settings
+from flows.config import Settings, settings
 
 if TYPE_CHECKING:  # imported where used: pyarrow.dataset imports pandas (1 s of `asof status`)
     import pyarrow.dataset as ds
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 LAYERS = ("bronze", "silver", "quarantine", "gold", "ops")
 COMMIT_RETRIES = 8
-LOCK_TIMEOUT_S = float(os.environ.get("ASOF_LOCK_TIMEOUT_S", "1800"))
+LOCK_TIMEOUT_S = settings().lock_timeout_s
 
 
 class LakeError(RuntimeError):
@@ -61,7 +61,7 @@ _CRASH_COUNTS: dict[str, int] = {}
 
 
 def _crash_spec() -> tuple[str, int] | None:
-    spec = os.environ.get("ASOF_CRASH_AT")
+    spec = settings().crash_at
     if not spec:
         return None
     label, sep, nth = spec.rpartition(":")
@@ -74,7 +74,7 @@ def _hit(label: str) -> bool:
     """Count a crash-point hit; True if this hit is the one ASOF_CRASH_AT names."""
     with _CRASH_LOCK:
         n = _CRASH_COUNTS[label] = _CRASH_COUNTS.get(label, 0) + 1
-    trace = os.environ.get("ASOF_CRASH_TRACE")
+    trace = settings().crash_trace
     if trace:
         with open(trace, "a") as fh:
             fh.write(f"{os.getpid()} {label} {n} {time.time():.3f}\n")
@@ -87,7 +87,7 @@ def _die() -> None:
 
 
 def _armed() -> bool:
-    return "ASOF_CRASH_AT" in os.environ or "ASOF_CRASH_TRACE" in os.environ
+    return Settings.crash_at.is_set() or Settings.crash_trace.is_set()
 
 
 def crash_point(label: str) -> None:

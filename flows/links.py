@@ -11,19 +11,15 @@ it.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from flows.config import settings
 
-DOCS_URL_ENV = "ASOF_DOCS_URL"  # where $ASOF_HOME/docs is served (the Data Docs site, dbt docs)
-REPORTS_URL_ENV = "ASOF_REPORTS_URL"  # where $ASOF_HOME/reports is served (monitoring reports)
 
-
-def served_url(path: Path, root: Path, env: str) -> str:
-    """URL of `path` (under `root`): below `$env` when that says where `root` is served, else a
-    file:// URL. A base that names a page (`.../index.html`) stands for its directory."""
-    base = os.environ.get(env, "").strip()
+def served_url(path: Path, root: Path, base: str) -> str:
+    """URL of `path` (under `root`): below `base` when that says where `root` is served (empty: it
+    is not), else a file:// URL. A base that names a page (`.../index.html`) stands for its
+    directory."""
     if base:
         if base.endswith(".html"):
             base = base.rsplit("/", 1)[0]
@@ -36,7 +32,8 @@ def served_url(path: Path, root: Path, env: str) -> str:
 
 def docs_url(path: Path) -> str:
     """URL of a page of the Data Docs site (`$ASOF_HOME/docs/...`)."""
-    return served_url(path, settings().docs_dir, DOCS_URL_ENV)
+    s = settings()
+    return served_url(path, s.docs_dir, s.docs_url)
 
 
 def reports_dir() -> Path:
@@ -45,9 +42,10 @@ def reports_dir() -> Path:
 
 def report_url(path: Path) -> str:
     """URL of a report under `$ASOF_HOME/reports`."""
-    return served_url(path, reports_dir(), REPORTS_URL_ENV)
+    return served_url(path, reports_dir(), settings().reports_url)
 
 
 def all_served() -> bool:
     """True when both the Data Docs and the reports are served (no file:// link in a run's report)."""
-    return bool(os.environ.get(DOCS_URL_ENV, "").strip() and os.environ.get(REPORTS_URL_ENV, "").strip())
+    s = settings()
+    return bool(s.docs_url and s.reports_url)

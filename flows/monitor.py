@@ -41,7 +41,6 @@ import datetime as dt
 import json
 import logging
 import math
-import os
 import re
 import statistics
 import sys
@@ -57,13 +56,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from flows import lake, links, runs
-from flows.config import REPO_ROOT
+from flows.config import settings
 from flows.dates import date_range, day_start_utc, feature_timestamp
 from flows.sources import SOURCE_NAMES
 
 log = logging.getLogger(__name__)
 
-CONFIG_FILE = REPO_ROOT / "monitoring.toml"
 SEVERITIES = ("warning", "failure")
 KNOWN_METRICS = (
     "date_status",
@@ -269,7 +267,7 @@ class MonitorConfig:
 
 
 def config_path() -> Path:
-    return Path(os.environ.get("ASOF_MONITORING_CONFIG") or CONFIG_FILE)
+    return settings().monitoring_config
 
 
 def raw_config(path: Path | None = None) -> dict[str, Any]:

@@ -34,11 +34,10 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from flows.config import ConfigError, Settings, settings
+
 _log = logging.getLogger("asof.notify")
 
-ENV_COMMAND = "ASOF_NOTIFY_COMMAND"
-ENV_WEBHOOK = "ASOF_NOTIFY_WEBHOOK"
-ENV_TIMEOUT = "ASOF_NOTIFY_TIMEOUT_S"
 MAX_DATES = 50  # a 2-year backfill that fails early must not produce a 700-entry message
 
 
@@ -99,7 +98,7 @@ def summary(flow: Any, flow_run: Any, state: Any) -> dict[str, Any]:
         "failed_dates": dates[:MAX_DATES],
         "failed_dates_total": len(dates),
         "ui_url": _ui_url(flow_run_id) if flow_run_id else None,
-        "asof_home": os.environ.get("ASOF_HOME"),
+        "asof_home": str(settings().home),
         "host": socket.gethostname(),
         "sent_at": dt.datetime.now(dt.UTC).isoformat(),
     }
@@ -119,9 +118,9 @@ def summary(flow: Any, flow_run: Any, state: Any) -> dict[str, Any]:
 
 def _timeout() -> float:
     try:
-        return max(1.0, float(os.environ.get(ENV_TIMEOUT, "30")))
-    except ValueError:
-        return 30.0
+        return max(1.0, settings().notify_timeout_s)
+    except ConfigError:  # a notification never raises: a malformed timeout is the default
+        return Settings.notify_timeout_s.default
 
 
 def webhook_host(url: str) -> str:
@@ -134,7 +133,7 @@ def _run_command(command: str, body: bytes, log: logging.Logger | logging.Logger
     try:
         argv = shlex.split(command)
     except ValueError as exc:
-        log.warning("%s is not a valid command line: %s", ENV_COMMAND, exc)
+        log.warning("%s is not a valid command line: %s", Settings.notify_command.name, exc)
         return False
     if not argv:
         return False
@@ -154,7 +153,7 @@ def _run_command(command: str, body: bytes, log: logging.Logger | logging.Logger
 def _post(url: str, body: bytes, log: logging.Logger | logging.LoggerAdapter) -> bool:
     host = webhook_host(url)
     if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        log.warning("%s must be an http(s) URL (host %s); not sent", ENV_WEBHOOK, host)
+        log.warning("%s must be an http(s) URL (host %s); not sent", Settings.notify_webhook.name, host)
         return False
     headers = {"Content-Type": "application/json", "User-Agent": "asof"}
     try:
@@ -179,10 +178,10 @@ def notify(
     log = logger or _log
     body = json.dumps(payload, default=str, sort_keys=True).encode()
     sent: dict[str, bool] = {}
-    command = os.environ.get(ENV_COMMAND, "").strip()
-    if command:
-        sent["command"] = _run_command(command, body, log)
-    url = os.environ.get(ENV_WEBHOOK, "").strip()
+    s = settings()
+    if s.notify_command:
+        sent["command"] = _run_command(s.notify_command, body, log)
+    url = s.notify_webhook
     if url:
         sent["webhook"] = _post(url, body, log)
     return sent
@@ -200,7 +199,8 @@ def _run_logger(flow: Any, flow_run: Any) -> logging.Logger | logging.LoggerAdap
 
 
 def _hook(flow: Any, flow_run: Any, state: Any) -> None:
-    if not (os.environ.get(ENV_COMMAND, "").strip() or os.environ.get(ENV_WEBHOOK, "").strip()):
+    s = settings()
+    if not (s.notify_command or s.notify_webhook):
         return
     log = _run_logger(flow, flow_run)
     try:

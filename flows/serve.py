@@ -25,8 +25,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from flows import links
-from flows.config import REPO_ROOT, settings
+from flows.config import REPO_ROOT, Settings, settings
 from flows.static_files import NOT_SERVED, RootOnlyHandler
 
 POOL = "asof-process"
@@ -47,7 +46,7 @@ def server_env(port: int, host: str = "127.0.0.1") -> dict[str, str]:
         {
             "ASOF_HOME": str(home),
             "ASOF_REPO": str(REPO_ROOT),
-            "ASOF_DAILY_CRON": os.environ.get("ASOF_DAILY_CRON", "30 1 * * *"),
+            "ASOF_DAILY_CRON": settings().daily_cron,
             "PREFECT_HOME": os.environ.get("PREFECT_HOME", str(home / "prefect")),
             "PREFECT_API_URL": api,
             "PREFECT_UI_API_URL": api,
@@ -158,7 +157,7 @@ def start_artifact_server(home: Path, port: int = 0, host: str = "127.0.0.1"):
 
 def artifact_env(base_url: str) -> dict[str, str]:
     """Where the flows' artifacts link to (read through `flows.links` by every artifact)."""
-    return {links.DOCS_URL_ENV: base_url + "docs/", links.REPORTS_URL_ENV: base_url + "reports/"}
+    return {Settings.docs_url.name: base_url + "docs/", Settings.reports_url.name: base_url + "reports/"}
 
 
 def deploy(env: dict[str, str]) -> None:
@@ -202,11 +201,11 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop_on_signal)
     signal.signal(signal.SIGINT, _stop_on_signal)
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("ASOF_PREFECT_PORT", "4200")))
+    parser.add_argument("--port", type=int, default=settings().prefect_port)
     parser.add_argument(
         "--docs-port",
         type=int,
-        default=int(os.environ.get("ASOF_DOCS_PORT", "0")) or None,
+        default=settings().docs_port,
         help="port serving Data Docs and the monitoring report (default: --port + 1)",
     )
     args = parser.parse_args()
@@ -217,8 +216,8 @@ def main() -> None:
     artifacts = None
     try:
         print(f"starting Prefect server on http://127.0.0.1:{args.port} (logs: {logs})", flush=True)
-        if links.DOCS_URL_ENV in os.environ:  # served elsewhere (a team docs host): keep the user's URLs
-            print(f"artifact links: {os.environ[links.DOCS_URL_ENV]} ({links.DOCS_URL_ENV})", flush=True)
+        if settings().docs_url:  # served elsewhere (a team docs host): keep the user's URLs
+            print(f"artifact links: {settings().docs_url} ({Settings.docs_url.name})", flush=True)
         else:
             artifacts, base = start_artifact_server(home, args.docs_port or args.port + 1)
             env.update(artifact_env(base))

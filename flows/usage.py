@@ -7,7 +7,8 @@ apps (`python -m flows.cli_features`, `python -m flows.cli_monitor`) report erro
 Exit status, chosen by exception type in `EXIT_CODES` (the first row the exception is an instance of):
 
     0    done
-    1    the command failed (a date, a check or the reproduction failed; an unexpected error)
+    1    the command failed (a date, a check or the reproduction failed; a malformed ASOF_* value;
+         an unexpected error)
     2    bad usage: a refused argument or an unknown option; nothing ran, nothing was written
     3    the command needs a package that is missing or broken in this environment
     130  aborted (Ctrl-C)
@@ -18,7 +19,6 @@ Code 3 is apart from 1 so that a scheduler can tell "fix the installation" from 
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -28,6 +28,7 @@ from typing import Any, NoReturn
 import typer
 from typer.main import get_command_name
 
+from flows.config import ConfigError, settings, warn_unknown_variables
 from flows.terminal import printable
 
 try:  # typer >= 0.2x raises the errors of the click it vendors
@@ -95,6 +96,7 @@ EXIT_CODES: tuple[ExitRule, ...] = (
     ExitRule(Refused, 2, _error),
     ExitRule(UsageError, 2, _click_error),
     ExitRule(MissingDependency, 3, _error, debug_reraise=True),
+    ExitRule(ConfigError, 1, _error, debug_reraise=True),  # the message names the variable
     ExitRule(typer.Abort, 130, lambda _: "asof: aborted"),
     ExitRule(ClickException, 1, _click_error),
     ExitRule(Exception, 1, _unexpected, debug_reraise=True),
@@ -113,14 +115,24 @@ def exit_code(exc: BaseException) -> int:
     return rule.code if rule.code is not None else getattr(exc, "exit_code", 1)
 
 
+def _debug() -> bool:
+    try:
+        return settings().debug
+    except ConfigError:  # ASOF_DEBUG set to something else than a flag: it was meant to be on
+        return True
+
+
 def run(app: typer.Typer) -> NoReturn:
-    """Run `app` on sys.argv and exit: errors become one line on stderr, never a traceback."""
+    """Run `app` on sys.argv and exit: errors become one line on stderr, never a traceback.
+
+    Unknown `ASOF_*` names are reported first (on stderr, so `--json` output stays parseable)."""
+    warn_unknown_variables()
     try:
         # With standalone_mode=False click *returns* the code of a typer.Exit instead of raising.
         code = app(standalone_mode=False)
     except Exception as exc:
         rule = exit_rule(exc)
-        if rule.debug_reraise and os.environ.get("ASOF_DEBUG"):
+        if rule.debug_reraise and _debug():
             raise
         line = rule.line(exc)
         if line:  # errors quote file names, headers and values: escape what a terminal would run

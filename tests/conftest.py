@@ -20,7 +20,9 @@ REPO = Path(__file__).resolve().parent.parent
 def _missing(what: str) -> NoReturn:
     """Skip a test whose requirement is missing, except in CI (ASOF_REQUIRE_SERVICES=1, set by
     .ci/run, which installs everything): there a missing requirement fails, never skips."""
-    if os.environ.get("ASOF_REQUIRE_SERVICES") == "1":
+    from flows.config import settings
+
+    if settings().require_services:
         pytest.fail(f"{what} is required in CI but not installed (.ci/run installs it)")
     pytest.skip(f"{what} not installed")
 

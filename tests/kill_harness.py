@@ -479,7 +479,9 @@ class Harness:
 
         self.zygote.close()
         serve.stop(self.server)
-        if not os.environ.get("ASOF_KEEP_KILL_HOMES"):
+        from flows.config import settings
+
+        if not settings().keep_kill_homes:
             shutil.rmtree(self.root, ignore_errors=True)
 
 

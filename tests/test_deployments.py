@@ -100,8 +100,8 @@ def test_notify_command_gets_the_summary_on_stdin_never_through_a_shell(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     command, out = _recorder(tmp_path)
-    monkeypatch.setenv(notify.ENV_COMMAND, command)
-    monkeypatch.delenv(notify.ENV_WEBHOOK, raising=False)
+    monkeypatch.setenv("ASOF_NOTIFY_COMMAND", command)
+    monkeypatch.delenv("ASOF_NOTIFY_WEBHOOK", raising=False)
     monkeypatch.chdir(tmp_path)
     evil = f"$(touch {tmp_path}/pwned); `touch {tmp_path}/pwned2` | rm -rf / ; echo"
     sent = notify.notify({"event": "asof.flow-run.failed", "message": evil})
@@ -109,9 +109,9 @@ def test_notify_command_gets_the_summary_on_stdin_never_through_a_shell(
     assert json.loads(out.read_text()) == {"event": "asof.flow-run.failed", "message": evil}
     assert not (tmp_path / "pwned").exists() and not (tmp_path / "pwned2").exists()
     # a broken command is logged, never raised
-    monkeypatch.setenv(notify.ENV_COMMAND, f"{sys.executable} -c 'raise SystemExit(3)'")
+    monkeypatch.setenv("ASOF_NOTIFY_COMMAND", f"{sys.executable} -c 'raise SystemExit(3)'")
     assert notify.notify({"event": "x"}) == {"command": False}
-    monkeypatch.setenv(notify.ENV_COMMAND, str(tmp_path / "no-such-program"))
+    monkeypatch.setenv("ASOF_NOTIFY_COMMAND", str(tmp_path / "no-such-program"))
     assert notify.notify({"event": "x"}) == {"command": False}
 
 
@@ -137,8 +137,8 @@ def test_notify_webhook_posts_json_and_logs_only_the_host(
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/hooks/T0KEN-s3cret?sig=s3cret-2"
-        monkeypatch.setenv(notify.ENV_WEBHOOK, url)
-        monkeypatch.delenv(notify.ENV_COMMAND, raising=False)
+        monkeypatch.setenv("ASOF_NOTIFY_WEBHOOK", url)
+        monkeypatch.delenv("ASOF_NOTIFY_COMMAND", raising=False)
         caplog.set_level(logging.DEBUG, logger="asof.notify")
         assert notify.notify({"event": "asof.flow-run.failed", "text": "hello"}) == {"webhook": True}
         path, headers, body = handler.received[0]
@@ -147,7 +147,7 @@ def test_notify_webhook_posts_json_and_logs_only_the_host(
         assert body == {"event": "asof.flow-run.failed", "text": "hello"}
         handler.status = 500
         assert notify.notify({"event": "x"}) == {"webhook": False}
-        monkeypatch.setenv(notify.ENV_WEBHOOK, url.replace(str(server.server_address[1]), "1"))  # refused
+        monkeypatch.setenv("ASOF_NOTIFY_WEBHOOK", url.replace(str(server.server_address[1]), "1"))  # refused
         assert notify.notify({"event": "x"}) == {"webhook": False}
     finally:
         server.shutdown()
@@ -175,8 +175,8 @@ def test_crashed_hook_sends_the_crash(
     from flows import pipeline
 
     command, out = _recorder(tmp_path)
-    monkeypatch.setenv(notify.ENV_COMMAND, command)
-    monkeypatch.delenv(notify.ENV_WEBHOOK, raising=False)
+    monkeypatch.setenv("ASOF_NOTIFY_COMMAND", command)
+    monkeypatch.delenv("ASOF_NOTIFY_WEBHOOK", raising=False)
     run = FlowRun(
         id=uuid.uuid4(), name="brave-otter", flow_id=uuid.uuid4(), parameters={"start": "2024-01-01"}
     )
@@ -288,8 +288,8 @@ def test_a_stage_over_its_timeout_fails_the_run_and_notifies(
             pipeline, "validate_dates", pipeline.validate_dates.with_options(timeout_seconds=1, retries=0)
         )
     command, out = _recorder(tmp_path)
-    monkeypatch.setenv(notify.ENV_COMMAND, command)
-    monkeypatch.delenv(notify.ENV_WEBHOOK, raising=False)
+    monkeypatch.setenv("ASOF_NOTIFY_COMMAND", command)
+    monkeypatch.delenv("ASOF_NOTIFY_WEBHOOK", raising=False)
     t0 = time.monotonic()
     state = pipeline.daily_pipeline(execution_date=D1.isoformat(), return_state=True)
     elapsed = time.monotonic() - t0

@@ -75,13 +75,13 @@ def test_links_are_served_urls_when_served_and_file_urls_otherwise(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ASOF_HOME", str(tmp_path))
-    monkeypatch.delenv(links.DOCS_URL_ENV, raising=False)
-    monkeypatch.delenv(links.REPORTS_URL_ENV, raising=False)
+    monkeypatch.delenv("ASOF_DOCS_URL", raising=False)
+    monkeypatch.delenv("ASOF_REPORTS_URL", raising=False)
     report = tmp_path / "reports" / "runs" / "2024-01-05_2024-01-06.html"
     assert links.report_url(report) == report.resolve().as_uri()
     assert not links.all_served()
-    monkeypatch.setenv(links.DOCS_URL_ENV, "http://127.0.0.1:4201/docs/index.html")
-    monkeypatch.setenv(links.REPORTS_URL_ENV, "http://127.0.0.1:4201/reports/")
+    monkeypatch.setenv("ASOF_DOCS_URL", "http://127.0.0.1:4201/docs/index.html")
+    monkeypatch.setenv("ASOF_REPORTS_URL", "http://127.0.0.1:4201/reports/")
     assert links.report_url(report) == "http://127.0.0.1:4201/reports/runs/2024-01-05_2024-01-06.html"
     assert links.docs_url(tmp_path / "docs" / "dbt" / "static_index.html") == (
         "http://127.0.0.1:4201/docs/dbt/static_index.html"

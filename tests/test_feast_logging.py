@@ -52,13 +52,13 @@ def _serve(store: Any, requests: list[dict[str, Any]]) -> Any:
 def test_logging_is_opt_in(served, monkeypatch):
     from feast.feature_server import get_app
 
-    from flows.feature_logging import ENABLE_ENV, served_features_logger
+    from flows.feature_logging import served_features_logger
 
     store = served["store"]
     app = get_app(store)
-    monkeypatch.delenv(ENABLE_ENV, raising=False)
+    monkeypatch.delenv("ASOF_LOG_SERVED_FEATURES", raising=False)
     assert served_features_logger(app, store) is app
-    monkeypatch.setenv(ENABLE_ENV, "1")
+    monkeypatch.setenv("ASOF_LOG_SERVED_FEATURES", "1")
     assert served_features_logger(app, store) is not app
 
 
@@ -175,8 +175,8 @@ def test_asof_serve_app_logs_when_switched_on(served, monkeypatch):
 
     from flows import feature_logging, feature_server, lake
 
-    monkeypatch.setenv(feature_logging.ENABLE_ENV, "1")
-    monkeypatch.setenv(feature_logging.FLUSH_ENV, "0.2")
+    monkeypatch.setenv("ASOF_LOG_SERVED_FEATURES", "1")
+    monkeypatch.setenv("ASOF_FEATURE_LOG_FLUSH_S", "0.2")
     store = served["store"]
     table = feature_logging.log_table("fraud_v1")
     # the app inside the latency middleware: its per-day latency log is process-wide and would

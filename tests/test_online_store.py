@@ -40,7 +40,9 @@ def _free_port() -> int:
 def redis_server(tmp_path_factory):
     binary = shutil.which("redis-server")
     if binary is None:
-        if os.environ.get("ASOF_REQUIRE_SERVICES") == "1":
+        from flows.config import settings
+
+        if settings().require_services:
             pytest.fail("redis-server is required in CI but not installed")
         pytest.skip("redis-server not installed")
     port = _free_port()

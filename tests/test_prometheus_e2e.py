@@ -162,7 +162,7 @@ def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
         home / "landing", D1, D2, simulate.parse_scale(SCALE), seed=SEED,
         faults=[simulate.parse_fault(f"nulls@{D2}")],
     )  # fmt: skip
-    monkeypatch.setenv(prometheus.PUSHGATEWAY_ENV, observability["gateway"])
+    monkeypatch.setenv("ASOF_PUSHGATEWAY_URL", observability["gateway"])
     try:
         results = pipeline.backfill(D1.isoformat(), D2.isoformat())
     except monitor.MonitoringFailure as exc:  # a failure-severity breach: the same results
@@ -200,8 +200,8 @@ def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
 
     # a real `asof serve` with two workers, and online reads of materialized features
     port = observability["serve_port"]
-    env = {**os.environ, "ASOF_HOME": str(home), daily_latency.FLUSH_SECONDS_ENV: "3600"}
-    env.pop(prometheus.PUSHGATEWAY_ENV, None)
+    env = {**os.environ, "ASOF_HOME": str(home), "ASOF_LATENCY_FLUSH_S": "3600"}
+    env.pop("ASOF_PUSHGATEWAY_URL", None)
     serve = started(
         [sys.executable, "-m", "flows.cli_features", "serve", "--port", str(port), "--workers", "2"],
         observability["logs"] / "serve.log",

@@ -174,10 +174,10 @@ def test_textfile_export_and_a_failed_push_that_does_not_leak_the_password(
 
     out = tmp_path / "textfile" / "asof.prom"
     out.parent.mkdir()
-    monkeypatch.setenv(prometheus.TEXTFILE_ENV, str(out))
+    monkeypatch.setenv("ASOF_PROMETHEUS_TEXTFILE", str(out))
     secret = "s3cret-push-Pa55"
     with socket_closed() as port:
-        monkeypatch.setenv(prometheus.PUSHGATEWAY_ENV, f"http://ops:{secret}@127.0.0.1:{port}")
+        monkeypatch.setenv("ASOF_PUSHGATEWAY_URL", f"http://ops:{secret}@127.0.0.1:{port}")
         logged = Kept()
         logger = logging.getLogger(prometheus.__name__)  # Prefect's logging config may stop propagation
         logger.addHandler(logged)

@@ -39,8 +39,6 @@ BUCKETS: tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05,
     0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-FLUSH_SECONDS_ENV = "ASOF_LATENCY_FLUSH_S"
-DEFAULT_FLUSH_SECONDS = 15.0
 REQUESTS, P50, P99 = "serving_requests", "serving_latency_p50_ms", "serving_latency_p99_ms"
 METRICS = (REQUESTS, P50, P99)  # also in flows.monitor.KNOWN_METRICS, which validates monitoring.toml
 
@@ -97,7 +95,7 @@ class ProcessLog:
         self.dirty: set[dt.date] = set()
         self.lock = threading.Lock()
         self.stop = threading.Event()
-        interval = float(os.environ.get(FLUSH_SECONDS_ENV) or DEFAULT_FLUSH_SECONDS)
+        interval = settings().latency_flush_s
         self.thread = threading.Thread(target=self._loop, args=(interval,), name="asof-latency", daemon=True)
         self.thread.start()
         atexit.register(self.flush)

@@ -33,7 +33,6 @@ import datetime as dt
 import functools
 import logging
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -43,13 +42,12 @@ from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_t
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from flows import monitor
+from flows.config import settings
 from flows.dates import day_start_utc
 from flows.monitoring import daily_latency
 
 log = logging.getLogger(__name__)
 
-PUSHGATEWAY_ENV = "ASOF_PUSHGATEWAY_URL"
-TEXTFILE_ENV = "ASOF_PROMETHEUS_TEXTFILE"
 JOB = "asof_pipeline"
 PREFIX = "asof_"
 NO_RULE = "none"
@@ -192,8 +190,8 @@ def push(url: str, registry: CollectorRegistry) -> None:
 
 def export_run(days: Sequence[dt.date], breaches: Sequence[monitor.Breach]) -> None:
     """Push / write the run's gauges where configured. Never raises."""
-    url = os.environ.get(PUSHGATEWAY_ENV, "").strip()
-    textfile = os.environ.get(TEXTFILE_ENV, "").strip()
+    s = settings()
+    url, textfile = s.pushgateway_url, s.prometheus_textfile
     if not days or not (url or textfile):
         return
     try:

@@ -22,7 +22,6 @@ up, whichever worker answers the scrape.
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping
@@ -31,7 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from flows.feature_server import OWN_MULTIPROC_ENV
+from flows.config import settings
 from flows.monitoring import daily_latency
 
 METRICS_PATH = "/metrics"
@@ -91,14 +90,14 @@ def timed(feature_service: str, endpoint: str = IN_PROCESS) -> Iterator[None]:
 def exposition() -> bytes:
     """The text `/metrics` answers: this process's histogram, or every worker's in multiprocess
     mode (only asof's own metric families: Feast's, switched off, would be zeros)."""
-    path = os.environ.get(OWN_MULTIPROC_ENV)  # not Feast's PROMETHEUS_MULTIPROC_DIR (feature_server)
+    path = settings().serve_metrics_dir  # not Feast's PROMETHEUS_MULTIPROC_DIR (feature_server)
     if not path:
         return generate_latest(REGISTRY)
     from prometheus_client import multiprocess
 
     class Ours:
         def collect(self) -> Iterable[Any]:
-            collector = multiprocess.MultiProcessCollector(None, path=path)
+            collector = multiprocess.MultiProcessCollector(None, path=str(path))
             return [m for m in collector.collect() if m.name.startswith("asof_")]
 
     merged = CollectorRegistry()
