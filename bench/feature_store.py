@@ -316,6 +316,18 @@ def _clear_sqlite_online(store: Any) -> None:
         con.close()
 
 
+def _own_sqlite_schema(store: Any, stock: bool) -> None:
+    """The online tables as each path's own `update` leaves them (untimed): Feast's SQLite store
+    keeps an index on entity_key, asof's store does not (flows/feast_online.py). Both paths share
+    one database file, so each measurement sets its schema up first."""
+    from feast.infra.online_stores.sqlite import SqliteOnlineStore
+
+    from flows.feast_online import KeyOrderedSqliteOnlineStore
+
+    online = SqliteOnlineStore() if stock else KeyOrderedSqliteOnlineStore()
+    online.update(store.config, [], store.list_feature_views(), [], [], partial=False)
+
+
 def _sqlite_holds_last_day(store: Any) -> bool:
     """True if every SQLite online table holds exactly the last as-of day's rows (what the
     materialization measurements leave behind): the latency measurement then skips re-writing them."""
@@ -433,6 +445,7 @@ def _materialize(args, stock: bool) -> dict:
         store = _stock_store(kind) if stock else get_store()  # untimed: import, registry
         if kind == "sqlite":
             _clear_sqlite_online(store)
+            _own_sqlite_schema(store, stock)
         counter = WriteCounter(kind)
         try:
             t = time.perf_counter()
