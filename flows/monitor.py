@@ -804,6 +804,19 @@ def _complete(frame, features: list[str]):
     return frame[features].notna().all(axis=1)
 
 
+def _complete_ids(tbl: pa.Table, entity: str, features: list[str]) -> np.ndarray:
+    """Entities of `tbl` whose every feature is non-null and not NaN (`_complete`, in Arrow: the
+    pandas frame of a bench day's 84k rows cost more than the rest of the coverage check)."""
+    mask = pa.array(np.ones(tbl.num_rows, dtype=bool))
+    for f in features:
+        col = tbl[f]
+        ok = pc.is_valid(col)
+        if pa.types.is_floating(col.type):
+            ok = pc.and_(ok, pc.invert(pc.fill_null(pc.is_nan(col), True)))
+        mask = pc.and_(mask, ok)
+    return tbl[entity].filter(mask).to_numpy(zero_copy_only=False)
+
+
 def _coverage(ctx: _Context, day: dt.date) -> list[Measurement]:
     import pandas as pd
 
@@ -838,8 +851,7 @@ def _coverage(ctx: _Context, day: dt.date) -> list[Measurement]:
             if v.view.cadence == "daily":
                 tbl = v.rows(day)
                 if tbl is not None:
-                    frame = tbl.select([v.view.entity, *v.features]).to_pandas()
-                    ids = set(frame.loc[_complete(frame, v.features), v.view.entity].tolist())
+                    ids = set(_complete_ids(tbl, v.view.entity, v.features).tolist())
             else:  # a change log: the latest row known by D per entity
                 frame = ctx.profile_frame(view)
                 known = frame[frame["as_of_date"] <= day] if "as_of_date" in frame else frame
@@ -1026,7 +1038,15 @@ def compute(
     days = sorted(set(days))
     if not days:
         return []
-    cfg = config or load_config()
+    # Every family reads the lake per date; outside a run's own scope each read opened the table
+    # again, replaying a Delta log that grows with history (30 bench days: 6.8-10.4 s -> 5.4-6.2 s).
+    with lake.reader_handles():
+        return _compute(days, config or load_config(), online_reader)
+
+
+def _compute(
+    days: list[dt.date], cfg: MonitorConfig, online_reader: OnlineReader | None | bool
+) -> list[dict[str, Any]]:
     ctx = _Context(cfg, days)
     reader: OnlineReader | None
     auto = False
