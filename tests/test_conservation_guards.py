@@ -27,7 +27,8 @@ from flows import lake, runs
 from flows import quarantine as Q
 from flows.ingest import ingest
 from flows.validation import contracts, stage, storage
-from tests.test_quarantine import land, txn
+from tests.bronze_batches import land
+from tests.test_quarantine import txn
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 SCALE, SEED = "200x400", 5

@@ -7,61 +7,17 @@ import json
 import subprocess
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
 from flows import lake
 from flows import quarantine as Q
-from flows.ingest import INGEST_FILES_SCHEMA
-from flows.sources import bronze_schema, get_source
 from flows.validation import contracts, stage, storage
+from tests.bronze_batches import land
 from tests.conftest import require_binary
 
 D1 = dt.date(2024, 3, 1)
-NOW = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.UTC)
 REPO = Path(__file__).resolve().parent.parent
-
-
-def land(source: str, day: dt.date, rows: list[dict]) -> None:
-    src = get_source(source)
-    n = len(rows)
-    data = {c: [r.get(c) for r in rows] for c in src.column_names}
-    data |= {"_extra": [None] * n, "_raw": [None] * n, "_parse_error": [None] * n}
-    data |= {"_batch_date": [day] * n, "_ingested_at": [NOW] * n}
-    data |= {
-        "_source_file": [f"landing/{source}/{day}/{src.default_file}"] * n,
-        "_row_number": list(range(1, n + 1)),
-    }
-    lake.replace(
-        "bronze",
-        source,
-        pa.table(data, schema=bronze_schema(src)),
-        predicate=lake.date_predicate("_batch_date", day),
-        partition_by=["_batch_date"],
-        schema=bronze_schema(src),
-    )
-    rec = {
-        "_batch_date": [day],
-        "source": [source],
-        "file": [f"landing/{source}/{day}/{src.default_file}"],
-        "status": ["ok"],
-        "header": [json.dumps(src.column_names)],
-        "rows": [n],
-        "bytes": [1],
-        "sha256": [None],
-        "encoding": ["utf-8"],
-        "message": [""],
-        "ingested_at": [NOW],
-    }
-    lake.replace(
-        "ops",
-        "ingest_files",
-        pa.table(rec, schema=INGEST_FILES_SCHEMA),
-        predicate=f"{lake.date_predicate('_batch_date', day)} AND source = '{source}'",
-        partition_by=["_batch_date"],
-        schema=INGEST_FILES_SCHEMA,
-    )
 
 
 def txn(i: int, **kw) -> dict:

@@ -3,71 +3,17 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pyarrow as pa
 import pytest
 
 from flows import lake
-from flows.ingest import INGEST_FILES_SCHEMA
-from flows.sources import bronze_schema, get_source, silver_schema
+from flows.sources import get_source, silver_schema
 from flows.validation import parsing, stage, storage
+from tests.bronze_batches import land
 
 D1 = dt.date(2024, 3, 1)
 D2 = dt.date(2024, 3, 2)
-NOW = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.UTC)
-
-
-def land(
-    source: str, day: dt.date, rows: list[dict], header: list[str] | None = None, status: str = "ok"
-) -> None:
-    """Write a bronze partition and its ops/ingest_files record the way ingest does."""
-    src = get_source(source)
-    n = len(rows)
-    data = {c: [r.get(c) for r in rows] for c in src.column_names}
-    data["_extra"] = [json.dumps(r["_extra"]) if r.get("_extra") else None for r in rows]
-    data["_raw"] = [r.get("_raw") for r in rows]
-    data["_parse_error"] = [r.get("_parse_error") for r in rows]
-    data["_batch_date"] = [day] * n
-    data["_ingested_at"] = [NOW] * n
-    path = f"landing/{source}/{day.isoformat()}/{src.default_file}"
-    data["_source_file"] = [path] * n
-    data["_row_number"] = list(range(1, n + 1))
-    lake.replace(
-        "bronze",
-        source,
-        pa.table(data, schema=bronze_schema(src)),
-        predicate=lake.date_predicate("_batch_date", day),
-        partition_by=["_batch_date"],
-        schema=bronze_schema(src),
-    )
-    if status == "not_delivered":
-        header, path = None, f"landing/{source}/{day.isoformat()}"
-    rec = {
-        "_batch_date": [day],
-        "source": [source],
-        "file": [path],
-        "status": [status],
-        "header": [
-            json.dumps(header if header is not None else src.column_names)
-            if status != "not_delivered"
-            else None
-        ],
-        "rows": [n],
-        "bytes": [100],
-        "sha256": [None],
-        "encoding": ["utf-8"],
-        "message": ["not delivered: no file" if status == "not_delivered" else ""],
-        "ingested_at": [NOW],
-    }
-    lake.replace(
-        "ops",
-        "ingest_files",
-        pa.table(rec, schema=INGEST_FILES_SCHEMA),
-        predicate=f"{lake.date_predicate('_batch_date', day)} AND source = '{source}'",
-        partition_by=["_batch_date"],
-        schema=INGEST_FILES_SCHEMA,
-    )
 
 
 def merchant(mid: int, **kw) -> dict:

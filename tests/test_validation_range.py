@@ -15,7 +15,8 @@ import pytest
 
 from flows import lake
 from flows.validation import stage
-from tests.test_validate import land, merchant, txn
+from tests.bronze_batches import land
+from tests.test_validate import merchant, txn
 
 D = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(10)]
 LAYERS = {"silver": ("merchants", "transactions", "chargebacks"), "quarantine": ("merchants", "transactions")}
