@@ -353,26 +353,33 @@ def verify(
         plan = integrity.repair_plan(findings)
         days = _recorded_range()
         # A set-aside commit leaves its table one version back, and which dates that version held is
-        # in the lost commit: every recorded date is recomputed (forced). Otherwise only the dates
-        # that are not succeeded (damaged ones included) are rerun.
-        rebuild = any(step.automatic and step.file != integrity.CHECKPOINT_HINT for step in plan)
+        # in the lost commit; a table set aside holds none: every recorded date is recomputed
+        # (forced). Forgotten data files' dates are rerun (forced); otherwise only the dates that
+        # are not succeeded (damaged ones included) are rerun.
+        rebuild = any(step.rebuilds_every_date for step in plan)
+        rerun = sorted({d for step in plan if step.automatic for d in step.dates})
         stale_online = any(f.table.startswith("online/") for f in findings)
         per_date = any(f.day is not None and not f.table.startswith("online/") for f in findings)
+        per_date = per_date or any(step.action == "forget" and not step.dates for step in plan)
         for step in plan:
             typer.echo(printable(f"repair: {step.line()}"))
         if days and (rebuild or per_date):
             how = "--force (every date)" if rebuild else "(dates not succeeded only)"
             typer.echo(f"repair: asof backfill --start {days[0]} --end {days[1]} {how}")
-        elif days and stale_online:  # a backfill materializes anyway
-            typer.echo(f"repair: materialize the online store from {days[0]} to {days[1]}")
         elif rebuild:  # ops/runs cannot be read until its damaged commit is set aside
             typer.echo("repair: asof backfill --force over every date its run records then hold")
+        if rerun and not rebuild:
+            typer.echo(f"repair: asof backfill --force over {', '.join(d.isoformat() for d in rerun)}")
+        if days and stale_online and not (rebuild or per_date):  # a backfill materializes anyway
+            typer.echo(f"repair: materialize the online store from {days[0]} to {days[1]}")
         if dry_run:
             raise typer.Exit(1)
         from flows.config import settings
 
-        integrity.set_aside(plan, settings().home / "cache" / "damaged")
-        days = _recorded_range()  # ops/runs itself may have been one of the damaged tables
+        for done in integrity.apply_repairs(plan, settings().home / "cache" / "damaged"):
+            typer.echo(printable(f"repaired: {done}"))
+        # ops/runs itself may have been one of the damaged tables (set aside whole: bronze's dates)
+        days = _recorded_range() or (integrity.lake_dates() if rebuild else None)
         if days and (rebuild or per_date):
             results = _run_flow(
                 "backfill",
@@ -383,7 +390,19 @@ def verify(
                 continue_on_failure=True,
             )
             _print_results(results)
-        elif days and stale_online:
+        if rerun and not rebuild:
+            for d in rerun:
+                _print_results(
+                    _run_flow(
+                        "backfill",
+                        1,
+                        start=d.isoformat(),
+                        end=d.isoformat(),
+                        force=True,
+                        continue_on_failure=True,
+                    )
+                )
+        if days and stale_online and not (rebuild or per_date):
             from flows.featurestore import materialize_span
 
             typer.echo(materialize_span(days[0], days[1])["message"])
@@ -404,7 +423,10 @@ def _findings(d1: dt.date | None, d2: dt.date | None, online: bool = False) -> l
             records, {d for d, st in status.items() if st in ("succeeded", "damaged", "stale")}
         )
         newest = max((d for d, st in status.items() if st == "succeeded"), default=None)
-        if online and newest is not None and not findings:
+        emptied = next((r["message"] for r in records if integrity.ONLINE_EMPTIED in r["message"]), None)
+        if emptied:  # runs.latest made the materialization due again
+            findings.append(integrity.Finding("online/store", emptied))
+        elif online and newest is not None and not findings:
             findings += integrity.online_findings(newest)
     return findings
 
@@ -476,6 +498,11 @@ def status(
         typer.echo(
             f"{r['execution_date']} {r['stage']} {r['source']}: {r['status']}: {printable(r['message'])}"
         )  # run records quote upstream text (file names, headers, values)
+    from flows.integrity import ONLINE_EMPTIED
+
+    # damage from outside (asof verify): exit 1, as verify does; other statuses are the run's news
+    if "damaged" in per_date.values() or any(ONLINE_EMPTIED in r["message"] for r in problems):
+        raise typer.Exit(1)
 
 
 # Registered unconditionally: these modules import only typer and the light flows modules, and every

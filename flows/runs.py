@@ -198,6 +198,16 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
             }
         )
     succeeded -= set(damaged)
+    # An emptied online store (Redis restarted without persistence): their materialization is due again
+    emptied = integrity.online_store_emptied([r for r in out if r["execution_date"] in succeeded])
+    if emptied:
+        out = [
+            {**r, "status": PENDING, "message": emptied}
+            if r["stage"] == "materialize" and r["execution_date"] in succeeded
+            else r
+            for r in out
+        ]
+        succeeded.clear()
     for marker, why in _stale(everything, succeeded).values():
         out.append({**marker, "stage": "run", "source": ALL_SOURCES, "status": "stale", "message": why})
     out.sort(key=lambda r: (r["execution_date"], r["stage"], r["source"]))
