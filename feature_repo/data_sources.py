@@ -11,9 +11,9 @@ from feast import FileSource
 from feast.data_format import DeltaFormat
 
 from flows import lake
+from flows.gold_schema import FEATURE_TIMESTAMP
 
 OWNER = "fraud-features@asof.local"
-FEATURE_TIMESTAMP = "feature_timestamp"  # as_of_date + 1 day, 00:00 UTC: when the row became known
 
 
 def gold_source(table: str, description: str) -> FileSource:

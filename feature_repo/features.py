@@ -4,6 +4,9 @@ Daily views have a ttl of one day: their rows are published at as_of_date + 1 da
 any instant the row of the previous as-of day is the only one that may be served. An entity without
 a newer row (a customer inactive for 30 days has none) reads null, never a stale value. Profile rows
 are only written when the profile changes, so that view keeps a long ttl.
+
+A view's fields are its gold table's entity key and features as the marts' dbt contract defines them
+(`flows.gold_schema`: names, order, types, descriptions): a feature column is added in dbt only.
 """
 
 from __future__ import annotations
@@ -18,35 +21,38 @@ from data_sources import (
 )
 from entities import customer, merchant
 from feast import FeatureView, Field
-from feast.types import Float64, Int64, String, UnixTimestamp
+from feast.types import Float64, Int64, PrimitiveFeastType, String, UnixTimestamp
+
+from flows.gold_schema import gold_tables
 
 DAILY_FEATURE_TTL = timedelta(days=1)
 PROFILE_TTL = timedelta(days=3650)
+
+# dbt data type of a gold column -> Feast's value type (a date is served as 00:00 UTC of the day)
+FEAST_TYPES: dict[str, PrimitiveFeastType] = {
+    "bigint": Int64,
+    "double": Float64,
+    "varchar": String,
+    "date": UnixTimestamp,
+    "timestamp with time zone": UnixTimestamp,
+}
+
+
+def gold_fields(table: str) -> list[Field]:
+    """The view's schema: the gold table's entity key, then its features with their descriptions."""
+    gold = gold_tables()[table]
+    key = gold.columns[0]
+    features = [
+        Field(name=c.name, dtype=FEAST_TYPES[c.data_type], description=c.description) for c in gold.features
+    ]
+    return [Field(name=key.name, dtype=FEAST_TYPES[key.data_type]), *features]
+
 
 customer_txn_features_daily = FeatureView(
     name="customer_txn_features_daily",
     entities=[customer],
     ttl=DAILY_FEATURE_TTL,
-    schema=[
-        Field(name="customer_id", dtype=Int64),
-        Field(name="txn_count_1d", dtype=Int64, description="Transactions in the as-of day."),
-        Field(name="txn_count_7d", dtype=Int64, description="Transactions in the trailing 7 days."),
-        Field(name="txn_count_30d", dtype=Int64, description="Transactions in the trailing 30 days."),
-        Field(name="amount_usd_sum_7d", dtype=Float64, description="USD amount, trailing 7 days."),
-        Field(name="amount_usd_sum_30d", dtype=Float64, description="USD amount, trailing 30 days."),
-        Field(name="amount_usd_avg_30d", dtype=Float64, description="Mean USD amount, trailing 30 days."),
-        Field(
-            name="amount_usd_max_7d",
-            dtype=Float64,
-            description="Largest USD amount in the trailing 7 days (null if none).",
-        ),
-        Field(name="distinct_merchants_30d", dtype=Int64, description="Distinct merchants, 30 days."),
-        Field(
-            name="seconds_since_last_txn",
-            dtype=Int64,
-            description="Seconds from the latest known transaction to the feature timestamp.",
-        ),
-    ],
+    schema=gold_fields("customer_txn_features_daily"),
     source=customer_txn_features_daily_source,
     online=True,
     description="Customer transaction behaviour as of each day (gold.customer_txn_features_daily).",
@@ -58,21 +64,7 @@ merchant_features_daily = FeatureView(
     name="merchant_features_daily",
     entities=[merchant],
     ttl=DAILY_FEATURE_TTL,
-    schema=[
-        Field(name="merchant_id", dtype=Int64),
-        Field(name="merchant_txn_count_7d", dtype=Int64, description="Transactions, trailing 7 days."),
-        Field(name="merchant_txn_count_90d", dtype=Int64, description="Transactions, trailing 90 days."),
-        Field(
-            name="merchant_chargeback_count_90d",
-            dtype=Int64,
-            description="Chargebacks known by the as-of day on the 90-day transactions.",
-        ),
-        Field(
-            name="merchant_chargeback_rate_90d",
-            dtype=Float64,
-            description="merchant_chargeback_count_90d / merchant_txn_count_90d.",
-        ),
-    ],
+    schema=gold_fields("merchant_features_daily"),
     source=merchant_features_daily_source,
     online=True,
     description="Merchant volume and chargeback history as of each day (gold.merchant_features_daily).",
@@ -84,12 +76,7 @@ customer_profile = FeatureView(
     name="customer_profile",
     entities=[customer],
     ttl=PROFILE_TTL,
-    schema=[
-        Field(name="customer_id", dtype=Int64),
-        Field(name="country", dtype=String, description="ISO-3166 alpha-2 country of the customer."),
-        Field(name="kyc_level", dtype=Int64, description="Know-your-customer level, 0-3."),
-        Field(name="signup_date", dtype=UnixTimestamp, description="Signup date (a date, 00:00 UTC)."),
-    ],
+    schema=gold_fields("customer_profile"),
     source=customer_profile_source,
     online=True,
     description="Latest known customer profile (gold.customer_profile, one row per change).",

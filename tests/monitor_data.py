@@ -20,66 +20,28 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from flows import lake, runs
+from flows.gold_schema import gold_schemas
 from flows.ingest import INGEST_FILES_SCHEMA
 from flows.runs import StageRecord
+from flows.sources import get_source, silver_schema
 
 UTC = dt.UTC
 TS = pa.timestamp("us", tz="UTC")
 FX = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
 
-CUSTOMER_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("as_of_date", pa.date32()),
-        ("feature_timestamp", TS),
-        ("txn_count_1d", pa.int64()),
-        ("txn_count_7d", pa.int64()),
-        ("txn_count_30d", pa.int64()),
-        ("amount_usd_sum_7d", pa.float64()),
-        ("amount_usd_sum_30d", pa.float64()),
-        ("amount_usd_avg_30d", pa.float64()),
-        ("amount_usd_max_7d", pa.float64()),
-        ("distinct_merchants_30d", pa.int64()),
-        ("seconds_since_last_txn", pa.int64()),
-    ]
-)
-MERCHANT_SCHEMA = pa.schema(
-    [
-        ("merchant_id", pa.int64()),
-        ("as_of_date", pa.date32()),
-        ("feature_timestamp", TS),
-        ("merchant_txn_count_7d", pa.int64()),
-        ("merchant_txn_count_90d", pa.int64()),
-        ("merchant_chargeback_count_90d", pa.int64()),
-        ("merchant_chargeback_rate_90d", pa.float64()),
-    ]
-)
-PROFILE_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("as_of_date", pa.date32()),
-        ("feature_timestamp", TS),
-        ("country", pa.string()),
-        ("kyc_level", pa.int64()),
-        ("signup_date", pa.date32()),
-    ]
-)
+# The gold schemas of the marts' dbt contract (flows.gold_schema), every column nullable: these
+# fixtures write what the contract forbids (null features, `null_feature` below) for monitoring to
+# catch, which the dbt stage never publishes.
 SCHEMAS = {
-    "customer_txn_features_daily": CUSTOMER_SCHEMA,
-    "merchant_features_daily": MERCHANT_SCHEMA,
-    "customer_profile": PROFILE_SCHEMA,
+    name: pa.schema([f.with_nullable(True) for f in schema]) for name, schema in gold_schemas().items()
 }
+CUSTOMER_SCHEMA = SCHEMAS["customer_txn_features_daily"]
+MERCHANT_SCHEMA = SCHEMAS["merchant_features_daily"]
+PROFILE_SCHEMA = SCHEMAS["customer_profile"]
+# silver transactions: the contract's columns and the batch date
+_SILVER_TXNS = silver_schema(get_source("transactions"))
 SILVER_TXN_SCHEMA = pa.schema(
-    [
-        ("txn_id", pa.string()),
-        ("customer_id", pa.int64()),
-        ("merchant_id", pa.int64()),
-        ("amount", pa.float64()),
-        ("currency", pa.string()),
-        ("channel", pa.string()),
-        ("event_time", TS),
-        ("_batch_date", pa.date32()),
-    ]
+    [_SILVER_TXNS.field(c) for c in (*get_source("transactions").column_names, "_batch_date")]
 )
 
 

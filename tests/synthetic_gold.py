@@ -15,54 +15,18 @@ import numpy as np
 import pyarrow as pa
 
 from flows import lake
-from flows.sources import CHARGEBACKS, TRANSACTIONS, silver_schema
+from flows.gold_schema import gold_schemas
+from flows.sources import get_source, silver_schema
 
 UTC = dt.UTC
 TS = pa.timestamp("us", tz="UTC")
 FX = {"USD": 1.0, "EUR": 1.1, "GBP": 1.25}
 
-CUSTOMER_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("as_of_date", pa.date32()),
-        ("feature_timestamp", TS),
-        ("txn_count_1d", pa.int64()),
-        ("txn_count_7d", pa.int64()),
-        ("txn_count_30d", pa.int64()),
-        ("amount_usd_sum_7d", pa.float64()),
-        ("amount_usd_sum_30d", pa.float64()),
-        ("amount_usd_avg_30d", pa.float64()),
-        ("amount_usd_max_7d", pa.float64()),
-        ("distinct_merchants_30d", pa.int64()),
-        ("seconds_since_last_txn", pa.int64()),
-    ]
-)
-MERCHANT_SCHEMA = pa.schema(
-    [
-        ("merchant_id", pa.int64()),
-        ("as_of_date", pa.date32()),
-        ("feature_timestamp", TS),
-        ("merchant_txn_count_7d", pa.int64()),
-        ("merchant_txn_count_90d", pa.int64()),
-        ("merchant_chargeback_count_90d", pa.int64()),
-        ("merchant_chargeback_rate_90d", pa.float64()),
-    ]
-)
-PROFILE_SCHEMA = pa.schema(
-    [
-        ("customer_id", pa.int64()),
-        ("as_of_date", pa.date32()),
-        ("feature_timestamp", TS),
-        ("country", pa.string()),
-        ("kyc_level", pa.int64()),
-        ("signup_date", pa.date32()),
-    ]
-)
-GOLD_SCHEMAS = {
-    "customer_txn_features_daily": CUSTOMER_SCHEMA,
-    "merchant_features_daily": MERCHANT_SCHEMA,
-    "customer_profile": PROFILE_SCHEMA,
-}
+# the gold schemas are the marts' dbt contract (flows.gold_schema), exactly as the dbt stage writes them
+GOLD_SCHEMAS = gold_schemas()
+CUSTOMER_SCHEMA = GOLD_SCHEMAS["customer_txn_features_daily"]
+MERCHANT_SCHEMA = GOLD_SCHEMAS["merchant_features_daily"]
+PROFILE_SCHEMA = GOLD_SCHEMAS["customer_profile"]
 
 
 def day_ts(day: dt.date) -> dt.datetime:
@@ -121,7 +85,7 @@ def make_silver(
     txn_cols = list(zip(*rows, strict=True))
     batch_dates = list(txn_cols[7])
     txns = _silver_table(
-        TRANSACTIONS,
+        get_source("transactions"),
         {
             "txn_id": pa.array(txn_cols[0], pa.string()),
             "customer_id": pa.array(txn_cols[1], pa.int64()),
@@ -148,7 +112,7 @@ def make_silver(
                 cb_rows.append((txn_id, cb_time, "fraud", cb_time.date()))
     cb_cols = list(zip(*cb_rows, strict=True)) if cb_rows else [[], [], [], []]
     cbs = _silver_table(
-        CHARGEBACKS,
+        get_source("chargebacks"),
         {
             "txn_id": pa.array(cb_cols[0], pa.string()),
             "chargeback_time": pa.array(cb_cols[1], TS),
@@ -327,7 +291,7 @@ def store_with_offline_store(offline_store: dict):
 def add_transactions(silver: Silver, rows: list[tuple]) -> Silver:
     """Append (txn_id, customer_id, merchant_id, amount, event_time, batch_date) transactions."""
     extra = _silver_table(
-        TRANSACTIONS,
+        get_source("transactions"),
         {
             "txn_id": pa.array([r[0] for r in rows], pa.string()),
             "customer_id": pa.array([r[1] for r in rows], pa.int64()),
@@ -346,7 +310,7 @@ def add_transactions(silver: Silver, rows: list[tuple]) -> Silver:
 def add_chargebacks(silver: Silver, rows: list[tuple]) -> Silver:
     """Append (txn_id, chargeback_time, batch_date) chargebacks."""
     extra = _silver_table(
-        CHARGEBACKS,
+        get_source("chargebacks"),
         {
             "txn_id": pa.array([r[0] for r in rows], pa.string()),
             "chargeback_time": pa.array([r[1] for r in rows], TS),

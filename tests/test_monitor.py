@@ -13,6 +13,7 @@ import pytest
 
 from flows import lake, monitor
 from flows.config import REPO_ROOT
+from flows.gold_schema import gold_tables
 from tests.monitor_data import (
     customer_gold_sql,
     days_between,
@@ -107,7 +108,8 @@ def test_shipped_config_loads_and_mirrors_feature_repo() -> None:
     views_src = (REPO_ROOT / "feature_repo" / "features.py").read_text()
     for name, view in cfg.views.items():
         assert f'name="{name}"' in views_src
-        assert f'Field(name="{view.entity}"' in views_src
+        # a view's fields are its gold table's (flows.gold_schema): its entity is the table's key
+        assert gold_tables()[name].entity == view.entity
 
 
 def test_config_is_validated() -> None:

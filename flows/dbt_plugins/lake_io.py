@@ -26,52 +26,12 @@ from dbt.adapters.duckdb.plugins import BasePlugin
 from dbt.adapters.duckdb.utils import SourceConfig, TargetConfig
 
 from flows import lake
+from flows.gold_schema import GOLD_PARTITION_BY, gold_schemas
 from flows.sources import get_source, silver_schema
 
-_TS = pa.timestamp("us", tz="UTC")
-
-# Gold column types (contract §7): ids/counts int64, amounts/rates float64, as_of_date date32,
-# feature_timestamp timestamp[us, UTC]. `lake.replace` casts the mart to exactly this schema.
-GOLD_SCHEMAS: dict[str, pa.Schema] = {
-    "customer_txn_features_daily": pa.schema(
-        [
-            pa.field("customer_id", pa.int64(), nullable=False),
-            pa.field("as_of_date", pa.date32(), nullable=False),
-            pa.field("feature_timestamp", _TS, nullable=False),
-            pa.field("txn_count_1d", pa.int64(), nullable=False),
-            pa.field("txn_count_7d", pa.int64(), nullable=False),
-            pa.field("txn_count_30d", pa.int64(), nullable=False),
-            pa.field("amount_usd_sum_7d", pa.float64(), nullable=False),
-            pa.field("amount_usd_sum_30d", pa.float64(), nullable=False),
-            pa.field("amount_usd_avg_30d", pa.float64(), nullable=False),
-            pa.field("amount_usd_max_7d", pa.float64(), nullable=True),
-            pa.field("distinct_merchants_30d", pa.int64(), nullable=False),
-            pa.field("seconds_since_last_txn", pa.int64(), nullable=False),
-        ]
-    ),
-    "merchant_features_daily": pa.schema(
-        [
-            pa.field("merchant_id", pa.int64(), nullable=False),
-            pa.field("as_of_date", pa.date32(), nullable=False),
-            pa.field("feature_timestamp", _TS, nullable=False),
-            pa.field("merchant_txn_count_7d", pa.int64(), nullable=False),
-            pa.field("merchant_txn_count_90d", pa.int64(), nullable=False),
-            pa.field("merchant_chargeback_count_90d", pa.int64(), nullable=False),
-            pa.field("merchant_chargeback_rate_90d", pa.float64(), nullable=False),
-        ]
-    ),
-    "customer_profile": pa.schema(
-        [
-            pa.field("customer_id", pa.int64(), nullable=False),
-            pa.field("as_of_date", pa.date32(), nullable=False),
-            pa.field("feature_timestamp", _TS, nullable=False),
-            pa.field("country", pa.string(), nullable=True),
-            pa.field("kyc_level", pa.int64(), nullable=True),
-            pa.field("signup_date", pa.date32(), nullable=True),
-        ]
-    ),
-}
-GOLD_PARTITION_BY = ["as_of_date"]
+# Gold column types, order and nullability are the marts' enforced dbt contract (contract §7,
+# dbt_project/models/marts/_marts__models.yml): `lake.replace` casts the mart to exactly this schema.
+GOLD_SCHEMAS: dict[str, pa.Schema] = gold_schemas()
 
 _lock = threading.Lock()
 LAST_RUN: dict[str, Any] = {"sources": {}, "published": {}}
