@@ -127,7 +127,10 @@ def _cache_key() -> tuple:
 
 
 def definition_files() -> list[Path]:
-    return [REPO_DIR / f"{m}.py" for m in REPO_MODULES]
+    """feature_repo's modules and the marts' dbt contract its views take their fields from."""
+    from flows.gold_schema import MARTS_YML
+
+    return [*(REPO_DIR / f"{m}.py" for m in REPO_MODULES), MARTS_YML]
 
 
 def definitions_sha256() -> str:
