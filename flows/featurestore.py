@@ -39,6 +39,7 @@ from urllib.parse import unquote, urlsplit
 
 from flows.config import REPO_ROOT, Settings, settings
 from flows.dates import feature_timestamp, parse_date
+from flows.gold_schema import MARTS_YML
 
 if TYPE_CHECKING:
     from feast import FeatureService, FeatureStore, FeatureView
@@ -128,8 +129,6 @@ def _cache_key() -> tuple:
 
 def definition_files() -> list[Path]:
     """feature_repo's modules and the marts' dbt contract its views take their fields from."""
-    from flows.gold_schema import MARTS_YML
-
     return [*(REPO_DIR / f"{m}.py" for m in REPO_MODULES), MARTS_YML]
 
 
