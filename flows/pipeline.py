@@ -34,7 +34,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import key_index, lake, links, monitor, notify, runs
+from flows import diskfull, key_index, lake, links, monitor, notify, runs
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range, span_label
 from flows.ingest import IngestOutcome, ingest_dates
@@ -259,7 +259,7 @@ def _collect_ingest(
 
 def _ingest_record(day: dt.date, source: str, out: IngestOutcome | Exception) -> StageRecord:
     if isinstance(out, Exception):
-        return StageRecord(day, "ingest", source, "failed", message=f"{type(out).__name__}: {out}")
+        return StageRecord(day, "ingest", source, "failed", message=diskfull.failure_message(out))
     files = [asdict(f) for f in out.files]
     details = {"files": files, "bronze_version": out.bronze_version}
     return StageRecord(
@@ -316,7 +316,7 @@ def _validate_slice(
             if stop_on_failure and at is not None and day > at:
                 continue  # validating date by date, the run would have stopped at `at`
             records.append(
-                StageRecord(day, "validate", ALL_SOURCES, "failed", message=f"{type(exc).__name__}: {exc}")
+                StageRecord(day, "validate", ALL_SOURCES, "failed", message=diskfull.failure_message(exc))
             )
             results[day].stages["validate"] = "failed"
             results[day].message = results[day].message or f"validate: {exc}"
@@ -376,7 +376,7 @@ def _transform_stage(
             status, message = out.status, out.message
             details = {**out.details, "span": [start.isoformat(), end.isoformat()]}
         except Exception as exc:
-            status, message, details = "failed", f"{type(exc).__name__}: {exc}", {}
+            status, message, details = "failed", diskfull.failure_message(exc), {}
         for day in date_range(start, end):
             records.append(
                 StageRecord(day, "transform", ALL_SOURCES, status, message=message, details=details)
@@ -401,7 +401,7 @@ def _materialize_stage(
             out = materialize_features(start, end)
             status, message, rows = out.status, out.message, out.rows
         except Exception as exc:
-            status, message, rows = "failed", f"{type(exc).__name__}: {exc}", None
+            status, message, rows = "failed", diskfull.failure_message(exc), None
         if start != end:
             message = f"{start}..{end}: {message}"
         for day in date_range(start, end):
@@ -563,7 +563,7 @@ def _process_chunks(
             else:
                 _defer_materialize(transformed, results, records)
         except BaseException as exc:
-            crash = f"interrupted: {type(exc).__name__}: {exc}"
+            crash = f"interrupted: {diskfull.failure_message(exc)}"
             for day in chunk:
                 results[day].message = results[day].message or crash
             raise

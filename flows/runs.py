@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows import integrity, lake
+from flows import diskfull, integrity, lake
 
 STAGES = ("ingest", "validate", "transform", "materialize")
 ALL_SOURCES = "*"
@@ -178,8 +178,9 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
                 "message": (
                     f"run {marker['run_id']} in progress"
                     if alive
-                    else f"run {marker['run_id']} was interrupted (process {marker['pid']} is gone); "
-                    "rerun the date"
+                    else f"run {marker['run_id']} was interrupted (process {marker['pid']} is gone"
+                    + (f"; no space left on {disk}" if (disk := diskfull.full_disk()) else "")
+                    + "); rerun the date"
                 ),
             }
         )

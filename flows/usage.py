@@ -19,6 +19,7 @@ Code 3 is apart from 1 so that a scheduler can tell "fix the installation" from 
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 import traceback
 from collections.abc import Callable
@@ -80,7 +81,9 @@ def _click_error(exc: BaseException) -> str | None:
 
 
 def _unexpected(exc: BaseException) -> str:
-    return f"asof: error: {type(exc).__name__}: {exc}"
+    from flows.diskfull import failure_message  # a full disk: "no space left on <path>"
+
+    return f"asof: error: {failure_message(exc)}"
 
 
 @dataclass(frozen=True)
@@ -127,6 +130,9 @@ def run(app: typer.Typer) -> NoReturn:
 
     Unknown `ASOF_*` names are reported first (on stderr, so `--json` output stays parseable)."""
     warn_unknown_variables()
+    # A log handler that cannot write (a full disk, the Prefect API answering 500) must not bury
+    # the command's one error line under a "--- Logging error ---" traceback per log record.
+    logging.raiseExceptions = False
     try:
         # With standalone_mode=False click *returns* the code of a typer.Exit instead of raising.
         code = app(standalone_mode=False)
