@@ -54,28 +54,37 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @contextlib.contextmanager
-def feature_store_home(home: Path, cleared: tuple[str, ...] = ()) -> Iterator[Path]:
-    """A module's data root for the feature store (module-scoped fixtures cannot use `home`'s
-    monkeypatch): ASOF_HOME set, the lake under it, the SQLite online store (ASOF_LAKE_URI,
-    ASOF_ONLINE_STORE and `cleared` unset), Feast's store cache reset on the way in and out, and
-    the environment as it was afterwards."""
-    from flows import featurestore
-
-    names = ("ASOF_HOME", "ASOF_LAKE_URI", "ASOF_ONLINE_STORE", *cleared)
+def data_root(home: Path, cleared: tuple[str, ...] = ()) -> Iterator[Path]:
+    """`home` as this process's data root for a module-scoped fixture (which cannot use `home`'s
+    monkeypatch): ASOF_HOME set, the lake under it (ASOF_LAKE_URI and `cleared` unset), and the
+    environment as it was afterwards."""
+    names = ("ASOF_HOME", "ASOF_LAKE_URI", *cleared)
     saved = {k: os.environ.get(k) for k in names}
     os.environ["ASOF_HOME"] = str(home)
     for k in names[1:]:
         os.environ.pop(k, None)
-    featurestore.reset_store_cache()
     try:
         yield home
     finally:
-        featurestore.reset_store_cache()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+@contextlib.contextmanager
+def feature_store_home(home: Path, cleared: tuple[str, ...] = ()) -> Iterator[Path]:
+    """A module's data root for the feature store: `data_root` with the SQLite online store
+    (ASOF_ONLINE_STORE unset too) and Feast's store cache reset on the way in and out."""
+    from flows import featurestore
+
+    with data_root(home, ("ASOF_ONLINE_STORE", *cleared)):
+        featurestore.reset_store_cache()
+        try:
+            yield home
+        finally:
+            featurestore.reset_store_cache()
 
 
 @pytest.fixture(scope="session")

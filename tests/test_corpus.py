@@ -24,6 +24,7 @@ import pytest
 from flows import lake
 from flows.simulate import FAULTS, generate, parse_fault, parse_scale
 from flows.sources import SOURCE_NAMES
+from tests.conftest import data_root
 from tests.corpus import HANDMADE, SIMULATOR, Case, Ctx
 
 START = dt.date(2024, 2, 1)
@@ -47,10 +48,7 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from flows.validation import stage
 
     home = tmp_path_factory.mktemp("corpus_base")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ASOF_HOME", str(home))
-    mp.delenv("ASOF_LAKE_URI", raising=False)
-    try:
+    with data_root(home):
         end = START + dt.timedelta(days=DAYS - 1)
         generate(home / "landing", START, end, parse_scale(SCALE), seed=SEED)
         for i in range(DAYS):
@@ -59,8 +57,6 @@ def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
                 assert ingest(s, day).status == "succeeded"
             out = stage.validate_date(day, build_docs=False)
             assert {v.status for v in out.values()} == {"succeeded"}, {k: v.message for k, v in out.items()}
-    finally:
-        mp.undo()
     return home
 
 

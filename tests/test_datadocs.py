@@ -14,6 +14,7 @@ from flows.ingest import ingest
 from flows.simulate import generate, parse_fault, parse_scale
 from flows.sources import SOURCE_NAMES
 from flows.validation import contracts, stage, suites
+from tests.conftest import data_root
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 
@@ -22,17 +23,14 @@ D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
 def site(tmp_path_factory):
     """Two validated days, the second with null values injected into transactions."""
     home = tmp_path_factory.mktemp("docs_home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ASOF_HOME", str(home))
-    mp.delenv("ASOF_LAKE_URI", raising=False)
-    generate(settings().landing, D1, D2, parse_scale("300x600"), 5, faults=[parse_fault(f"nulls@{D2}")])
-    outs = {}
-    for day in (D1, D2):
-        for s in SOURCE_NAMES:
-            ingest(s, day)
-        outs[day] = stage.validate_date(day)
-    yield home, outs
-    mp.undo()
+    with data_root(home):
+        generate(settings().landing, D1, D2, parse_scale("300x600"), 5, faults=[parse_fault(f"nulls@{D2}")])
+        outs = {}
+        for day in (D1, D2):
+            for s in SOURCE_NAMES:
+                ingest(s, day)
+            outs[day] = stage.validate_date(day)
+        yield home, outs
 
 
 def test_pages_are_written_under_asof_home_and_reference_no_remote_resource(site):

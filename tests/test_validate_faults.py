@@ -18,6 +18,7 @@ from flows.ingest import ingest
 from flows.simulate import generate, parse_fault, parse_scale
 from flows.sources import SOURCE_NAMES
 from flows.validation import stage, storage
+from tests.conftest import data_root
 
 START = dt.date(2024, 2, 1)
 
@@ -56,22 +57,19 @@ LAST = 13
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     home = tmp_path_factory.mktemp("faults_home")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ASOF_HOME", str(home))
-    mp.delenv("ASOF_LAKE_URI", raising=False)
     faults = []
     for n, spec in FAULTS:
         name, _, source = spec.partition(":")
         faults.append(parse_fault(f"{name}@{day(n).isoformat()}" + (f":{source}" if source else "")))
-    summary = generate(settings().landing, START, day(LAST), parse_scale("1000x1000"), 11, faults=faults)
-    out: dict[int, dict[str, storage.SourceValidation]] = {}
-    landed: dict[tuple[int, str], int] = {}
-    for n in range(1, LAST + 1):
-        for s in SOURCE_NAMES:
-            landed[(n, s)] = ingest(s, day(n)).rows
-        out[n] = stage.validate_date(day(n), build_docs=False)
-    yield out, landed, summary
-    mp.undo()
+    with data_root(home):
+        summary = generate(settings().landing, START, day(LAST), parse_scale("1000x1000"), 11, faults=faults)
+        out: dict[int, dict[str, storage.SourceValidation]] = {}
+        landed: dict[tuple[int, str], int] = {}
+        for n in range(1, LAST + 1):
+            for s in SOURCE_NAMES:
+                landed[(n, s)] = ingest(s, day(n)).rows
+            out[n] = stage.validate_date(day(n), build_docs=False)
+        yield out, landed, summary
 
 
 def affected(summary: dict, name: str, n: int, source: str = "transactions") -> int:

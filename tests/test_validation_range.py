@@ -16,6 +16,7 @@ import pytest
 from flows import lake
 from flows.validation import stage
 from tests.bronze_batches import land
+from tests.conftest import data_root
 from tests.test_validate import merchant, txn
 
 D = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(10)]
@@ -71,12 +72,8 @@ def _snapshot() -> dict[str, list[tuple]]:
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Bronze and ingest records of the ten dates, then the day-by-day reference."""
     home = tmp_path_factory.mktemp("range_landed")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ASOF_HOME", str(home))
-    try:
+    with data_root(home):
         _land_everything()
-    finally:
-        mp.undo()
     return home
 
 
@@ -84,13 +81,9 @@ def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def one_by_one(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("range_daily")
     shutil.copytree(landed / "lake", home / "lake")
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ASOF_HOME", str(home))
-    try:
+    with data_root(home):
         outs = {d: stage.validate_date(d, build_docs=False) for d in D}
         return {"tables": _snapshot(), "outs": outs}
-    finally:
-        mp.undo()
 
 
 def test_the_faults_cross_dates(one_by_one: dict) -> None:
