@@ -13,9 +13,9 @@ import html
 from dataclasses import dataclass, field
 from typing import Any
 
-COLUMN_X = (20, 250, 500, 750, 960)
+COLUMN_X = (20, 290, 560, 830, 1100)
 COLUMN_TITLES = ("landing", "lake partitions", "gold tables", "as-of dates", "consumers")
-BOX_W, BOX_H, GAP = 200, 38, 12
+BOX_W, BOX_H, GAP = 250, 38, 12
 COLORS = {
     "landing": "#fde2c8",
     "bronze": "#e8d5b7",
@@ -161,13 +161,13 @@ def svg(g: Graph) -> str:
         )
     for n in g.nodes:
         x = COLUMN_X[n.column]
-        label = n.label if len(n.label) <= 30 else n.label[:29] + "…"
+        label = n.label if len(n.label) <= 34 else n.label[:33] + "…"
         out.append(
             f'<g class="node {n.kind}" data-id="{html.escape(n.id)}">'
             f"<title>{html.escape(n.detail)}</title>"
             f'<rect x="{x}" y="{n.y}" width="{BOX_W}" height="{BOX_H}" rx="6" fill="{COLORS[n.kind]}" />'
             f'<text x="{x + 8}" y="{n.y + 16}" class="label">{html.escape(label)}</text>'
-            f'<text x="{x + 8}" y="{n.y + 31}" class="detail">{html.escape(n.detail[:40])}</text>'
+            f'<text x="{x + 8}" y="{n.y + 31}" class="detail">{html.escape(n.detail[:44])}</text>'
             "</g>"
         )
     out.append("</svg>")

@@ -287,8 +287,8 @@ def _online_check(view: str, key: str, newest: list[tuple[Any, dt.date]]) -> dic
     except Exception as exc:  # the answer from gold stands; say why the store was not read
         return {"online_store": "not read", "online_error": f"{type(exc).__name__}: {exc}"[:300]}
     stamps = resp.get(f"{feature}__ts") or resp.get("event_timestamp") or []
-    served = 0
-    for (_, as_of), ts in zip(newest, stamps, strict=False):
+    served: list[Any] = []
+    for (entity, as_of), ts in zip(newest, stamps, strict=False):
         if ts is None:
             continue
         if isinstance(ts, int | float):  # Feast returns epoch seconds
@@ -296,8 +296,12 @@ def _online_check(view: str, key: str, newest: list[tuple[Any, dt.date]]) -> dic
         elif isinstance(ts, dt.datetime) and ts.tzinfo is None:
             ts = ts.replace(tzinfo=dt.UTC)
         if ts == feature_timestamp(as_of):
-            served += 1
-    return {"online_store": featurestore.online_store_kind(), "entities_served_affected": served}
+            served.append(entity)
+    return {
+        "online_store": featurestore.online_store_kind(),
+        "entities_served_affected": len(served),
+        "served_entities": served,
+    }
 
 
 # ---------------------------------------------------------------- training sets

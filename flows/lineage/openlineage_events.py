@@ -38,7 +38,7 @@ T = TypeVar("T")
 NAMESPACE_ENV = "OPENLINEAGE_NAMESPACE"
 DEFAULT_NAMESPACE = "asof"
 PRODUCER = "https://github.com/asof/asof/tree/main/flows/lineage"
-PAUSE_AFTER_FAILURE_S = 60.0
+PAUSE_AFTER_FAILURE_S = 300.0
 STAGES = ("ingest", "validate", "transform", "materialize", "training_set")
 ONLINE_NAMESPACE = "feast-online"
 
@@ -51,10 +51,9 @@ _STATE = {"warned": False, "paused_until": 0.0}
 
 
 def enabled() -> bool:
-    """False when the standard switch turns OpenLineage off (or ASOF_OPENLINEAGE=0)."""
-    if os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() == "true":
-        return False
-    return os.environ.get("ASOF_OPENLINEAGE", "1").strip() not in ("0", "false", "no", "off")
+    """False when the standard switch turns OpenLineage off (`OPENLINEAGE_DISABLED=true`): then a
+    stage run does not even build its events."""
+    return os.environ.get("OPENLINEAGE_DISABLED", "").strip().lower() != "true"
 
 
 def events_file() -> Path:
@@ -74,12 +73,36 @@ def job_namespace() -> str:
     return os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
 
 
+# For OPENLINEAGE_URL alone: the client's default retries (5, backoff 0.3) make one event to a dead
+# collector cost ~9 s and log a warning per retry. A refused connection is not retried here (the
+# failure is logged once, below); a collector that answers 5xx or times out a read gets one more
+# try. A config file or OPENLINEAGE__TRANSPORT__* variables set their own.
+URL_RETRY = {"total": 1, "read": 1, "connect": 0, "backoff_factor": 0.1}
+URL_TIMEOUT_S = 5.0
+
+
+def _url_transport() -> Any:
+    """The HTTP transport of the standard OPENLINEAGE_URL / _ENDPOINT / _API_KEY variables."""
+    from openlineage.client.transport.http import HttpConfig, HttpTransport
+
+    config: dict[str, Any] = {
+        "url": os.environ["OPENLINEAGE_URL"],
+        "endpoint": os.environ.get("OPENLINEAGE_ENDPOINT", "api/v1/lineage"),
+        "timeout": URL_TIMEOUT_S,
+        "retry": URL_RETRY,
+    }
+    if api_key := os.environ.get("OPENLINEAGE_API_KEY"):
+        config["auth"] = {"type": "api_key", "apiKey": api_key}
+    return HttpTransport(HttpConfig.from_dict(config))
+
+
 def _client() -> Any:
     """The OpenLineage client for the current configuration (one per configuration and home)."""
     standard = _standard_config()
     key = (
         standard,
         os.environ.get("OPENLINEAGE_URL"),
+        os.environ.get("OPENLINEAGE_ENDPOINT"),
         os.environ.get("OPENLINEAGE_CONFIG"),
         tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith("OPENLINEAGE__"))),
         None if standard else str(events_file()),
@@ -92,16 +115,28 @@ def _client() -> Any:
         from openlineage.client.event_v2 import set_producer
 
         set_producer(PRODUCER)
-        if standard:
-            client = OpenLineageClient()
-        else:
-            from openlineage.client.transport.file import FileConfig, FileTransport
+        # The client copies OPENLINEAGE_URL into OPENLINEAGE__TRANSPORT__* variables of the process
+        # environment when it starts; they would outlive a change of OPENLINEAGE_URL. Keep the
+        # environment as it was.
+        saved = dict(os.environ)
+        try:
+            if os.environ.get("OPENLINEAGE_URL") and not (
+                os.environ.get("OPENLINEAGE_CONFIG") or any(k.startswith("OPENLINEAGE__") for k in os.environ)
+            ):
+                client = OpenLineageClient(transport=_url_transport())
+            elif standard:
+                client = OpenLineageClient()
+            else:
+                from openlineage.client.transport.file import FileConfig, FileTransport
 
-            path = events_file()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            client = OpenLineageClient(
-                transport=FileTransport(FileConfig(log_file_path=str(path), append=True))
-            )
+                path = events_file()
+                path.parent.mkdir(parents=True, exist_ok=True)
+                transport = FileTransport(FileConfig(log_file_path=str(path), append=True))
+                client = OpenLineageClient(transport=transport)
+        finally:
+            for name in set(os.environ) - set(saved):
+                del os.environ[name]
+            os.environ.update(saved)
         _CLIENTS[key] = client
         return client
 
@@ -111,9 +146,10 @@ def _emit(build: Callable[[], Any | None]) -> None:
     if time.monotonic() < _STATE["paused_until"]:
         return
     try:
+        client = _client()  # first: it sets the producer the facets are built with
         event = build()
         if event is not None:
-            _client().emit(event)
+            client.emit(event)
     except Exception as exc:  # lineage must never fail the data path
         _STATE["paused_until"] = time.monotonic() + PAUSE_AFTER_FAILURE_S
         if not _STATE["warned"]:
@@ -127,6 +163,12 @@ def _emit(build: Callable[[], Any | None]) -> None:
             )
         else:
             log.debug("OpenLineage event not sent", exc_info=True)
+
+
+def reset_failure_state() -> None:
+    """Forget an earlier transport failure (the next failure warns again, nothing is paused)."""
+    _STATE["warned"] = False
+    _STATE["paused_until"] = 0.0
 
 
 # ---------------------------------------------------------------- the wrapper
