@@ -87,8 +87,15 @@ def _rows_by_date(layer: str, source: str) -> dict[dt.date, int] | None:
 
 
 def date_findings(records: list[dict], days: Iterable[dt.date]) -> list[Finding]:
-    """Conservation of every (source, date) in `days` against `records` (newest run records,
-    runs.latest): ingest's recorded rows = bronze = silver + quarantine."""
+    """Every per-date check of `days` against `records` (newest run records, runs.latest):
+    conservation per source, and gold's rows per as-of date."""
+    days = set(days)
+    return conservation_findings(records, days) + gold_findings(records, days)
+
+
+def conservation_findings(records: list[dict], days: Iterable[dt.date]) -> list[Finding]:
+    """Conservation of every (source, date) in `days`: ingest's recorded rows = bronze = silver +
+    quarantine."""
     wanted = set(days)
     if not wanted:
         return []
@@ -201,8 +208,7 @@ def gold_findings(records: list[dict], days: Iterable[dt.date]) -> list[Finding]
 def damaged_dates(records: list[dict], days: Iterable[dt.date]) -> dict[dt.date, str]:
     """The dates of `days` whose rows the lake no longer holds as recorded, with why."""
     found: dict[dt.date, str] = {}
-    days = set(days)
-    for f in date_findings(records, days) + gold_findings(records, days):
+    for f in date_findings(records, days):
         if f.day is not None:
             found[f.day] = "; ".join(m for m in [found.get(f.day), f.line()] if m)
     return found

@@ -123,3 +123,77 @@ def test_status_survives_a_table_that_cannot_be_opened(lake_of_two_dates: Path) 
     assert status == {D1: "damaged", D2: "damaged"}
     [marker, _] = [r for r in runs.latest(D1, D2) if r["stage"] == "run"]
     assert "silver/transactions cannot be opened" in marker["message"]
+
+
+# ------------------------------------------------------------------ an emptied online store
+
+
+def _materialized(day: dt.date, rows: int | None) -> list[dict]:
+    return [
+        {
+            "execution_date": day,
+            "stage": "materialize",
+            "status": "succeeded",
+            "rows_out": rows,
+            "message": "",
+        }
+    ]
+
+
+def test_an_emptied_sqlite_online_store_is_named(home: Path) -> None:
+    """Without Feast: a missing file or tables without a row, while records say rows were written."""
+    import sqlite3
+
+    db = home / "feast" / "online.db"
+    assert integrity.online_store_emptied(_materialized(D1, None)) is None  # nothing was written
+    why = integrity.online_store_emptied(_materialized(D1, 10))
+    assert why is not None and why.startswith(integrity.ONLINE_EMPTIED) and f"{db} is missing" in why
+    db.parent.mkdir(parents=True)
+    with sqlite3.connect(db) as conn:
+        conn.execute('CREATE TABLE "asof_v" (entity_key BLOB, value BLOB)')
+    assert f"{db} holds no rows" in (integrity.online_store_emptied(_materialized(D1, 10)) or "")
+    with sqlite3.connect(db) as conn:
+        conn.execute("INSERT INTO \"asof_v\" VALUES (x'01', x'02')")
+    assert integrity.online_store_emptied(_materialized(D1, 10)) is None
+
+
+def test_an_emptied_redis_is_named_and_an_unreachable_one_is_not(home: Path, monkeypatch) -> None:
+    """A Redis restarted without persistence holds no keys: named. One that does not answer is
+    not evidence of anything (the next materialization fails loudly)."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    import redis
+
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen(
+        [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no"]
+        + ["--dir", str(home)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        client = redis.Redis(port=port)
+        for _ in range(200):
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        monkeypatch.setenv("ASOF_ONLINE_STORE", "redis")
+        monkeypatch.setenv("ASOF_REDIS_URL", f"redis://127.0.0.1:{port}/0")
+        why = integrity.online_store_emptied(_materialized(D1, 10))
+        assert why is not None and "the Redis database holds no keys" in why
+        client.set(b"k", b"v")
+        assert integrity.online_store_emptied(_materialized(D1, 10)) is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert integrity.online_store_emptied(_materialized(D1, 10)) is None  # down: unknown
