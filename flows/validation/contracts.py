@@ -1,5 +1,5 @@
-"""A source's data contract (`expectations/contracts/<source>.yml`) and the names the Great
-Expectations suites share with the code that builds their frames.
+"""A source's data contract (`expectations/contracts/<source>.yml`, read by flows/sources.py) and
+the names the Great Expectations suites share with the code that builds their frames.
 
 `expectations/build_suites.py` writes the suites against exactly these column and parameter names;
 the validation stage builds frames with them. Change a name here and rebuild the suites.
@@ -11,9 +11,9 @@ import csv
 from pathlib import Path
 
 from flows.config import REPO_ROOT
-from flows.sources import CONTRACTS_DIR, Column, Source, get_source
+from flows.sources import CONTRACTS_DIR, Source, get_source
 
-EXPECTATIONS_DIR = REPO_ROOT / "expectations"
+EXPECTATIONS_DIR = CONTRACTS_DIR.parent  # the GE File Data Context, next to the contracts
 # The dbt seed `fx_rates(currency, usd_rate)`: the currencies a transaction may use and their rates.
 FX_SEED = REPO_ROOT / "dbt_project" / "seeds" / "fx_rates.csv"
 
@@ -80,7 +80,6 @@ def bound_col(rule: str, bound: str) -> str:
 
 # A contract is the source itself: flows/sources.py reads `expectations/contracts/<source>.yml`.
 Contract = Source
-ContractColumn = Column
 
 
 def contract_path(source: str) -> Path:
