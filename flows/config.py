@@ -188,11 +188,13 @@ class Variable(Generic[T]):
         obj.__dict__[self.attr] = value  # later reads on this object: the same value, no parsing
         return value
 
-    def read(self, environ: Mapping[str, str], settings: Settings | None = None) -> T:
+    def read(self, environ: Mapping[str, str], derived_from: Settings | None = None) -> T:
+        """The value in `environ`; a derived default is computed from `derived_from` (the Settings
+        asking, so it sees the same ASOF_HOME)."""
         raw = environ.get(self.name)
         if raw is None or not raw.strip():
             if self.default_from is not None:
-                return self.default_from(settings if settings is not None else Settings(environ))
+                return self.default_from(derived_from if derived_from is not None else Settings(environ))
             return self.default
         try:
             return self.parse(raw)
@@ -801,7 +803,7 @@ class Settings:
 
 
 STAGE_TIMEOUT_DEFAULTS_S: dict[str, float | None] = {
-    stage: Settings.__dict__[f"timeout_{stage}_s"].default
+    stage: getattr(Settings, f"timeout_{stage}_s").default
     for stage in ("ingest", "validate", "transform", "materialize", "monitor")
 }
 
