@@ -138,7 +138,13 @@ def _progress(day: dt.date, what: str) -> None:
 )
 def ingest_source(source: str, days: list[dt.date], label: str) -> dict[dt.date, IngestOutcome]:
     """One source's batches of the chunk, in one bronze commit (flows.ingest.ingest_dates)."""
-    return observed("ingest", days, lambda: ingest_dates(source, days), source=source)
+    try:
+        return observed("ingest", days, lambda: ingest_dates(source, days), source=source)
+    except Exception as exc:  # a full disk fails its dates in one line each (no retry, no traceback)
+        full = diskfull.no_space(exc)
+        if full is None:
+            raise
+        return {d: IngestOutcome(source, d, "failed", 0, message=full) for d in days}
 
 
 @task(
@@ -569,7 +575,15 @@ def _process_chunks(
             raise
         finally:
             _close_chunk(chunk, results, records)
-            runs.append(run_id, flow_run_id, records)
+            try:
+                runs.append(run_id, flow_run_id, records)
+            except Exception as exc:  # a full disk ends the run with one line per date, not a crash
+                full = diskfull.no_space(exc)
+                if full is None:
+                    raise
+                for day in chunk:
+                    results[day].status, results[day].message = "failed", f"{full} (run records not written)"
+                stop = True
         if any(results[d].status not in ("succeeded", PENDING) for d in chunk) and not continue_on_failure:
             stop = True
     if not days:  # nothing to compute, only catching up
@@ -701,6 +715,10 @@ def _monitor(results: list[DateResult], title: str) -> monitor.Verdict:
     are logged and the verdict is empty."""
     days = [r.day for r in results if r.status not in ("not run", "skipped")]
     if not days:
+        return monitor.verdict_of([])
+    full = diskfull.full_disk()
+    if full is not None:  # nothing could be stored; the failing task would print its traceback
+        get_run_logger().warning("monitoring skipped: no space left on %s", full)
         return monitor.verdict_of([])
     try:
         with _timed("monitor"):

@@ -104,7 +104,7 @@ def test_a_run_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
         assert run.rc not in (0, None), out[-3000:]
         assert "Logging error" not in out and "Traceback" not in out, out[-3000:]
         errors = [line for line in out.splitlines() if line.startswith("asof: error:")]
-        assert errors and errors[-1].startswith(f"asof: error: no space left on {home}"), out[-3000:]
+        assert errors and f"no space left on {home}" in errors[-1], out[-3000:]
         from flows import runs
 
         with asof_home(home):  # what the run recorded (or, when no record fit, what status says)
