@@ -506,3 +506,17 @@ def test_missing_file_removes_and_regeneration_restores(tmp_path: Path) -> None:
     seen: list[dt.date] = []
     generate(landing, day, day, SCALE, progress=seen.append)
     assert target.read_bytes() == original and seen == [day]
+
+
+def test_simulated_values_are_within_the_contracts():
+    """The simulator models the values; the vocabularies it draws from are the contracts' allowed sets."""
+    from flows import simulate
+    from flows.sources import get_source
+
+    def allowed(source: str, column: str) -> tuple[str, ...] | None:
+        return get_source(source).column(column).allowed
+
+    assert set(simulate.CURRENCIES) == set(allowed("transactions", "currency"))
+    assert set(simulate.CHANNELS) == set(allowed("transactions", "channel"))
+    assert set(simulate.TIERS) == set(allowed("merchants", "risk_tier"))
+    assert all(re.fullmatch(get_source("customers").column("country").pattern, c) for c in simulate.COUNTRIES)
