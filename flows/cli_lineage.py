@@ -193,17 +193,19 @@ def trace(
 
 
 def _print_steps(steps: list[dict], indent: str) -> None:
+    from flows.lineage.trace import ROW_LIMIT
+
     for s in steps:
         typer.echo(f"{indent}{s['table']}: {s['rows']} row(s): {printable(s['what'])}")
-        for r in s["listed"]:
+        for r in s["listed"][:ROW_LIMIT]:
             land = r["landing"]
             key = r.get("txn_id") or r.get("customer_id")
             where = f"{land['file']} record {land['record']}"
             gone = "" if land["file_present"] else " (file no longer in landing)"
             reasons = f" reasons {','.join(r['reasons'])}" if r.get("reasons") else ""
             typer.echo(f"{indent}  {key} <- bronze <- {printable(where)}{gone}{printable(reasons)}")
-        if s["rows"] > len(s["listed"]):
-            typer.echo(f"{indent}  ... {s['rows'] - len(s['listed'])} more (--json lists {len(s['listed'])})")
+        if s["rows"] > ROW_LIMIT:
+            typer.echo(f"{indent}  ... {s['rows'] - ROW_LIMIT} more (--json lists every row)")
 
 
 def _print_trace(result: dict) -> None:

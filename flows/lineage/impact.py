@@ -114,7 +114,7 @@ def _partitions(con, source: str, day: dt.date, file: str | None) -> list[dict[s
             continue
         version = lake.version(layer, source)
         con.register("t", lake.dataset(layer, source, version=version, dates=(day, day)))
-        rows = con.execute(f"SELECT count(*) FROM t WHERE {where}", params).fetchone()[0]
+        rows = con.execute(f"SELECT count(*) FROM t WHERE {where}", params).fetchall()[0][0]
         files = [
             r[0] for r in con.execute(f"SELECT DISTINCT _source_file FROM t WHERE {where}", params).fetchall()
         ]
@@ -382,7 +382,7 @@ def _rows_at_version(
         bounds = "a.as_of_date <= ?::DATE" + ("" if lo is None else " AND a.as_of_date >= ?::DATE")
         params = [hi] if lo is None else [hi, lo]
         join = f"a JOIN g ON g.{reader.key} = a.k AND g.as_of_date = a.as_of_date"
-        return con.execute(f"SELECT count(*) FROM {join} WHERE {bounds}", params).fetchone()[0]
+        return con.execute(f"SELECT count(*) FROM {join} WHERE {bounds}", params).fetchall()[0][0]
     finally:
         con.unregister("a")
         con.unregister("g")

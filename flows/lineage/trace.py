@@ -29,7 +29,7 @@ GOLD_TABLES: dict[str, tuple[str, int | None]] = {
     "merchant_features_daily": ("merchant_id", 90),
     "customer_profile": ("customer_id", None),
 }
-ROW_LIMIT = 50  # contributing rows listed per step (all are counted)
+ROW_LIMIT = 20  # contributing rows printed per step (--json lists them all)
 
 
 class TraceError(ValueError):
@@ -105,20 +105,19 @@ def _with_bronze(con, layer_rows: list[dict[str, Any]], source: str, versions: d
     return layer_rows
 
 
-def _step(layer: str, table: str, rows: list[dict[str, Any]], what: str, total: int | None = None) -> dict:
-    listed = rows[:ROW_LIMIT]
+def _step(layer: str, table: str, rows: list[dict[str, Any]], what: str) -> dict:
     return {
         "layer": layer,
         "table": f"{layer}/{table}",
         "what": what,
-        "rows": total if total is not None else len(rows),
+        "rows": len(rows),
         "listed": [
             {
                 **{k: _plain(v) for k, v in r.items() if not k.startswith("_") and k != "bronze"},
                 "landing": _landing(r),
                 "in_bronze": r.get("bronze"),
             }
-            for r in listed
+            for r in rows
         ],
     }
 
@@ -136,7 +135,7 @@ def _quarantined_copies(con, source: str, key: str, value: Any, versions: dict[s
     if not rows:
         return None
     step = _step("quarantine", source, rows, f"deliveries of {key} {value} that validation quarantined")
-    for item, row in zip(step["listed"], rows, strict=False):
+    for item, row in zip(step["listed"], rows, strict=True):
         item["reasons"] = list(row["_reasons"] or [])
     return step
 
@@ -325,7 +324,7 @@ def _latest_profile_date(customer: int, as_of: dt.date, versions: dict[str, int]
             return None
         got = con.execute(
             "SELECT max(as_of_date) FROM p WHERE customer_id = ? AND as_of_date <= ?::DATE", [customer, as_of]
-        ).fetchone()[0]
+        ).fetchall()[0][0]
     finally:
         con.close()
     return got
