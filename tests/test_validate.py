@@ -9,7 +9,7 @@ import pytest
 
 from flows import lake
 from flows.sources import get_source, silver_schema
-from flows.validation import parsing, stage, storage
+from flows.validation import parsing, stage, storage, suites
 from tests.bronze_batches import land
 
 D1 = dt.date(2024, 3, 1)
@@ -412,3 +412,51 @@ def test_results_carry_no_frame_fingerprint(merchants_d1, home):
     stored = [p.read_text() for p in (home / "ge" / "validations").rglob("*.json")]
     assert any("transactions.rows" in text for text in stored)
     assert stored and not any("pandas_data_fingerprint" in text for text in stored)
+
+
+def test_kwargs_lookups_read_the_configuration_once_and_return_what_ge_returns(home):
+    """flows/validation/suites._read_configuration_once replaces GE's kwargs lookups of the base
+    Expectation: for every expectation of every suite they return exactly what GE's own functions
+    return (with and without a runtime configuration), and a run reads each expectation's
+    configuration far fewer times than GE's functions did."""
+    from great_expectations.expectations.expectation import Expectation
+
+    ctx = suites.ge_context()
+    assert set(suites.GE_KWARGS_LOOKUPS) == {
+        "_get_success_kwarg",
+        "_get_domain_kwargs",
+        "_get_success_kwargs",
+        "_get_runtime_kwargs",
+    }
+    original = suites.GE_KWARGS_LOOKUPS
+    assert all(getattr(Expectation, name) is not fn for name, fn in original.items())
+    checked = 0
+    for suite in ctx.suites.all():
+        for e in suite.expectations:
+            assert e._get_domain_kwargs() == original["_get_domain_kwargs"](e)
+            assert e._get_success_kwargs() == original["_get_success_kwargs"](e)
+            for runtime in (None, {}, {"result_format": "SUMMARY"}, {"catch_exceptions": True}):
+                assert e._get_runtime_kwargs(runtime) == original["_get_runtime_kwargs"](e, runtime)
+            for key in (*e.domain_keys, *e.success_keys, *e.runtime_keys):
+                assert e._get_success_kwarg(key) == original["_get_success_kwarg"](e, key)
+            checked += 1
+    assert checked >= 8 * 5, f"only {checked} expectations compared"
+
+    reads = {"n": 0}
+    prop = Expectation.configuration
+
+    def counted(self):
+        reads["n"] += 1
+        return prop.fget(self)
+
+    e = next(iter(ctx.suites.get("transactions.rows").expectations))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Expectation, "configuration", property(counted))
+        e._get_runtime_kwargs({})
+        patched = reads["n"]
+        for name, fn in original.items():  # GE's own lookups, calling each other
+            mp.setattr(Expectation, name, fn)
+        reads["n"] = 0
+        e._get_runtime_kwargs({})
+        ge_own = reads["n"]
+    assert patched == 1 and ge_own > 3 * patched, (patched, ge_own)

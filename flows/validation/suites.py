@@ -45,6 +45,7 @@ def ge_context():
             import great_expectations as gx
 
             _skip_frame_fingerprint()
+            _read_configuration_once()
             ctx = gx.get_context(
                 mode="file",
                 context_root_dir=str(EXPECTATIONS_DIR),
@@ -65,6 +66,89 @@ def _skip_frame_fingerprint() -> None:
     from great_expectations.execution_engine import pandas_execution_engine
 
     pandas_execution_engine.HASH_THRESHOLD = 0
+
+
+_KWARGS_LOOKUP_NAMES = (
+    "_get_success_kwarg",
+    "_get_domain_kwargs",
+    "_get_success_kwargs",
+    "_get_runtime_kwargs",
+)
+# GE's own functions that `_read_configuration_once` replaced, kept so a test can compare
+GE_KWARGS_LOOKUPS: dict[str, Any] = {}
+
+
+def _read_configuration_once() -> None:
+    """Make GE's kwargs lookups read an expectation's configuration once per lookup, not once per key.
+
+    `Expectation.configuration` is a property that rebuilds an ExpectationConfiguration from the
+    pydantic model (`self.dict()`) on every access, and `_get_domain_kwargs`, `_get_success_kwargs`
+    and `_get_runtime_kwargs` access it once per key, `_get_success_kwarg` twice: about 160 rebuilds per
+    expectation per checkpoint run. cProfile of five runs of `transactions.batches` (14 expectations)
+    on a 10-row frame: 2.43 of 6.84 s in that property. The replacements below are GE 1.24's own
+    bodies with the configuration read once at the top; they return the same dicts (a test compares
+    them with GE's originals for every expectation of every suite). Expectation classes that override
+    one of them keep their override: only the base class's functions are replaced."""
+    from great_expectations.expectations import expectation as ge_expectation
+
+    base = ge_expectation.Expectation
+    if getattr(base, "_asof_configuration_once", False):
+        return
+    GE_KWARGS_LOOKUPS.update({name: getattr(base, name) for name in _KWARGS_LOOKUP_NAMES})
+    original_success_kwarg = base._get_success_kwarg
+
+    def values(self, kwargs: dict, keys) -> dict:
+        return {key: kwargs.get(key, self._get_default_value(key)) for key in keys}
+
+    def get_domain_kwargs(self) -> dict:
+        return values(self, self.configuration.kwargs, self.domain_keys)
+
+    def success_values(self, kwargs: dict) -> dict:
+        """`_get_success_kwargs()` from kwargs already read (a subclass's own lookups still run)."""
+        if type(self)._get_success_kwargs is not get_success_kwargs:
+            return self._get_success_kwargs()
+        out = values(self, kwargs, self.success_keys)
+        if type(self)._get_domain_kwargs is get_domain_kwargs:
+            out.update(values(self, kwargs, self.domain_keys))
+        else:
+            out.update(self._get_domain_kwargs())
+        return out
+
+    def get_success_kwargs(self) -> dict:
+        return success_values(self, self.configuration.kwargs)
+
+    def kwarg_or_default(self, kwargs: dict, key: str, default=None):
+        if key in kwargs:
+            return kwargs[key]
+        field = self.__fields__.get(key)
+        if field is not None:
+            return field.default if not field.required else default
+        return original_success_kwarg(self, key, default)  # GE's warning for an unknown key
+
+    def success_kwarg(self, kwargs: dict, key: str):
+        if type(self)._get_success_kwarg is get_success_kwarg:
+            return kwarg_or_default(self, kwargs, key)
+        return self._get_success_kwarg(key)
+
+    def get_runtime_kwargs(self, runtime_configuration: dict | None = None) -> dict:
+        runtime_configuration = runtime_configuration or {}
+        kwargs = self.configuration.kwargs
+        success_kwargs = success_values(self, kwargs)
+        runtime_kwargs = {
+            key: runtime_configuration.get(key, success_kwarg(self, kwargs, key)) for key in self.runtime_keys
+        }
+        runtime_kwargs.update(success_kwargs)
+        runtime_kwargs["result_format"] = ge_expectation.parse_result_format(runtime_kwargs["result_format"])
+        return runtime_kwargs
+
+    def get_success_kwarg(self, key: str, default=None):
+        return kwarg_or_default(self, self.configuration.kwargs, key, default)
+
+    base._get_success_kwarg = get_success_kwarg
+    base._get_domain_kwargs = get_domain_kwargs
+    base._get_success_kwargs = get_success_kwargs
+    base._get_runtime_kwargs = get_runtime_kwargs
+    base._asof_configuration_once = True
 
 
 def checkpoint(ctx, name: str):
