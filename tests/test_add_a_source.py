@@ -1,8 +1,8 @@
 """A fifth source from files alone (issue 18, docs/adding-a-source.md).
 
 In a copy of the project, the `refunds` contract of docs/adding-a-source.md is added, the generated
-files are rebuilt, refunds are delivered next to the simulator's four sources, and the dates are
-backfilled through the real CLI (Prefect, Delta, GE, dbt, Feast). Nothing under `flows/` differs from
+files are rebuilt, the copy's simulator writes the four demo sources (byte-identical to the
+repository's), refunds are delivered next to them, and the dates are backfilled through the real CLI (Prefect, Delta, GE, dbt, Feast). Nothing under `flows/` differs from
 the repository's: the test checks that too. Refunds then land in bronze, are split into silver and
 quarantine by their own suites (row and batch level), have Data Docs pages, and show in `asof status`,
 `asof quarantine list` and the monitoring report.
@@ -113,14 +113,18 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory):
     home = root / "home"
     (project / "expectations" / "contracts" / "refunds.yml").write_text(documented_contract())
     built = run(project, home, "expectations/build_suites.py")
-    simulate.generate(home / "landing", START, END, simulate.parse_scale("300x600"), seed=6)
-    delivered = deliver_refunds(home)
-    backfill = run(
-        project,
-        home,
-        *("-m", "flows.cli", "backfill", "--start", START.isoformat(), "--end", END.isoformat()),
-        check=False,
+    # the copy's simulator, with five contracts, still plays the four demo sources, byte for byte
+    days = ("--start", START.isoformat(), "--end", END.isoformat())
+    run(project, home, "-m", "flows.cli", "generate", *days, "--scale", "300x600", "--seed", "6")
+    simulate.generate(root / "reference", START, END, simulate.parse_scale("300x600"), seed=6)
+    generated = sorted(p.relative_to(home / "landing") for p in (home / "landing").rglob("*") if p.is_file())
+    assert generated == sorted(
+        p.relative_to(root / "reference") for p in (root / "reference").rglob("*") if p.is_file()
     )
+    for rel in generated:
+        assert (home / "landing" / rel).read_bytes() == (root / "reference" / rel).read_bytes(), rel
+    delivered = deliver_refunds(home)
+    backfill = run(project, home, "-m", "flows.cli", "backfill", *days, check=False)
     return project, home, delivered, built, backfill
 
 
