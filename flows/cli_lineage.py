@@ -112,6 +112,13 @@ def _print_impact(report: dict) -> None:
             p["table"], p.get("partition", ""), str(p["rows"]), str(p["version"]), printable(reasons)
         )
     console.print(parts)
+    if report.get("downstream_quarantine"):
+        later = Table(title="rows of later batches quarantined because of it")
+        for col in ("table", "batch date", "rows", "reason"):
+            later.add_column(col)
+        for q in report["downstream_quarantine"]:
+            later.add_row(q["table"], q["batch_date"], str(q["rows"]), q["reason"])
+        console.print(later)
     gold = Table(title="gold rows whose features read it")
     for col in ("table", "rows", "entities", "as-of dates", "rule"):
         gold.add_column(col)
@@ -133,6 +140,11 @@ def _print_impact(report: dict) -> None:
             current,
         )
     console.print(trains if report["training_sets"] else "no registered training set read it")
+    if not any("view" in o for o in report["online"]):
+        skipped = any("skipped" in o for o in report["online"])
+        console.print(
+            "online store: not read (--no-online)" if skipped else "online store: no value served from it"
+        )
     online = Table(title="online store")
     for col in ("view", "entities whose newest row is affected", "served now (checked)"):
         online.add_column(col)
@@ -141,7 +153,8 @@ def _print_impact(report: dict) -> None:
             continue
         served = o.get("entities_served_affected", o.get("online_error", "-"))
         online.add_row(o["view"], str(o["entities_newest_row_affected"]), printable(str(served)))
-    console.print(online)
+    if online.row_count:
+        console.print(online)
     for note in report["notes"]:
         typer.echo(f"note: {note}")
     typer.echo("recompute:")

@@ -85,6 +85,19 @@ def build_graph(report: dict[str, Any]) -> Graph:
         parts[p["layer"]] = pid
         for f in landing:
             g.link(f, pid)
+    for q in report.get("downstream_quarantine", []):
+        detail = f"{q['rows']} rows: {q['reason']}"
+        qid = g.add(
+            Node(
+                f"later:{q['table']}:{q['batch_date']}",
+                1,
+                f"{q['table']} {q['batch_date']}",
+                detail,
+                "quarantine",
+            )
+        )
+        for f in landing:
+            g.link(f, qid)
     for gold in report["gold"]:
         if not gold.get("rows"):
             continue

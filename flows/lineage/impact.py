@@ -140,6 +140,39 @@ def _partitions(con, source: str, day: dt.date, file: str | None) -> list[dict[s
     return out
 
 
+def _downstream_quarantine(con, source: str, day: dt.date, file: str | None) -> list[dict[str, Any]]:
+    """Rows of later batches that validation judged against this batch and quarantined: chargebacks
+    of its transactions (`unknown_transaction`) when the batch, or those rows, never reached
+    silver. A recompute from the batch date re-judges them."""
+    if source != "transactions" or not lake.exists("quarantine", "chargebacks"):
+        return []
+    where, params = _batch_filter(day, file)
+    con.register("b", lake.dataset("bronze", "transactions", dates=(day, day)))
+    con.register("q", lake.dataset("quarantine", "chargebacks"))
+    try:
+        found = con.execute(
+            f"""
+            SELECT _batch_date, count(*) FROM q
+            WHERE _batch_date >= ?::DATE AND list_contains(_reasons, 'unknown_transaction')
+              AND txn_id IN (SELECT txn_id FROM b WHERE {where})
+            GROUP BY 1 ORDER BY 1
+            """,
+            [day, *params],
+        ).fetchall()
+    finally:
+        con.unregister("b")
+        con.unregister("q")
+    return [
+        {
+            "table": "quarantine/chargebacks",
+            "batch_date": d.isoformat(),
+            "rows": n,
+            "reason": "unknown_transaction",
+        }
+        for d, n in found
+    ]
+
+
 # ---------------------------------------------------------------- gold
 
 
@@ -405,6 +438,7 @@ def impact(source: str, day: dt.date, file: str | None = None, online: bool = Tr
     con = _connect()
     try:
         partitions = _partitions(con, source, day, file)
+        downstream = _downstream_quarantine(con, source, day, file)
         if file is not None and not any(p["rows"] for p in partitions):
             raise ImpactError(f"no row of bronze, silver or quarantine comes from {file}")
         gold, affected = _gold(con, source, day, file)
@@ -412,7 +446,13 @@ def impact(source: str, day: dt.date, file: str | None = None, online: bool = Tr
         online_views = _online(con, affected, check_store=online)
     finally:
         con.close()
-    last = max((d for g in gold for d in g.get("as_of_dates", [])), default=day.isoformat())
+    last = max(
+        [
+            day.isoformat(),
+            *(d for g in gold for d in g.get("as_of_dates", [])),
+            *(q["batch_date"] for q in downstream),
+        ]
+    )
     newest = _newest_gold_date()
     silver_rows = next(p["rows"] for p in partitions if p["layer"] == "silver")
     windows = [r.window_days for r in GOLD_READERS if r.source == source and r.window_days]
@@ -434,6 +474,7 @@ def impact(source: str, day: dt.date, file: str | None = None, online: bool = Tr
     return {
         "batch": {"source": source, "date": day.isoformat(), "file": file},
         "partitions": partitions,
+        "downstream_quarantine": downstream,
         "gold": gold,
         "training_sets": trainings,
         "online": online_views if online else [{"skipped": "--no-online"}],
