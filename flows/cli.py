@@ -80,7 +80,7 @@ def generate(
         typer.Option(help="Add a fault: FAULT@YYYY-MM-DD[:source] (repeatable). See contract §4."),
     ] = None,
 ) -> None:
-    """Play the upstream systems: write daily landing files for every source."""
+    """Play the four demo upstream systems: write their daily landing files (contract §4)."""
     from flows import simulate
     from flows.config import settings
 
