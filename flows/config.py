@@ -515,7 +515,7 @@ class Settings:
         "ASOF_LOG_SERVED_FEATURES",
         "flag",
         None,
-        "Log what `asof serve` served into lake/ops/feature_log_<service>; unset: Feast's "
+        "Log what `asof serve` served into `lake/ops/feature_log_<service>`; unset: Feast's "
         "`feature_server.feature_logging.enabled` decides.",
         _flag,
         SERVING,
