@@ -2,9 +2,10 @@
 
 In a copy of the project, the `refunds` contract of docs/adding-a-source.md is added, the generated
 files are rebuilt, the copy's simulator writes the four demo sources (byte-identical to the
-repository's), refunds are delivered next to them, and the dates are backfilled through the real CLI (Prefect, Delta, GE, dbt, Feast). Nothing under `flows/` differs from
-the repository's: the test checks that too. Refunds then land in bronze, are split into silver and
-quarantine by their own suites (row and batch level), have Data Docs pages, and show in `asof status`,
+repository's), refunds are delivered next to them, and the dates are backfilled through the real
+CLI (Prefect, Delta, GE, dbt, Feast). Nothing under `flows/` differs from the repository's: the
+test checks that too. Refunds then land in bronze, are split into silver and quarantine by their
+own suites (row and batch level), have Data Docs pages, and show in `asof status`,
 `asof quarantine list` and the monitoring report.
 """
 
