@@ -126,6 +126,13 @@ def read_contract(path: Path) -> Source:
     key = tuple(str(k) for k in raw["key"])
     if not key or any(k not in names for k in key):
         raise ContractError(f"{where}: key {list(key)} must name columns of the contract")
+    batch = dict(raw.get("batch") or {})
+    min_rows = (batch.get("volume") or {}).get("min_rows")
+    if min_rows is not None and bool(raw["empty_is_valid"]) != (int(min_rows) == 0):
+        # empty_is_valid states what the volume rule enforces: they cannot disagree
+        raise ContractError(
+            f"{where}: empty_is_valid is {raw['empty_is_valid']} but batch.volume.min_rows is {min_rows}"
+        )
     return Source(
         name=name,
         fmt=cast(FileFormat, raw["format"]),
@@ -136,7 +143,7 @@ def read_contract(path: Path) -> Source:
         version=int(raw.get("version", 1)),
         description=str(raw.get("description", "")),
         rules=tuple(raw.get("rules") or ()),
-        batch=dict(raw.get("batch") or {}),
+        batch=batch,
     )
 
 

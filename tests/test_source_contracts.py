@@ -63,6 +63,7 @@ def test_a_file_name_is_the_default_file(tmp_path):
         ({"a": contract("a", format="parquet")}, "format must be one of"),
         ({"a": contract("a").replace("type: int", "type: integer")}, "type must be one of"),
         ({"a": contract("a").replace("key: [id]", "key: [nope]")}, "key ['nope']"),
+        ({"a": contract("a") + "batch: {volume: {min_rows: 1}}\n"}, "empty_is_valid is True"),
     ],
 )
 def test_a_contract_that_cannot_define_a_source_is_refused(tmp_path, files, message):
