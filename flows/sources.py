@@ -126,6 +126,10 @@ def read_contract(path: Path) -> Source:
     key = tuple(str(k) for k in raw["key"])
     if not key or any(k not in names for k in key):
         raise ContractError(f"{where}: key {list(key)} must name columns of the contract")
+    rules = tuple(raw.get("rules") or ())
+    for rule in rules:
+        if "column" in rule and rule["column"] not in names:
+            raise ContractError(f"{where}: rule {rule.get('id')!r} names no column of the contract")
     batch = dict(raw.get("batch") or {})
     min_rows = (batch.get("volume") or {}).get("min_rows")
     if min_rows is not None and bool(raw["empty_is_valid"]) != (int(min_rows) == 0):
@@ -142,7 +146,7 @@ def read_contract(path: Path) -> Source:
         empty_is_valid=bool(raw["empty_is_valid"]),
         version=int(raw.get("version", 1)),
         description=str(raw.get("description", "")),
-        rules=tuple(raw.get("rules") or ()),
+        rules=rules,
         batch=batch,
     )
 
@@ -161,6 +165,9 @@ def validation_order(sources: Mapping[str, Source]) -> list[str]:
             for ref in refs:
                 if ref not in sources:
                     raise ContractError(f"{name}: references unknown source {ref!r} (no contract {ref}.yml)")
+            for rule in sources[name].rules_of("reference"):
+                if rule["table_key"] not in sources[rule["table"]].column_names:
+                    raise ContractError(f"{name}: {rule['table']} has no column {rule['table_key']!r}")
             depth[name] = 1 + max((depth_of(r, (*path, name)) for r in refs), default=-1)
         return depth[name]
 

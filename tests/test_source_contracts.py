@@ -21,6 +21,10 @@ def contract(name: str, references: tuple[str, ...] = (), **extra: str) -> str:
     )
 
 
+def renamed_key(text: str) -> str:
+    return text.replace("[id]", "[b_id]").replace("name: id", "name: b_id")
+
+
 def write(directory: Path, **contracts: str) -> Path:
     directory.mkdir(exist_ok=True)
     for name, text in contracts.items():
@@ -64,6 +68,8 @@ def test_a_file_name_is_the_default_file(tmp_path):
         ({"a": contract("a").replace("type: int", "type: integer")}, "type must be one of"),
         ({"a": contract("a").replace("key: [id]", "key: [nope]")}, "key ['nope']"),
         ({"a": contract("a") + "batch: {volume: {min_rows: 1}}\n"}, "empty_is_valid is True"),
+        ({"a": contract("a", ("b",)), "b": renamed_key(contract("b"))}, "b has no column 'id'"),
+        ({"a": contract("a") + "rules:\n  - {id: r, kind: range, column: x, min: 0}\n"}, "names no column"),
     ],
 )
 def test_a_contract_that_cannot_define_a_source_is_refused(tmp_path, files, message):
