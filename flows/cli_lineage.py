@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 
 from flows.dates import DateError, parse_date
-from flows.sources import UnknownSourceError, get_source
 from flows.terminal import printable
 from flows.usage import fail, refuse
 
@@ -62,6 +61,8 @@ def impact(
     else:
         if source is None or date is None:
             refuse("give --source and --date (or --file landing/<source>/<date>/<file>)")
+        from flows.sources import UnknownSourceError, get_source  # pyarrow: not for `asof --help`
+
         try:
             src = get_source(source).name
         except UnknownSourceError as exc:

@@ -35,7 +35,7 @@ COMMANDS = (
     "quarantine",
     "lineage",
 )
-HEAVY = ("great_expectations", "dbt", "feast", "pandas", "duckdb")
+HEAVY = ("great_expectations", "dbt", "feast", "pandas", "duckdb", "pyarrow", "yaml")
 
 
 def run_cli(home: Path, *args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
