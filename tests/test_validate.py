@@ -460,3 +460,11 @@ def test_kwargs_lookups_read_the_configuration_once_and_return_what_ge_returns(h
         e._get_runtime_kwargs({})
         ge_own = reads["n"]
     assert patched == 1 and ge_own > 3 * patched, (patched, ge_own)
+
+
+def test_a_contract_without_suites_names_the_cure(home):
+    """A source whose suites were never built (a new contract, build_suites.py not run) fails with
+    an error naming the checkpoint and the command that builds it, not GE's "not found"."""
+    with pytest.raises(suites.SuitesMissingError, match=r"refunds\.rows.*expectations/build_suites\.py"):
+        suites.checkpoint(suites.ge_context(), "refunds.rows")
+    assert suites.checkpoint(suites.ge_context(), "transactions.rows").name == "transactions.rows"

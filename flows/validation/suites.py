@@ -151,10 +151,21 @@ def _read_configuration_once() -> None:
     base._asof_configuration_once = True
 
 
+class SuitesMissingError(RuntimeError):
+    """A source has a contract but no generated suites (docs/adding-a-source.md, step 2)."""
+
+
 def checkpoint(ctx, name: str):
     key = (str(id(ctx)), name)
     cp = _CHECKPOINTS.get(key)
     if cp is None:
+        if not (EXPECTATIONS_DIR / "checkpoints" / f"{name}.json").exists():
+            # GE's own error would be "Checkpoint ... not found", which names neither cause nor cure
+            raise SuitesMissingError(
+                f"no Great Expectations checkpoint {name!r} in {EXPECTATIONS_DIR}/checkpoints: a "
+                "contract was added or changed without rebuilding the suites; run "
+                ".venv/bin/python expectations/build_suites.py"
+            )
         cp = _CHECKPOINTS[key] = ctx.checkpoints.get(name)
     return cp
 
