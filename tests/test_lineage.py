@@ -356,3 +356,59 @@ def test_impact_graph_renders_offline_in_chromium(story, browser) -> None:
     assert "asof backfill --start" in page.locator("#commands").inner_text()
     assert outside == []
     page.close()
+
+
+def test_impact_of_a_rejected_batch_names_the_later_rows_it_held_back(
+    tmp_path: Path, prefect_backend, monkeypatch
+) -> None:
+    """A transactions batch rejected as a whole (a dropped column) reaches no feature, but the
+    chargebacks of its transactions in later batches are quarantined as `unknown_transaction`: the
+    report lists exactly those, and after a corrected re-delivery its recompute command moves them
+    to silver."""
+    from flows import featurestore, pipeline, simulate
+    from flows.monitor import MonitoringFailure
+
+    day, last = dt.date(2024, 1, 2), dt.date(2024, 1, 12)
+    home = tmp_path / "home"
+    scale = simulate.parse_scale(SCALE)
+    fault = simulate.parse_fault(f"schema_drop_column@{day}")
+    simulate.generate(home / "landing", START, last, scale, seed=SEED, faults=[fault])
+    monkeypatch.setenv("ASOF_HOME", str(home))
+    monkeypatch.delenv("ASOF_LAKE_URI", raising=False)
+    featurestore.reset_store_cache()
+
+    def backfill(**kw):
+        try:
+            return pipeline.backfill(**kw)
+        except MonitoringFailure as exc:
+            return exc.data
+
+    statuses = {r["day"]: r["status"] for r in backfill(start=START, end=last, continue_on_failure=True)}
+    assert statuses[day.isoformat()] == "rejected"
+    res = run_cli(home, "lineage", "impact", "--source", "transactions", "--date", day.isoformat(), "--json")
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    assert all(g["rows"] == 0 for g in report["gold"]) and report["training_sets"] == []
+    assert any("no row of the batch reached silver" in n for n in report["notes"])
+
+    with (home / "landing" / "transactions" / day.isoformat() / "transactions.csv").open(newline="") as fh:
+        delivered = {r["txn_id"] for r in csv.DictReader(fh)}
+    held = lake.read("quarantine", "chargebacks").to_pylist()
+    expected: dict[str, int] = {}
+    for r in held:
+        if "unknown_transaction" in r["_reasons"] and r["txn_id"] in delivered:
+            expected[r["_batch_date"].isoformat()] = expected.get(r["_batch_date"].isoformat(), 0) + 1
+    assert expected, "the data must hold chargebacks of the rejected batch's transactions"
+    assert {q["batch_date"]: q["rows"] for q in report["downstream_quarantine"]} == expected
+    assert report["recompute"]["backfill"] == f"asof backfill --start {day} --end {last} --force"
+
+    simulate.generate(home / "landing", day, day, scale, seed=SEED)  # the corrected re-delivery
+    rerun = backfill(**_backfill_args(report["recompute"]["backfill"]))
+    assert {r["status"] for r in rerun} == {"succeeded"}
+    silver = lake.read("silver", "chargebacks", columns=["txn_id", "_batch_date"]).to_pylist()
+    moved: dict[str, int] = {}
+    for r in silver:
+        if r["txn_id"] in delivered and r["_batch_date"] > day:
+            moved[r["_batch_date"].isoformat()] = moved.get(r["_batch_date"].isoformat(), 0) + 1
+    assert moved == expected
+    featurestore.reset_store_cache()
