@@ -227,7 +227,6 @@ INGEST = "Landing files"
 DBT = "dbt and DuckDB"
 STORE = "Feature store"
 SERVING = "asof serve"
-LINEAGE = "Lineage"
 MONITORING = "Monitoring and alerts"
 DEPLOY = "make serve, make redis and the Prefect deployments"
 CLI = "The asof command"
@@ -547,18 +546,6 @@ class Settings:
         _path,
         SERVING,
         read_by="asof (set by asof)",
-    )
-
-    # ------------------------------------------------------------ lineage
-
-    openlineage: Variable[bool] = Variable(
-        "ASOF_OPENLINEAGE",
-        "flag",
-        True,
-        "Emit OpenLineage events for the pipeline's stage runs (OPENLINEAGE_DISABLED=true also "
-        "turns them off).",
-        _flag,
-        LINEAGE,
     )
 
     # ------------------------------------------------------------ monitoring and alerts

@@ -70,7 +70,7 @@ def test_every_declaration_is_read_somewhere() -> None:
     others = "\n".join(p.read_text() for p in _tracked_text_files() if p.suffix in (".yml", ".yaml", ""))
     unused = []
     for v in Settings.variables():
-        read = f".{v.attr}" in python or v.name in others
+        read = re.search(rf"\.{v.attr}\b", python) is not None or v.name in others
         if v.attr.startswith("timeout_"):  # read through Settings.stage_timeout(stage)
             read = ".stage_timeout(" in python
         if not read:
