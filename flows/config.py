@@ -311,6 +311,17 @@ class Settings:
         _int,
         PIPELINE,
     )
+    memory_budget_mb: Variable[float] = Variable(
+        "ASOF_MEMORY_BUDGET",
+        "megabytes",
+        0.0,
+        "Memory one date's ingest and validation may use: a bigger day is validated in row slices "
+        "that fit, a day that cannot fit even so is refused up front (flows/memory_budget.py).",
+        _float,
+        PIPELINE,
+        shown_default="half of physical memory",
+        default_from=lambda s: os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2 / 2**20,
+    )
     validation_docs: Variable[bool] = Variable(
         "ASOF_VALIDATION_DOCS",
         "flag",
