@@ -478,6 +478,14 @@ def generate_docs(out_dir: Path | None = None) -> Path:
     return page
 
 
+def parsed_manifest():
+    """dbt's parsed manifest of the project, parsed at most once per process (the transform's own):
+    lineage reads the models' dependencies from it (flows/lineage/openlineage_events.py)."""
+    with _DBT.lock:
+        manifest, _ = _DBT.manifest()
+    return manifest
+
+
 def dbt_command(args: list[str]):
     """Run any other dbt command in process with the project's paths (e.g. ["docs", "generate"])."""
     with _DBT.lock:

@@ -558,29 +558,24 @@ def _training_set_datasets(
 
 
 def dbt_model_graph() -> dict[str, dict[str, Any]]:
-    """{unique_id: {"name", "resource_type", "materialized", "depends_on"}} from the manifest dbt
-    wrote when it parsed the project (`$ASOF_HOME/cache/dbt/target/manifest.json`)."""
-    from flows.transform import dbt_cache_dir
+    """{unique_id: {"name", "resource_type", "materialized", "depends_on"}} of the dbt project's
+    models, seeds and sources, from the manifest the transform parsed (no second parse)."""
+    from flows.transform import parsed_manifest
 
-    path = dbt_cache_dir() / "target" / "manifest.json"
-    data = json.loads(path.read_text())
+    manifest = parsed_manifest()
     graph: dict[str, dict[str, Any]] = {}
-    for uid, node in (data.get("nodes") or {}).items():
-        if node.get("resource_type") not in ("model", "seed"):
+    for uid, node in manifest.nodes.items():
+        kind = str(node.resource_type)
+        if kind not in ("model", "seed"):
             continue
         graph[uid] = {
-            "name": node.get("name"),
-            "resource_type": node.get("resource_type"),
-            "materialized": (node.get("config") or {}).get("materialized"),
-            "depends_on": list((node.get("depends_on") or {}).get("nodes") or []),
+            "name": node.name,
+            "resource_type": kind,
+            "materialized": getattr(node.config, "materialized", None),
+            "depends_on": list(getattr(getattr(node, "depends_on", None), "nodes", None) or []),
         }
-    for uid, src in (data.get("sources") or {}).items():
-        graph[uid] = {
-            "name": src.get("name"),
-            "resource_type": "source",
-            "materialized": None,
-            "depends_on": [],
-        }
+    for uid, src in manifest.sources.items():
+        graph[uid] = {"name": src.name, "resource_type": "source", "materialized": None, "depends_on": []}
     return graph
 
 
@@ -623,8 +618,8 @@ def _emit_dbt_models(result: Any, parent: tuple[str, str], days: list[dt.date]) 
     """One run per dbt model or seed the transform executed, child of the transform run."""
     try:
         graph = dbt_model_graph()
-    except (OSError, ValueError) as exc:
-        log.debug("no dbt manifest for lineage: %s", exc)
+    except Exception as exc:  # the transform's own event still goes out
+        log.debug("no dbt model graph for lineage: %s", exc)
         return
     for node in result.models:
         if node.unique_id not in graph:
