@@ -85,16 +85,14 @@ def build_graph(report: dict[str, Any]) -> Graph:
         parts[p["layer"]] = pid
         for f in landing:
             g.link(f, pid)
-    for q in report.get("downstream_quarantine", []):
-        detail = f"{q['rows']} rows: {q['reason']}"
+    later = report.get("downstream_quarantine") or []
+    if later:  # one box: a rejected batch can hold back rows of every later batch
+        rows = sum(q["rows"] for q in later)
+        span = f"{later[0]['batch_date']}..{later[-1]['batch_date']}"
+        tables = sorted({q["table"] for q in later})
+        label = f"{', '.join(tables)} (later)"
         qid = g.add(
-            Node(
-                f"later:{q['table']}:{q['batch_date']}",
-                1,
-                f"{q['table']} {q['batch_date']}",
-                detail,
-                "quarantine",
-            )
+            Node("later", 1, label, f"{rows} rows of batches {span}: {later[0]['reason']}", "quarantine")
         )
         for f in landing:
             g.link(f, qid)
