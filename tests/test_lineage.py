@@ -412,3 +412,46 @@ def test_impact_of_a_rejected_batch_names_the_later_rows_it_held_back(
             moved[r["_batch_date"].isoformat()] = moved.get(r["_batch_date"].isoformat(), 0) + 1
     assert moved == expected
     featurestore.reset_store_cache()
+
+
+def test_impact_of_chargebacks_and_customers_batches(story) -> None:
+    """The other sources' rules, checked against the contract on the lake as it is: a chargeback
+    of batch D reaches its transaction's merchant as of D .. the transaction's event day + 89; a
+    customers batch reaches the profile rows of its customers as of D."""
+    from flows.lineage.impact import impact
+
+    cbs = lake.read("silver", "chargebacks").to_pylist()
+    day = max({r["_batch_date"] for r in cbs}, key=lambda d: sum(r["_batch_date"] == d for r in cbs))
+    txns = {r["txn_id"]: r for r in lake.read("silver", "transactions").to_pylist()}
+    batch = [txns[r["txn_id"]] for r in cbs if r["_batch_date"] == day]
+    merchant_keys = set(_gold("merchant_features_daily", "merchant_id"))
+    expected = set()
+    for m, as_of in merchant_keys:
+        for t in batch:
+            ev = t["event_time"].astimezone(dt.UTC).date()
+            if t["merchant_id"] == m and day <= as_of <= ev + dt.timedelta(days=89):
+                expected.add((m, as_of))
+    report = impact("chargebacks", day, online=False)
+    (merch,) = report["gold"]
+    assert merch["table"] == "gold/merchant_features_daily" and merch["via"] == "silver/chargebacks"
+    assert merch["rows_per_date"] == _per_date(expected) and expected
+
+    customers = lake.read("silver", "customers", days=[BAD]).to_pylist()
+    report = impact("customers", BAD, online=False)
+    (profile,) = report["gold"]
+    assert profile["as_of_dates"] == [BAD.isoformat()]
+    assert profile["entities"] == len({c["customer_id"] for c in customers}) > 0
+    assert report["recompute"]["backfill"] == f"asof backfill --start {BAD} --end {BAD} --force"
+
+
+def test_trace_merchant_row_lists_its_transactions_and_chargebacks(story) -> None:
+    from flows.lineage.trace import trace_gold
+
+    gold = lake.read("gold", "merchant_features_daily").to_pylist()
+    pick = max((r for r in gold if r["as_of_date"] == END), key=lambda r: r["merchant_chargeback_count_90d"])
+    trace = trace_gold("merchant_features_daily", pick["merchant_id"], END)
+    txns, cbs = trace["steps"]
+    assert (txns["table"], cbs["table"]) == ("silver/transactions", "silver/chargebacks")
+    assert txns["rows"] == pick["merchant_txn_count_90d"]
+    assert cbs["rows"] == pick["merchant_chargeback_count_90d"] > 0
+    assert {c["txn_id"] for c in cbs["listed"]} <= {t["txn_id"] for t in txns["listed"]}
