@@ -1,7 +1,8 @@
 """A full disk reports as one line, "no space left on <path>" (issue 23 item 7): recognized from
 the error chain (errno 28, delta-rs's wrapped text) or from the disk itself when the error that
 surfaced was another (the Prefect server answering 500); then a real `asof run` on a small tmpfs
-(root only): stderr ends with that line, no logging-error tracebacks, and the run record says it."""
+(root only): stderr ends with that line, no Python traceback, the run record (or status) says it,
+and once there is space again a rerun leaves every table equal to an undisturbed run's."""
 
 from __future__ import annotations
 
@@ -83,12 +84,12 @@ def _tmpfs(where: Path, size: str) -> Iterator[Path]:
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_a_run_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
-    from tests.kill_harness import asof_home, harness
+    from tests.kill_harness import asof_home, diff, harness, snapshot
 
     day = dt.date(2024, 1, 1)
     h = harness()
     landing = h.landing(day, day, "200x400", 5)
-    with _tmpfs(tmp_path / "home", "24m") as home:
+    with _tmpfs(tmp_path / "home", "64m") as home:
         shutil.copytree(landing, home / "landing")
         # leave too little for the lake: the landing files fit, bronze does not
         ballast = home / "ballast"
@@ -111,3 +112,9 @@ def test_a_run_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
             records = runs.latest(day, day)
         assert records and all(r["status"] != "succeeded" for r in records if r["stage"] != "run")
         assert any("no space left on" in r["message"] for r in records), records
+
+        ballast.unlink()  # space again: rerunning the date gives the lake of an undisturbed run
+        rerun = h.asof(home, "run", "--date", day.isoformat())
+        assert rerun.rc == 0, rerun.output()[-3000:]
+        _, reference = h.reference(landing, "run", "--date", day.isoformat())
+        assert diff(reference, snapshot(home)) == ""
