@@ -262,8 +262,11 @@ def _objects(values: Sequence[Any]) -> np.ndarray:
 def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.ndarray, np.ndarray]:
     """(serialized value, value_text) per row of one feature column, as two object arrays."""
     if value_type == ValueType.DOUBLE and _ENCODE_DOUBLE and pa.types.is_floating(column.type):
-        floats = column.cast(pa.float64()).to_pylist()
-        nulls = [i for i, x in enumerate(floats) if _is_null(x)]
+        doubles = column.cast(pa.float64())
+        floats = doubles.to_pylist()
+        # NaN is null to Feast (pd.isnull), as None is
+        missing = pc.or_kleene(pc.is_null(doubles), pc.is_nan(doubles))
+        nulls = np.flatnonzero(missing.to_numpy(zero_copy_only=False)).tolist()
         for i in nulls:
             floats[i] = 0.0
         # value_text of a double is str() of the stored double (extract_text_and_num)
