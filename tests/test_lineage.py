@@ -238,6 +238,8 @@ def test_impact_of_one_landing_file_and_refusals(story) -> None:
         assert res.returncode == 2 and needle in res.stderr, (args, res.stderr)
     res = run_cli(home, "lineage", "impact", "--file", f"landing/transactions/{BAD}/nothing.csv")
     assert res.returncode == 1 and "no row" in res.stderr
+    res = run_cli(home, "lineage", "impact", "--source", "transactions", "--date", "2024-03-01")
+    assert res.returncode == 1 and "not ingested" in res.stderr
 
 
 def _landing_record(home: Path, file: str, record: int) -> dict[str, str]:

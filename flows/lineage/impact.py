@@ -439,8 +439,9 @@ def impact(source: str, day: dt.date, file: str | None = None, online: bool = Tr
     try:
         partitions = _partitions(con, source, day, file)
         downstream = _downstream_quarantine(con, source, day, file)
-        if file is not None and not any(p["rows"] for p in partitions):
-            raise ImpactError(f"no row of bronze, silver or quarantine comes from {file}")
+        if not any(p["rows"] for p in partitions):
+            what = file if file is not None else f"batch {day} of {source}"
+            raise ImpactError(f"no row of bronze, silver or quarantine comes from {what} (not ingested?)")
         gold, affected = _gold(con, source, day, file)
         trainings = _training_sets(con, source, day, file, affected)
         online_views = _online(con, affected, check_store=online)
