@@ -457,3 +457,25 @@ def test_trace_merchant_row_lists_its_transactions_and_chargebacks(story) -> Non
     assert txns["rows"] == pick["merchant_txn_count_90d"]
     assert cbs["rows"] == pick["merchant_chargeback_count_90d"] > 0
     assert {c["txn_id"] for c in cbs["listed"]} <= {t["txn_id"] for t in txns["listed"]}
+
+
+def test_trace_shows_the_quarantined_copies_of_a_transaction(story) -> None:
+    """A transaction delivered again: the trace names the accepted first delivery and the copy
+    validation quarantined, each with its landing record, the copy with its reasons."""
+    from flows.lineage.trace import trace_transaction
+
+    q = lake.read("quarantine", "transactions").to_pylist()
+    silver_ids = set(lake.read("silver", "transactions", columns=["txn_id"])["txn_id"].to_pylist())
+    copy = next(
+        r
+        for r in q
+        if set(r["_reasons"]) & {"duplicate", "conflicting_duplicate"} and r["txn_id"] in silver_ids
+    )
+    trace = trace_transaction(copy["txn_id"])
+    entity, copies = trace["steps"][0], trace["steps"][1]
+    assert copies["table"] == "quarantine/transactions"
+    listed = {(c["landing"]["file"], c["landing"]["record"]): c["reasons"] for c in copies["listed"]}
+    assert listed[(copy["_source_file"], copy["_row_number"])] == list(copy["_reasons"])
+    first = entity["listed"][0]["landing"]
+    assert first["batch_date"] <= copy["_batch_date"].isoformat()
+    assert _landing_record(story["home"], first["file"], first["record"])["txn_id"] == copy["txn_id"]
