@@ -216,6 +216,14 @@ def test_impact_names_the_training_sets_that_read_the_batch(story, tmp_path: Pat
 
     assert rebuild(affected, "a.parquet") != affected["output"]["sha256"]
     assert rebuild(unaffected, "u.parquet") == unaffected["output"]["sha256"]
+    # the rows whose customer features the correction changed are exactly the rows the report
+    # says joined affected customer rows
+    old = pq.read_table(affected["output"]["path"]).to_pylist()
+    new = pq.read_table(tmp_path / "a.parquet").to_pylist()
+    assert [r["txn_id"] for r in old] == [r["txn_id"] for r in new]
+    features = ("txn_count_7d", "amount_usd_sum_7d", "amount_usd_sum_30d", "amount_usd_max_7d")
+    changed = sum(any(o[f] != n[f] for f in features) for o, n in zip(old, new, strict=True))
+    assert changed == entry["rows_joined_affected"]["customer_txn_features_daily"] > 0
 
 
 def test_impact_of_one_landing_file_and_refusals(story) -> None:

@@ -363,6 +363,7 @@ def _training_sets(
         silver_version = entry["tables"].get(f"silver/{source}")
         if direct and silver_version is not None:
             read_current = partition_files("silver", source, day, silver_version) == current_files
+        joined: dict[str, int] = {}
         first_event_day = entry["start"]
         last_as_of = entry["end"] - dt.timedelta(days=1)
         for table, rows in sorted(affected.items()):
@@ -380,12 +381,15 @@ def _training_sets(
             )
             if not dates:
                 continue
-            held = _rows_at_version(con, reader, day, rows, version, lo, last_as_of)
+            if reader.window_days is None:
+                held = _rows_at_version(con, reader, day, rows, version, lo, last_as_of)
+                what = f"{held} affected profile rows as of {dates[0]}..{dates[-1]}"
+            else:
+                held = _joined_rows(con, reader, rows, entry, version)
+                joined[table] = held
+                what = f"{held} of its rows joined affected rows (as of {dates[0]}..{dates[-1]})"
             if held:
-                reasons.append(
-                    f"features of gold/{table} version {version}: {held} affected rows "
-                    f"as of {dates[0]}..{dates[-1]}"
-                )
+                reasons.append(f"features of gold/{table} version {version}: {what}")
         if reasons:
             out.append(
                 {
@@ -398,11 +402,45 @@ def _training_sets(
                     "registered_at": entry["registered_at"].isoformat(timespec="seconds"),
                     "tables": entry["tables"],
                     "reasons": reasons,
+                    "rows_joined_affected": joined,
                     "read_current_batch": read_current,
                     "rebuild": training_sets.rebuild_command(entry),
                 }
             )
     return out
+
+
+def _joined_rows(con, reader: GoldReader, rows: pa.Table, entry: dict[str, Any], version: int) -> int:
+    """How many rows of a training set took their features from affected rows: its entity rows
+    (silver transactions at the version it read, first delivery, events in its range) join the
+    daily row of the day before their event (the views' ttl is one day), when the gold version it
+    read holds that row."""
+    from flows.dates import day_start_utc
+
+    silver = entry["tables"].get("silver/transactions")
+    if silver is None:
+        return 0
+    lo, hi = day_start_utc(entry["start"]), day_start_utc(entry["end"] + dt.timedelta(days=1))
+    con.register("a", rows)
+    con.register("g", lake.dataset("gold", reader.table, version=version))
+    con.register("t", lake.dataset("silver", "transactions", version=silver))
+    try:
+        return con.execute(
+            f"""
+            WITH e AS (
+                SELECT {reader.key} AS k, event_time::DATE - 1 AS as_of FROM t
+                WHERE event_time >= ? AND event_time < ?
+                QUALIFY row_number() OVER (PARTITION BY txn_id ORDER BY _batch_date, _row_number) = 1
+            )
+            SELECT count(*) FROM e
+            JOIN a ON a.k = e.k AND a.as_of_date = e.as_of
+            JOIN g ON g.{reader.key} = e.k AND g.as_of_date = e.as_of
+            """,
+            [lo, hi],
+        ).fetchall()[0][0]
+    finally:
+        for name in ("a", "g", "t"):
+            con.unregister(name)
 
 
 def _rows_at_version(
