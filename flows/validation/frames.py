@@ -126,18 +126,32 @@ def _text(values: pa.ChunkedArray, python_strings: bool) -> pd.Series:
 
 
 def rows_frame(
-    b: Batches, needed: frozenset[str], helpers: dict[str, Any], regex: frozenset[str] = frozenset()
+    b: Batches,
+    needed: frozenset[str],
+    helpers: dict[str, Any],
+    regex: frozenset[str] = frozenset(),
+    part: slice | None = None,
+    labels: pd.Index | None = None,
 ) -> pd.DataFrame:
     """The frame `<source>.rows` validates: the columns its expectations read, nothing more (GE copies
-    the frame per metric). Text is Arrow-backed except in the `regex` columns (suites.regex_columns)."""
+    the frame per metric). Text is Arrow-backed except in the `regex` columns (suites.regex_columns).
+
+    `part`: only these rows (a slice of a date too big for one frame, flows.memory_budget); the
+    helper columns were computed over all the rows, so each row's verdict is the same in any
+    slice. `labels`: `row_labels(b)`, when the caller computed them once for all the slices."""
+    lo, hi = (0, b.n) if part is None else (part.start, part.stop)
+
+    def cut(values: pa.ChunkedArray) -> pa.ChunkedArray:
+        return values if part is None else values.slice(lo, hi - lo)
+
     data: dict[str, Any] = {}
     for col in b.contract.columns:
         if col.name in needed:
-            data[col.name] = _text(b.rows.column(col.name), col.name in regex)
+            data[col.name] = _text(cut(b.rows.column(col.name)), col.name in regex)
         if unparseable_col(col.name) in needed:
-            data[unparseable_col(col.name)] = _text(b.unparseable[col.name], False)
+            data[unparseable_col(col.name)] = _text(cut(b.unparseable[col.name]), False)
         if parsed_col(col.name) in needed:
-            typed = b.typed[col.name]
+            typed = cut(b.typed[col.name])
             if col.type == "int":
                 data[parsed_col(col.name)] = typed.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
             elif col.type == "date":
@@ -145,12 +159,18 @@ def rows_frame(
             else:
                 data[parsed_col(col.name)] = typed.to_pandas()
     if PARSE_ERROR_COL in needed:
-        data[PARSE_ERROR_COL] = _text(b.rows.column("_parse_error"), False)
+        data[PARSE_ERROR_COL] = _text(cut(b.rows.column("_parse_error")), False)
     for name, values in helpers.items():
         if name in needed:
-            data[name] = values
+            if part is None:
+                data[name] = values
+            elif isinstance(values, pd.Series):
+                data[name] = values.iloc[lo:hi].reset_index(drop=True)
+            else:
+                data[name] = values[lo:hi]
     frame = pd.DataFrame(data)  # columns share the default 0..n-1 index: build, then relabel
-    frame.index = row_labels(b)
+    every = row_labels(b) if labels is None else labels
+    frame.index = every if part is None else every[lo:hi]
     return frame
 
 

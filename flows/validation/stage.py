@@ -39,6 +39,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from flows import lake, memory_budget
 from flows.config import settings
 from flows.dates import date_range, span_label
 from flows.sources import SOURCE_NAMES, Source, get_source, silver_schema
@@ -71,6 +72,7 @@ from flows.validation.frames import (
     day_code,
     prepare,
     row_bounds,
+    row_labels,
     rows_frame,
     silver_median,
     unparseable_counts,
@@ -105,6 +107,45 @@ class Evaluation:
     def reasons_for(self, i: int) -> list[str]:
         rejected = self.verdicts[self.batches.row_day(i)].rejected
         return [f"batch_rejected:{r}" for r, _ in rejected] + self.row_reasons.get(i, [])
+
+    def reasons_column(self, idx: np.ndarray) -> pa.Array:
+        """`reasons_for` of rows `idx` as quarantine's `_reasons` column, built in Arrow: a rejected
+        big batch puts every row in quarantine, and a Python list of reasons per row cost ~10x
+        the rows' own memory. Equal to `pa.array([reasons_for(i) for i in idx])`."""
+        n = len(idx)
+        codes = self.batches.codes[idx] if n else np.zeros(0, np.int64)
+        vocab: dict[str, int] = {}
+        prefix_of: dict[int, list[int]] = {}
+        for d, v in self.verdicts.items():
+            if v.rejected:
+                words = [f"batch_rejected:{r}" for r, _ in v.rejected]
+                prefix_of[day_code(d)] = [vocab.setdefault(w, len(vocab)) for w in words]
+        lens = np.zeros(n, dtype=np.int64)
+        for c, pre in prefix_of.items():
+            lens[codes == c] = len(pre)
+        prefix_lens = lens.copy()
+        own: dict[int, list[str]] = {}  # position in idx -> the row's own reasons (few rows)
+        if self.row_reasons and n:
+            keys = np.fromiter(self.row_reasons, dtype=np.int64, count=len(self.row_reasons))
+            order = np.argsort(idx, kind="stable")
+            hits = keys[np.isin(keys, idx)]
+            for i, k in zip(hits, order[np.searchsorted(idx[order], hits)], strict=True):
+                own[int(k)] = self.row_reasons[int(i)]
+        for k, rs in own.items():
+            lens[k] += len(rs)
+        offsets = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(lens, out=offsets[1:])
+        values = np.empty(int(offsets[-1]), dtype=np.int32)
+        for c, pre in prefix_of.items():
+            starts = offsets[:-1][codes == c]
+            for j, code in enumerate(pre):
+                values[starts + j] = code
+        for k, rs in own.items():
+            at = int(offsets[k] + prefix_lens[k])
+            values[at : at + len(rs)] = [vocab.setdefault(r, len(vocab)) for r in rs]
+        words = pa.array(list(vocab), pa.string())
+        flat = pc.take(words, pa.array(values)) if len(values) else pa.array([], pa.string())
+        return pa.LargeListArray.from_arrays(pa.array(offsets), flat).cast(pa.list_(pa.string()))
 
     def to_silver(self, day: dt.date) -> np.ndarray:
         """Positions of the rows of `day` that go to silver (none of a rejected or failed batch)."""
@@ -161,7 +202,8 @@ class Evaluation:
         rows_page = batches_page = None
         for key, _ in self.results:
             if key.expectation_suite_identifier.name.endswith(".rows"):
-                rows_page = datadocs.page_path(key)
+                # a date judged in slices links the first slice's page (the others are listed beside it)
+                rows_page = rows_page or datadocs.page_path(key)
             else:
                 batches_page = datadocs.page_path(key)
         return rows_page, batches_page
@@ -490,13 +532,8 @@ def evaluate(
         if rows_results is None or not _same(delivery, last_delivery):
             if rows_results is not None:
                 suites.forget([k for k, _ in rows_results])
-            frame = rows_frame(b, needed, helpers, suites.regex_columns(rows_suite(source.name)))
-            rows_results = suites.run_suite(
-                rows_suite(source.name), frame, suites.expectation_parameters(ctx.fx), run_id, run_time
-            )
+            rows_results, reasons, errors = _judge_rows(b, needed, helpers, ctx.fx, run_id, run_time)
             last_delivery = delivery
-            reasons, errors = row_reasons([vr for _, vr in rows_results], frame.index)
-            del frame
             if errors:
                 message = "validation could not evaluate row rules: " + "; ".join(errors[:3])
                 failed = {d: DayVerdict(status="failed", message=message) for d in days}
@@ -536,6 +573,46 @@ def evaluate(
     return Evaluation(b, days, run_id, run_time, failing, reasons, verdicts, usd, results, iteration + 1)
 
 
+def part_run_id(run_id: str, part: int, parts: int) -> str:
+    """The GE run of one slice of a rows suite judged in `parts` slices (`...-part2of13`)."""
+    return run_id if parts == 1 else f"{run_id}-part{part}of{parts}"
+
+
+def _judge_rows(
+    b: Batches,
+    needed: frozenset[str],
+    helpers: dict[str, Any],
+    fx: dict[str, float],
+    run_id: str,
+    run_time: dt.datetime,
+) -> tuple[list[tuple[Any, Any]], dict[int, list[str]], list[str]]:
+    """`<source>.rows` over every row, in slices of at most `memory_budget.ge_slice_rows` rows (GE
+    copies its frame per metric: a frame of a whole big day is what outgrew memory). Every rule of
+    the suite is row-local once the helper columns exist for all the rows, so the reasons are the
+    union of the slices' (positions shifted by the slice's start); one stored result per slice.
+    Returns (results, {row position: reasons}, errors)."""
+    suite = rows_suite(b.source.name)
+    regex = suites.regex_columns(suite)
+    params = suites.expectation_parameters(fx)
+    size = memory_budget.ge_slice_rows(b.n)
+    parts = max(1, -(-b.n // size))
+    labels = row_labels(b) if parts > 1 else None
+    results: list[tuple[Any, Any]] = []
+    reasons: dict[int, list[str]] = {}
+    errors: list[str] = []
+    for k in range(parts):
+        part = slice(k * size, min(b.n, (k + 1) * size)) if parts > 1 else None
+        frame = rows_frame(b, needed, helpers, regex, part, labels)
+        got = suites.run_suite(suite, frame, params, part_run_id(run_id, k + 1, parts), run_time)
+        found, errs = row_reasons([vr for _, vr in got], frame.index)
+        del frame
+        start = part.start if part is not None else 0
+        reasons.update({start + i: rs for i, rs in found.items()})
+        results += got
+        errors += errs
+    return results, reasons, errors
+
+
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
     if a is None or b is None:
         return a is b
@@ -559,14 +636,38 @@ class _SourceRun:
     error: str = ""
 
 
+def _landed_files(source: Source, days: list[dt.date]) -> list[tuple[str, int, int]]:
+    """(file, bytes, rows) of what ingest recorded for `days`: the estimate's input, read before
+    any bronze row is."""
+    import pyarrow.dataset as ds
+
+    flt = lake.date_filter("_batch_date", days) & (ds.field("source") == source.name)
+    tbl = history.scan("ops", "ingest_files", flt, ["file", "bytes", "rows"], (min(days), max(days)))
+    if tbl is None:
+        return []
+    return [(r["file"], r["bytes"] or 0, r["rows"] or 0) for r in tbl.to_pylist()]
+
+
 def _evaluate_source(source: Source, ctx: _Context) -> _SourceRun:
     run = _SourceRun(source)
     contract = load_contract(source.name)
     records = history.file_records(source, ctx.days)
+    landed = _landed_files(source, ctx.days)
+    if landed:
+        est = memory_budget.recorded_estimate(source.name, span_label(ctx.days), landed)
+        refused = est.refusal(memory_budget.budget_bytes())
+        if refused:  # nothing read, nothing written: the dates fail with the reason
+            run.error = refused
+            return run
     rows = history.bronze_rows(source, ctx.days)
-    per_day = {
-        d: rows.filter(pc.equal(rows.column("_batch_date"), pa.scalar(d, pa.date32()))) for d in ctx.days
-    }
+    # rows are in delivery order, batch date first: a date's rows are a zero-copy slice (a filter
+    # copied every date's rows, a second bronze table held for the whole evaluation)
+    codes = rows.column("_batch_date").cast(pa.int32()).to_numpy(zero_copy_only=False)
+    per_day = {}
+    for d in ctx.days:
+        lo, hi = np.searchsorted(codes, day_code(d), "left"), np.searchsorted(codes, day_code(d), "right")
+        per_day[d] = rows.slice(int(lo), int(hi - lo))
+    del codes
     deliveries_of: dict[dt.date, Delivery] = {}
     for d in ctx.days:
         info = history.delivery_info(source, d, per_day[d], records[d])
@@ -628,9 +729,7 @@ def _write(run: _SourceRun) -> list[dt.date]:
     good = np.concatenate([ev.to_silver(d) for d in written])
     bad = np.concatenate([ev.to_quarantine(d) for d in written])
     silver = storage.silver_rows(b.rows, b.typed, src, good, ev.run_id)
-    quarantine = storage.quarantine_rows(
-        b.rows, src, bad, [ev.reasons_for(int(i)) for i in bad], ev.run_id, now
-    )
+    quarantine = storage.quarantine_rows(b.rows, src, bad, ev.reasons_column(bad), ev.run_id, now)
     storage.replace_partitions("silver", src, written, silver, silver_schema(src))
     storage.replace_partitions("quarantine", src, written, quarantine, storage.quarantine_schema(src))
     return written
@@ -676,6 +775,8 @@ def _evaluate_all(days: list[dt.date], wanted: list[str], fx: dict[str, float]) 
             ctx.processed.discard(name)  # it writes nothing: its silver stays as it is
         if run.evaluation is not None:
             ctx.done[name] = run.evaluation
+        elif run.error:
+            ctx.processed.discard(name)  # refused: it writes nothing, its silver stays as it is
         runs.append(run)
     return runs
 

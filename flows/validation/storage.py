@@ -116,11 +116,18 @@ def silver_rows(
 
 
 def quarantine_rows(
-    rows: pa.Table, source: Source, idx: np.ndarray, reasons: list[list[str]], run_id: str, now: dt.datetime
+    rows: pa.Table,
+    source: Source,
+    idx: np.ndarray,
+    reasons: list[list[str]] | pa.Array,
+    run_id: str,
+    now: dt.datetime,
 ) -> pa.Table:
-    """Rows `idx` exactly as they arrived, with every reason and the run that judged them."""
+    """Rows `idx` exactly as they arrived, with every reason (one list per row, or that column
+    already built) and the run that judged them."""
     base = rows.select(bronze_schema(source).names).take(pa.array(idx, pa.int64()))
-    base = base.append_column("_reasons", pa.array(reasons, pa.list_(pa.string())))
+    column = reasons if isinstance(reasons, pa.Array) else pa.array(reasons, pa.list_(pa.string()))
+    base = base.append_column("_reasons", column)
     base = base.append_column("_validation_run_id", pa.array([run_id] * len(idx), pa.string()))
     base = base.append_column("_quarantined_at", pa.array([now] * len(idx), pa.timestamp("us", tz="UTC")))
     return base.cast(quarantine_schema(source))

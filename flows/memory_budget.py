@@ -1,0 +1,135 @@
+"""What one date may cost in memory (ASOF_MEMORY_BUDGET), estimated before anything is read.
+
+A batch that grows past the machine's memory is killed by the kernel mid-stage: no run record, no
+message, and a retry that dies the same way. So a date's cost is estimated from what landed (bytes
+on disk, lines) with factors measured on a replicated bench day (bench/bigday.py,
+bench/stage_memory.py), and a date whose estimate is over the budget is refused up front: its
+ingest fails with one line naming the file, its size, the estimate, the budget and what to do,
+and nothing of it is written.
+
+Within the budget, validation judges a date's rows with Great Expectations in row slices
+(`ge_slice_rows`): the rows suite is row-local once the helper columns are computed for the whole
+date, so only the frame GE copies per metric shrinks with the slice. The rest of validation holds
+the whole date (bronze rows, typed columns, helpers, the silver and quarantine tables and their
+Delta writes): that is `VALIDATE_BYTES_PER_ROW`, and why a big enough day is refused rather than
+sliced.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from flows.config import Settings, settings
+
+MB = 2**20
+GB = 2**30
+
+# A flow process before its first stage (Prefect, GE, dbt, Feast imported; measured 0.9-1.1 GB RSS
+# before validation in `asof run` and bench/stage_memory.py).
+BASE_BYTES = 1 * GB
+# Ingest of one CSV file, per landed byte: the file's bytes, pyarrow's table of strings, the bronze
+# columns added to it (~200 B a transactions row), delta-rs's write of it (5M rows, 327 MB: 0.12 GB
+# before, parse peak 1.07, bronze table 1.10, write peak 1.79: 5.1 bytes per landed byte).
+INGEST_BYTES_PER_BYTE = 5.5
+# Validation per landed row, outside GE's frame: bronze rows read back and sorted (5M rows: +1.7
+# GB), typed columns, helper columns, first-delivery keys, the silver table (+0.9 GB) and its Delta
+# write (+1.9 GB), the conservation read-back (+1.2 GB over what the allocator kept). 5M
+# transactions, GE in 1.6M-row slices: peak 5.11 GB from 0.20 (bench/stage_memory.py: 4.91 from 0.90).
+VALIDATE_BYTES_PER_ROW = 900
+# GE's rows suite per row of a slice: the frame and GE's copies of it per metric (5M rows in one
+# frame: +0.7 GB, the suite's run +0.5 GB above it; 1.6M-row slices: +0.25-0.3 GB each).
+GE_BYTES_PER_ROW = 250
+# A slice smaller than this costs more in GE's fixed cost per run than it saves.
+MIN_SLICE_ROWS = 100_000
+
+
+def budget_bytes(s: Settings | None = None) -> int:
+    return int((s or settings()).memory_budget_mb * MB)
+
+
+def size_text(n: float) -> str:
+    return f"{n / GB:.1f} GB" if n >= GB else f"{n / MB:.0f} MB"
+
+
+def count_lines(path: Path) -> int:
+    """Lines of a landed file (decompressed when gzip), read in chunks: never the whole file."""
+    with open(path, "rb") as f:
+        opener = gzip.open if f.read(2) == b"\x1f\x8b" else open
+    n = 0
+    last = b"\n"
+    with opener(path, "rb") as f:
+        while chunk := f.read(16 * MB):
+            n += chunk.count(b"\n")
+            last = chunk[-1:]
+    return n + (last != b"\n")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A date's landed files and the memory its ingest and validation are estimated to need."""
+
+    source: str
+    day: str
+    files: tuple[tuple[str, int, int], ...]  # (file, bytes on disk, lines or rows)
+    ingest_bytes: int
+    validate_bytes: int
+    unit: str = "lines"  # what `files` counts: landed lines, or the rows ingest recorded
+
+    @property
+    def rows(self) -> int:
+        return sum(lines for _, _, lines in self.files)
+
+    @property
+    def needed(self) -> int:
+        return max(self.ingest_bytes, self.validate_bytes)
+
+    def refusal(self, budget: int) -> str | None:
+        """One line saying why the date is refused, or None when it fits."""
+        if self.needed <= budget:
+            return None
+        biggest = max(self.files, key=lambda f: f[1])
+        fit = max(0, int((budget - BASE_BYTES) / (VALIDATE_BYTES_PER_ROW + GE_BYTES_PER_ROW)))
+        return (
+            f"{self.source} {self.day} refused before reading: {biggest[0]} "
+            f"({size_text(biggest[1])}, {biggest[2]:,} {self.unit}"
+            + (f"; {len(self.files)} files, {self.rows:,} {self.unit} in all" if len(self.files) > 1 else "")
+            + f") needs an estimated {size_text(self.needed)} to ingest and validate, over the memory "
+            f"budget of {size_text(budget)} (ASOF_MEMORY_BUDGET); raise ASOF_MEMORY_BUDGET to at least "
+            f"{int(self.needed / MB) + 1} (megabytes) on a machine that has it, or have the batch "
+            f"split into dates of at most ~{fit:,} rows"
+        )
+
+
+def estimate(source: str, day: str, files: Sequence[tuple[str, Path]]) -> Estimate:
+    """The estimate for one date's landed `files` ((name shown, path)), every line a row."""
+    sized = tuple((name, p.stat().st_size, count_lines(p)) for name, p in files if p.is_file())
+    landed = sum(b for _, b, _ in sized)
+    rows = sum(n for _, _, n in sized)
+    ingest = BASE_BYTES + int(INGEST_BYTES_PER_BYTE * landed)
+    return Estimate(source, day, sized, ingest, validate_estimate(rows))
+
+
+def recorded_estimate(source: str, days: str, files: Sequence[tuple[str, int, int]]) -> Estimate:
+    """Validation's estimate from ingest's records ((file, bytes, rows)) of the dates validated
+    together: a date ingested under a bigger budget (or before there was one) is refused here."""
+    rows = sum(n for _, _, n in files)
+    return Estimate(source, days, tuple(files), 0, validate_estimate(rows), unit="rows")
+
+
+def validate_estimate(rows: int) -> int:
+    """Validation's estimate for `rows` landed rows validated together, GE in `ge_slice_rows` slices."""
+    return BASE_BYTES + VALIDATE_BYTES_PER_ROW * rows + GE_BYTES_PER_ROW * min(rows, ge_slice_rows(rows))
+
+
+def ge_slice_rows(rows: int, s: Settings | None = None) -> int:
+    """Rows GE judges at once when `rows` are validated together: ASOF_VALIDATION_MAX_ROWS, or fewer
+    when the budget left after the whole-date part cannot hold that frame (never below
+    MIN_SLICE_ROWS unless ASOF_VALIDATION_MAX_ROWS says so)."""
+    s = s or settings()
+    cap = max(1, s.validation_max_rows)
+    left = budget_bytes(s) - BASE_BYTES - VALIDATE_BYTES_PER_ROW * rows
+    fits = max(MIN_SLICE_ROWS, left // GE_BYTES_PER_ROW)
+    return int(min(cap, fits))

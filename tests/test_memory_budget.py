@@ -1,0 +1,149 @@
+"""A date's memory is bounded (flows/memory_budget.py, issue 23 item 7): Great Expectations judges a
+date's rows in slices and gives every row exactly the verdict of an unsliced run, and a date whose
+estimate is over ASOF_MEMORY_BUDGET is refused before anything is read, in one line, writing nothing.
+
+The data is tests/test_validation_range.py's ten dates, whose faults cross dates (a rejected batch,
+a quarantined first copy and its corrected re-delivery, duplicates and conflicting duplicates,
+chargebacks of unknown transactions): slices of 7 rows cut through every batch and every date."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from flows import ingest, lake, memory_budget
+from flows.validation import stage, suites
+from flows.validation.frames import code_day, day_code
+from flows.validation.verdicts import DayVerdict
+from tests.conftest import data_root
+from tests.test_validation_range import D, _land_everything, _snapshot
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("budget_landed")
+    with data_root(home):
+        _land_everything()
+    return home
+
+
+@pytest.fixture(scope="module")
+def unsliced(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    home = tmp_path_factory.mktemp("budget_unsliced")
+    shutil.copytree(landed / "lake", home / "lake")
+    with data_root(home):
+        outs = stage.validate_dates(D, build_docs=False)
+        return {"tables": _snapshot(), "outs": outs}
+
+
+def test_slices_of_seven_rows_give_every_row_the_same_verdict(
+    landed: Path, unsliced: dict, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(landed / "lake", home / "lake")
+    monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "7")
+    calls: list[str] = []
+    run_suite = suites.run_suite
+
+    def counted(suite_name, frame, params, run_name, run_time):
+        calls.append(run_name)
+        assert suite_name.endswith(".batches") or len(frame) <= 7
+        return run_suite(suite_name, frame, params, run_name, run_time)
+
+    monkeypatch.setattr(suites, "run_suite", counted)
+    outs = stage.validate_dates(D, build_docs=False)
+    assert any("-part2of" in c for c in calls), calls  # it did slice
+    got = _snapshot()
+    assert got["quarantine/transactions"], "the data has quarantined rows"
+    for table, rows in unsliced["tables"].items():
+        assert got[table] == rows, table  # silver, quarantine (with reasons) and ops/validations
+    for d in D:
+        for source, v in unsliced["outs"][d].items():
+            w = outs[d][source]
+            assert (w.status, w.rows_silver, w.rows_quarantined, w.reasons, w.rejected_rule) == (
+                v.status,
+                v.rows_silver,
+                v.rows_quarantined,
+                v.reasons,
+                v.rejected_rule,
+            ), (d, source)
+
+
+def test_slice_size_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "1600000")
+    monkeypatch.setenv("ASOF_MEMORY_BUDGET", "4096")
+    # 2M rows leave 4 GB - 1 GB - 2M x 900 B for the frame: ~5.6M rows of it, so the setting caps it
+    assert memory_budget.ge_slice_rows(2_000_000) == 1_600_000
+    # 3.2M rows leave ~0.3 GB: ~1.4M rows of frame at 250 B
+    assert memory_budget.ge_slice_rows(3_200_000) < 1_600_000
+    # nothing left: the floor (the date itself is refused at ingest)
+    assert memory_budget.ge_slice_rows(10_000_000) == memory_budget.MIN_SLICE_ROWS
+
+
+def test_a_date_over_the_budget_is_refused_before_anything_is_read(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    day = dt.date(2024, 3, 1)
+    folder = home / "landing" / "transactions" / day.isoformat()
+    folder.mkdir(parents=True)
+    lines = ["txn_id,customer_id,merchant_id,amount,currency,channel,event_time"]
+    lines += [f"t{i:06d},1,1,10.00,USD,web,2024-03-01T00:00:00Z" for i in range(20_000)]
+    (folder / "transactions.csv").write_text("\n".join(lines) + "\n")
+    # 1,030 MB: the base alone (1,024 MB) nearly fills it; 20,001 lines x 900 B do not fit beside it
+    monkeypatch.setenv("ASOF_MEMORY_BUDGET", "1030")
+    out = ingest.ingest_dates("transactions", [day])[day]
+    assert out.status == "failed"
+    assert "\n" not in out.message
+    for part in (
+        "transactions 2024-03-01 refused",
+        "landing/transactions/2024-03-01/transactions.csv",
+        "20,001 lines",
+        "ASOF_MEMORY_BUDGET",
+        "1.0 GB",
+        "split",
+    ):
+        assert part in out.message, (part, out.message)
+    assert not lake.exists("bronze", "transactions")  # nothing half-written
+    monkeypatch.setenv("ASOF_MEMORY_BUDGET", "2048")
+    assert ingest.ingest_dates("transactions", [day])[day].status == "succeeded"
+    assert lake.read("bronze", "transactions").num_rows == 20_000
+
+
+def test_validation_refuses_what_ingest_let_in_under_a_bigger_budget(
+    landed: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(landed / "lake", home / "lake")
+    monkeypatch.setattr(memory_budget, "VALIDATE_BYTES_PER_ROW", 10**9)  # 40 rows: 40 GB
+    monkeypatch.setenv("ASOF_MEMORY_BUDGET", "8192")  # 4 merchants fit, 40 transactions do not
+    out = stage.validate_dates([D[0]], ["merchants", "transactions"], build_docs=False)[D[0]]
+    assert out["merchants"].status == "succeeded"
+    assert out["transactions"].status == "failed"
+    assert out["transactions"].message.startswith("transactions 2024-02-01 refused before reading: ")
+    assert "40 rows" in out["transactions"].message
+    assert "ASOF_MEMORY_BUDGET" in out["transactions"].message
+    assert not lake.exists("silver", "transactions")
+    assert not lake.exists("quarantine", "transactions")
+
+
+def test_the_reasons_column_equals_one_list_per_row() -> None:
+    """Quarantine's `_reasons` built in Arrow (a rejected big batch quarantines every row) is the
+    column a list of reasons per row gives: rejected and accepted dates, rows with and without
+    their own reasons, any order of positions."""
+    days = [dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)]
+    codes = np.repeat([day_code(d) for d in days], [4, 3, 5])
+    b = SimpleNamespace(codes=codes, row_day=lambda i: code_day(codes[i]))
+    verdicts = {
+        days[0]: DayVerdict(),
+        days[1]: DayVerdict("rejected", [("volume", "m"), ("amount_drift", "m")]),
+        days[2]: DayVerdict("rejected", [("failing_rows", "m")]),
+    }
+    own = {1: ["duplicate"], 4: ["unknown_merchant", "too_late"], 9: ["amount_out_of_range"]}
+    ev = stage.Evaluation(b, days, "r", dt.datetime.now(dt.UTC), np.zeros(12, bool), own, verdicts, None)  # type: ignore[arg-type]
+    for idx in (np.arange(12), np.array([9, 1, 4, 0, 11]), np.array([], dtype=np.int64), np.array([2, 3])):
+        want = pa.array([ev.reasons_for(int(i)) for i in idx], pa.list_(pa.string()))
+        assert ev.reasons_column(idx).equals(want), idx
