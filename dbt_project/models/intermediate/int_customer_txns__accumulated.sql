@@ -73,22 +73,30 @@ deltas as (
 
 ),
 
+-- Every change 7 or more days before the chunk is folded into one opening row 7 days before its
+-- first day: the running sums and the running maximum of the chunk's days are the same. Its on-time
+-- maximum is its own day's only: an older day is in the 7-day range window of no row that covers a
+-- day of the chunk (an on-time transaction of day e adds a row on day e + 7, which ends the row
+-- before it, so a row that reaches the chunk has no on-time day in the 7 days before it). The
+-- windows below then sort (customers x the chunk's change days and the 7 before) instead of the
+-- whole 30-day look-back.
 timeline as (
 
     select
         customer_id,
-        day,
+        greatest(deltas.day, {{ r.start_day - 7 }}) as day,
         sum(d_txn_count_1d) as d_txn_count_1d,
         sum(d_txn_count_7d) as d_txn_count_7d,
         sum(d_txn_count_30d) as d_txn_count_30d,
         sum(d_amount_usd_sum_7d) as d_amount_usd_sum_7d,
         sum(d_amount_usd_sum_30d) as d_amount_usd_sum_30d,
         sum(d_distinct_merchants_30d) as d_distinct_merchants_30d,
-        max(on_time_amount_usd_max) as on_time_amount_usd_max,
+        -- the opening row keeps only its own day's maximum: older ones are out of every window
+        max(on_time_amount_usd_max) filter (where deltas.day >= {{ r.start_day - 7 }}) as on_time_amount_usd_max,
         max(last_event_time_us) as last_event_time_us
     from deltas
-    where day <= {{ r.end_day }}
-    group by customer_id, day
+    where deltas.day <= {{ r.end_day }}
+    group by customer_id, greatest(deltas.day, {{ r.start_day - 7 }})
 
 ),
 

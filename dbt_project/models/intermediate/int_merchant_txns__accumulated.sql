@@ -70,17 +70,20 @@ deltas as (
 
 ),
 
+-- Every change before the chunk is folded into one opening row on its first day: the running sums
+-- of the chunk's days are the same, and the window below sorts (merchants x the chunk's change days)
+-- instead of the whole 90-day look-back (a one-day chunk: ~1 row a merchant instead of ~90).
 timeline as (
 
     select
         merchant_id,
-        day,
+        greatest(day, {{ r.start_day }}) as day,
         sum(d_txn_count_7d) as d_txn_count_7d,
         sum(d_txn_count_90d) as d_txn_count_90d,
         sum(d_chargeback_count_90d) as d_chargeback_count_90d
     from deltas
     where day <= {{ r.end_day }}
-    group by merchant_id, day
+    group by merchant_id, greatest(day, {{ r.start_day }})
 
 ),
 
