@@ -77,6 +77,7 @@ class Estimate:
     ingest_bytes: int
     validate_bytes: int
     unit: str = "lines"  # what `files` counts: landed lines, or the rows ingest recorded
+    dates: int = 1  # batch dates validated together
 
     @property
     def rows(self) -> int:
@@ -100,6 +101,12 @@ class Estimate:
             f"budget of {size_text(budget)} (ASOF_MEMORY_BUDGET); raise ASOF_MEMORY_BUDGET to at least "
             f"{int(self.needed / MB) + 1} (megabytes) on a machine that has it, or have the batch "
             f"split into dates of at most ~{fit:,} rows"
+            + (
+                f" (these are {self.dates} dates validated together: a smaller ASOF_VALIDATION_MAX_ROWS "
+                "validates fewer at once)"
+                if self.dates > 1
+                else ""
+            )
         )
 
 
@@ -112,11 +119,14 @@ def estimate(source: str, day: str, files: Sequence[tuple[str, Path]]) -> Estima
     return Estimate(source, day, sized, ingest, validate_estimate(rows))
 
 
-def recorded_estimate(source: str, days: str, files: Sequence[tuple[str, int, int]]) -> Estimate:
-    """Validation's estimate from ingest's records ((file, bytes, rows)) of the dates validated
-    together: a date ingested under a bigger budget (or before there was one) is refused here."""
+def recorded_estimate(
+    source: str, days: str, files: Sequence[tuple[str, int, int]], dates: int = 1
+) -> Estimate:
+    """Validation's estimate from ingest's records ((file, bytes, rows)) of the `dates` dates
+    validated together: a date ingested under a bigger budget (or before there was one) is refused
+    here."""
     rows = sum(n for _, _, n in files)
-    return Estimate(source, days, tuple(files), 0, validate_estimate(rows), unit="rows")
+    return Estimate(source, days, tuple(files), 0, validate_estimate(rows), unit="rows", dates=dates)
 
 
 def validate_estimate(rows: int) -> int:

@@ -654,7 +654,7 @@ def _evaluate_source(source: Source, ctx: _Context) -> _SourceRun:
     records = history.file_records(source, ctx.days)
     landed = _landed_files(source, ctx.days)
     if landed:
-        est = memory_budget.recorded_estimate(source.name, span_label(ctx.days), landed)
+        est = memory_budget.recorded_estimate(source.name, span_label(ctx.days), landed, len(ctx.days))
         refused = est.refusal(memory_budget.budget_bytes())
         if refused:  # nothing read, nothing written: the dates fail with the reason
             run.error = refused

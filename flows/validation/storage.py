@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 
 from flows import lake
 from flows.sources import SOURCE_NAMES, Source, bronze_schema, get_source, silver_schema
-from flows.validation.history import scan
+from flows.validation.history import dataset, scan
 
 QUARANTINE_EXTRA_FIELDS = [
     pa.field("_reasons", pa.list_(pa.string())),
@@ -175,23 +175,30 @@ def row_ids(layer: str, source: str, days: Sequence[dt.date]) -> pa.Table:
     return got
 
 
-def _row_keys(tables: list[pa.Table]) -> list[np.ndarray]:
-    """(file, row number) of each table's rows as int64 keys, with one file dictionary for all."""
-    files = pa.chunked_array([c for t in tables for c in t.column("_source_file").chunks], type=pa.string())
-    codes = (
-        pc.dictionary_encode(files).combine_chunks().indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    )
-    out, start = [], 0
-    for t in tables:
-        n = t.num_rows
-        rows = t.column("_row_number").to_numpy().astype(np.int64, copy=False) if n else np.zeros(0, np.int64)
-        out.append((codes[start : start + n] << 32) | rows)
-        start += n
-    return out
-
-
-def _of_day(tbl: pa.Table, day: dt.date) -> pa.Table:
-    return tbl.filter(pc.equal(tbl.column("_batch_date"), pa.scalar(day, pa.date32())))
+def _row_keys(
+    layer: str, source: str, days: Sequence[dt.date], files: dict[str, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(batch date as days since 1970, (file code << 32) | row number) of a layer's rows of `days`,
+    read batch by batch: the file names become codes of `files` (shared by the layers) as they
+    are read, so a big date never holds its file-name strings (5M rows x 3 layers: +1.2 GB)."""
+    dset = dataset(layer, source, (min(days), max(days)))
+    codes: list[np.ndarray] = []
+    keys: list[np.ndarray] = []
+    if dset is not None:
+        columns = ["_batch_date", "_source_file", "_row_number"]
+        for batch in dset.to_batches(columns=columns, filter=lake.date_filter("_batch_date", days)):
+            if not batch.num_rows:
+                continue
+            enc = pc.dictionary_encode(pc.fill_null(batch.column("_source_file"), ""))
+            mapping = np.array(
+                [files.setdefault(f, len(files)) for f in enc.dictionary.to_pylist()], dtype=np.int64
+            )
+            rows = batch.column("_row_number").to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+            keys.append((mapping[enc.indices.to_numpy(zero_copy_only=False)] << 32) | rows)
+            codes.append(batch.column("_batch_date").cast(pa.int32()).to_numpy(zero_copy_only=False))
+    if not keys:
+        return np.zeros(0, np.int32), np.zeros(0, np.int64)
+    return np.concatenate(codes), np.concatenate(keys)
 
 
 def conservation(
@@ -201,16 +208,17 @@ def conservation(
     all the dates. Each date maps to its (bronze, silver, quarantine) counts or to its violation."""
     if not days:
         return {}
-    layers = [row_ids(layer, source, days) for layer in ("bronze", "silver", "quarantine")]
+    files: dict[str, int] = {}
+    layers = [_row_keys(layer, source, days, files) for layer in ("bronze", "silver", "quarantine")]
     out: dict[dt.date, tuple[int, int, int] | ConservationError] = {}
     for day in sorted(days):
-        tables = [_of_day(t, day) for t in layers]
-        nb, ns, nq = (t.num_rows for t in tables)
+        code = (day - dt.date(1970, 1, 1)).days
+        kb, ks, kq = (keys[codes == code] for codes, keys in layers)
+        nb, ns, nq = len(kb), len(ks), len(kq)
         problems = []
         if nb != ns + nq:
             problems.append(f"bronze has {nb} rows, silver {ns} + quarantine {nq} = {ns + nq}")
         else:
-            kb, ks, kq = _row_keys(tables)
             both = np.sort(np.concatenate([ks, kq]))
             if both.size and (both[1:] == both[:-1]).any():
                 problems.append(
