@@ -147,3 +147,17 @@ def test_the_reasons_column_equals_one_list_per_row() -> None:
     for idx in (np.arange(12), np.array([9, 1, 4, 0, 11]), np.array([], dtype=np.int64), np.array([2, 3])):
         want = pa.array([ev.reasons_for(int(i)) for i in idx], pa.list_(pa.string()))
         assert ev.reasons_column(idx).equals(want), idx
+
+
+def test_each_date_links_the_slice_that_holds_its_rows(
+    landed: Path, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two dates of 40 transactions in slices of 15: six Data Docs results (`-part1of6` ..), and the
+    second date's record links the third, where its first row is."""
+    shutil.copytree(landed / "lake", home / "lake")
+    monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "15")
+    out = stage.validate_dates(D[:2], ["merchants", "transactions"], build_docs=False)
+    first, second = out[D[0]]["transactions"], out[D[1]]["transactions"]
+    assert first.data_docs_path is not None and "-part1of6/" in first.data_docs_path
+    assert second.data_docs_path is not None and "-part3of6/" in second.data_docs_path
+    assert first.batches_docs_path == second.batches_docs_path  # one batches result for the dates

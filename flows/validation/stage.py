@@ -103,6 +103,7 @@ class Evaluation:
     usd: np.ndarray | None  # amount_usd per row (sources with a drift rule)
     results: list[tuple[Any, Any]] = field(default_factory=list)  # (result key, GE result)
     iterations: int = 0
+    part_rows: int = 0  # rows of each GE slice of the rows suite (0: one frame)
 
     def reasons_for(self, i: int) -> list[str]:
         rejected = self.verdicts[self.batches.row_day(i)].rejected
@@ -195,17 +196,21 @@ class Evaluation:
     def message(self) -> str:
         return self.verdicts[self.days[0]].message
 
-    def docs_paths(self) -> tuple[str | None, str | None]:
-        """(rows page, batches page), relative to the Data Docs root."""
+    def docs_paths(self, day: dt.date | None = None) -> tuple[str | None, str | None]:
+        """(rows page, batches page), relative to the Data Docs root. Rows judged in slices: the
+        page of the slice holding `day`'s first row (the first slice without a day); the other
+        slices' pages are listed beside it in the site's index."""
         from flows import datadocs
 
-        rows_page = batches_page = None
-        for key, _ in self.results:
-            if key.expectation_suite_identifier.name.endswith(".rows"):
-                # a date judged in slices links the first slice's page (the others are listed beside it)
-                rows_page = rows_page or datadocs.page_path(key)
-            else:
-                batches_page = datadocs.page_path(key)
+        rows_keys = [k for k, _ in self.results if k.expectation_suite_identifier.name.endswith(".rows")]
+        batches_keys = [
+            k for k, _ in self.results if not k.expectation_suite_identifier.name.endswith(".rows")
+        ]
+        part = 0
+        if day is not None and self.part_rows and len(rows_keys) > 1:
+            part = min(len(rows_keys) - 1, self.batches.span(day).start // self.part_rows)
+        rows_page = datadocs.page_path(rows_keys[part]) if rows_keys else None
+        batches_page = datadocs.page_path(batches_keys[-1]) if batches_keys else None
         return rows_page, batches_page
 
 
@@ -509,6 +514,7 @@ def evaluate(
     eligible = np.ones(b.n, dtype=bool)
     statuses = {d: "succeeded" for d in days}
     rows_results: list[tuple[Any, Any]] | None = None
+    part_rows = 0
     batch_results: list[tuple[Any, Any]] | None = None
     last_delivery: np.ndarray | None = None
     last_summary: pd.DataFrame | None = None
@@ -532,7 +538,9 @@ def evaluate(
         if rows_results is None or not _same(delivery, last_delivery):
             if rows_results is not None:
                 suites.forget([k for k, _ in rows_results])
-            rows_results, reasons, errors = _judge_rows(b, needed, helpers, ctx.fx, run_id, run_time)
+            rows_results, reasons, errors, part_rows = _judge_rows(
+                b, needed, helpers, ctx.fx, run_id, run_time
+            )
             last_delivery = delivery
             if errors:
                 message = "validation could not evaluate row rules: " + "; ".join(errors[:3])
@@ -570,7 +578,9 @@ def evaluate(
     else:
         raise RuntimeError(f"validation of {source.name} {span} did not reach a fixpoint")
     results = list(rows_results or []) + list(batch_results or [])
-    return Evaluation(b, days, run_id, run_time, failing, reasons, verdicts, usd, results, iteration + 1)
+    return Evaluation(
+        b, days, run_id, run_time, failing, reasons, verdicts, usd, results, iteration + 1, part_rows
+    )
 
 
 def part_run_id(run_id: str, part: int, parts: int) -> str:
@@ -585,12 +595,12 @@ def _judge_rows(
     fx: dict[str, float],
     run_id: str,
     run_time: dt.datetime,
-) -> tuple[list[tuple[Any, Any]], dict[int, list[str]], list[str]]:
+) -> tuple[list[tuple[Any, Any]], dict[int, list[str]], list[str], int]:
     """`<source>.rows` over every row, in slices of at most `memory_budget.ge_slice_rows` rows (GE
     copies its frame per metric: a frame of a whole big day is what outgrew memory). Every rule of
     the suite is row-local once the helper columns exist for all the rows, so the reasons are the
     union of the slices' (positions shifted by the slice's start); one stored result per slice.
-    Returns (results, {row position: reasons}, errors)."""
+    Returns (results, {row position: reasons}, errors, rows per slice or 0 for one frame)."""
     suite = rows_suite(b.source.name)
     regex = suites.regex_columns(suite)
     params = suites.expectation_parameters(fx)
@@ -610,7 +620,7 @@ def _judge_rows(
         reasons.update({start + i: rs for i, rs in found.items()})
         results += got
         errors += errs
-    return results, reasons, errors
+    return results, reasons, errors, (size if parts > 1 else 0)
 
 
 def _same(a: np.ndarray | None, b: np.ndarray | None) -> bool:
@@ -694,7 +704,7 @@ def _outcome(run: _SourceRun, day: dt.date) -> SourceValidation:
     ev = run.evaluation
     v = ev.verdicts[day]
     sl = ev.batches.span(day)
-    rows_page, batches_page = ev.docs_paths()
+    rows_page, batches_page = ev.docs_paths(day)
     out = SourceValidation(
         source,
         day,
