@@ -722,9 +722,11 @@ def _outcome(run: _SourceRun, day: dt.date) -> SourceValidation:
     return out
 
 
-def _write(run: _SourceRun) -> list[dt.date]:
+def _write(run: _SourceRun, release: bool = False) -> list[dt.date]:
     """Replace the silver and quarantine partitions of the judged dates (one commit each) and clear
-    those of dates no longer delivered. Returns the dates written."""
+    those of dates no longer delivered. Returns the dates written. `release`: nothing reads the
+    rows' values after this (validate_dates), so they are dropped before the Delta writes, the
+    peak of a big date's validation."""
     src = run.source
     if run.not_delivered:
         storage.clear_partitions(src, sorted(run.not_delivered))
@@ -740,7 +742,11 @@ def _write(run: _SourceRun) -> list[dt.date]:
     bad = np.concatenate([ev.to_quarantine(d) for d in written])
     silver = storage.silver_rows(b.rows, b.typed, src, good, ev.run_id)
     quarantine = storage.quarantine_rows(b.rows, src, bad, ev.reasons_column(bad), ev.run_id, now)
+    if release:
+        ev.batches = b.released()
+        del b
     storage.replace_partitions("silver", src, written, silver, silver_schema(src))
+    del silver
     storage.replace_partitions("quarantine", src, written, quarantine, storage.quarantine_schema(src))
     return written
 
@@ -831,7 +837,7 @@ def validate_dates(
     for run in runs:
         for d in days:
             out[d][run.source.name] = _outcome(run, d)
-        checks[run.source.name] = storage.conservation(run.source.name, _write(run))
+        checks[run.source.name] = storage.conservation(run.source.name, _write(run, release=True))
     # the first violation, in the order validating date by date would meet it
     violations = [
         (d, order.index(s), got)
