@@ -35,10 +35,11 @@ BASE_BYTES = 1 * GB
 # before, parse peak 1.07, bronze table 1.10, write peak 1.79: 5.1 bytes per landed byte).
 INGEST_BYTES_PER_BYTE = 5.5
 # Validation per landed row, outside GE's frame: bronze rows read back and sorted (5M rows: +1.7
-# GB), typed columns, helper columns, first-delivery keys, the silver table (+0.9 GB) and its Delta
-# write (+1.9 GB), the conservation read-back (+1.2 GB over what the allocator kept). 5M
-# transactions, GE in 1.6M-row slices: peak 5.11 GB from 0.20 (bench/stage_memory.py: 4.91 from 0.90).
-VALIDATE_BYTES_PER_ROW = 900
+# GB), typed columns, helper columns, first-delivery keys, then the silver table (+0.9 GB) and its
+# Delta write (+1.9 GB) once the rows' values are dropped, and the conservation read-back (+0.4 GB).
+# 5M transactions, GE in 1.6M-row slices: peak 3.80 GB from 0.17 (bench/stage_memory.py style
+# sampling of validate_dates alone); the flow process adds what ingest left (BASE_BYTES).
+VALIDATE_BYTES_PER_ROW = 700
 # GE's rows suite per row of a slice: the frame and GE's copies of it per metric (5M rows in one
 # frame: +0.7 GB, the suite's run +0.5 GB above it; 1.6M-row slices: +0.25-0.3 GB each).
 GE_BYTES_PER_ROW = 250

@@ -77,10 +77,12 @@ def test_slices_of_seven_rows_give_every_row_the_same_verdict(
 def test_slice_size_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "1600000")
     monkeypatch.setenv("ASOF_MEMORY_BUDGET", "4096")
-    # 2M rows leave 4 GB - 1 GB - 2M x 900 B for the frame: ~5.6M rows of it, so the setting caps it
+    per_row = memory_budget.VALIDATE_BYTES_PER_ROW
+    # 2M rows leave 4 GB - 1 GB - 2M rows of the whole-date part: more than the setting's frame
     assert memory_budget.ge_slice_rows(2_000_000) == 1_600_000
-    # 3.2M rows leave ~0.3 GB: ~1.4M rows of frame at 250 B
-    assert memory_budget.ge_slice_rows(3_200_000) < 1_600_000
+    # rows that leave room for less than 1.6M rows of frame: the budget decides
+    rows = int((3 * 2**30 - 1_000_000 * memory_budget.GE_BYTES_PER_ROW) / per_row)
+    assert 100_000 < memory_budget.ge_slice_rows(rows) < 1_600_000
     # nothing left: the floor (the date itself is refused at ingest)
     assert memory_budget.ge_slice_rows(10_000_000) == memory_budget.MIN_SLICE_ROWS
 
@@ -94,7 +96,7 @@ def test_a_date_over_the_budget_is_refused_before_anything_is_read(
     lines = ["txn_id,customer_id,merchant_id,amount,currency,channel,event_time"]
     lines += [f"t{i:06d},1,1,10.00,USD,web,2024-03-01T00:00:00Z" for i in range(20_000)]
     (folder / "transactions.csv").write_text("\n".join(lines) + "\n")
-    # 1,030 MB: the base alone (1,024 MB) nearly fills it; 20,001 lines x 900 B do not fit beside it
+    # 1,030 MB: the base alone (1,024 MB) nearly fills it; 20,001 lines do not fit beside it
     monkeypatch.setenv("ASOF_MEMORY_BUDGET", "1030")
     out = ingest.ingest_dates("transactions", [day])[day]
     assert out.status == "failed"
