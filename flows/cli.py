@@ -15,11 +15,11 @@ from typing import Annotated
 import typer
 
 from flows import cli_features, cli_lineage, cli_monitor, cli_validation, usage
-from flows.dates import DateError, parse_date, parse_range
+from flows.dates import DateError, parse_range
 from flows.runners import DEFAULT_WORKERS, DaskOptions, Runner, RunnerError, task_runner
 from flows.terminal import printable
 from flows.usage import Refused as Refused  # re-exported: tests and callers catch flows.cli.Refused
-from flows.usage import fail, refuse
+from flows.usage import date_argument, fail, refuse
 
 app = typer.Typer(
     name="asof",
@@ -36,13 +36,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _date(value: str, what: str) -> dt.date:
-    try:
-        return parse_date(value, what)
-    except DateError as exc:
-        refuse(str(exc))
 
 
 def _range(start: str, end: str) -> tuple[dt.date, dt.date]:
@@ -213,7 +206,7 @@ def _run_flow(kind: str, days: int, task_runner: object | None = None, **params)
 @app.command()
 def run(date: Annotated[str, typer.Option("--date", help="Execution date (YYYY-MM-DD).")]) -> None:
     """Run the daily flow for one date, every stage (always reruns: the way to redo a date)."""
-    day = _date(date, "date")
+    day = date_argument(date, "date")
     results = _run_flow("run", 1, execution_date=day.isoformat())
     _print_results(results)
     _print_stage_times()

@@ -5,16 +5,14 @@ Arguments are checked before the lake is read; DuckDB and Feast are imported by 
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from flows.dates import DateError, parse_date
 from flows.terminal import printable
-from flows.usage import fail, refuse
+from flows.usage import date_argument, fail, refuse
 
 lineage_app = typer.Typer(
     help=(
@@ -26,13 +24,6 @@ lineage_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _day(value: str, what: str) -> dt.date:
-    try:
-        return parse_date(value, what)
-    except DateError as exc:
-        refuse(str(exc))
 
 
 def impact(
@@ -67,7 +58,7 @@ def impact(
             src = get_source(source).name
         except UnknownSourceError as exc:
             refuse(str(exc))
-        day = _day(date, "--date")
+        day = date_argument(date, "--date")
     if html is not None:
         if html.suffix.lower() not in (".html", ".htm"):
             refuse(f"--html: {html} must end in .html")
@@ -189,7 +180,7 @@ def trace(
             refuse("--table needs --entity and --as-of")
         if manifest is not None:
             refuse("--manifest applies to --txn-id")
-        day = _day(as_of, "--as-of")
+        day = date_argument(as_of, "--as-of")
     if manifest is not None and not manifest.is_file():
         refuse(f"--manifest: {manifest} does not exist")
 

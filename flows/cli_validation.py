@@ -13,8 +13,7 @@ from typing import Annotated
 
 import typer
 
-from flows.dates import DateError, parse_date
-from flows.usage import refuse
+from flows.usage import date_argument, refuse
 
 quarantine_app = typer.Typer(
     help=(
@@ -62,10 +61,7 @@ def _day(value: str | None, required: bool = False) -> dt.date | None:
         if required:
             refuse("--date is required")
         return None
-    try:
-        return parse_date(value, "--date")
-    except DateError as exc:
-        refuse(str(exc))
+    return date_argument(value, "--date")
 
 
 def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:

@@ -18,6 +18,7 @@ Code 3 is apart from 1 so that a scheduler can tell "fix the installation" from 
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import logging
 import sys
@@ -30,6 +31,7 @@ import typer
 from typer.main import get_command_name
 
 from flows.config import ConfigError, settings, warn_unknown_variables
+from flows.dates import DateError, parse_date
 from flows.terminal import printable
 
 try:  # typer >= 0.2x raises the errors of the click it vendors
@@ -56,6 +58,14 @@ class MissingDependency(Exception):
 def refuse(message: str) -> NoReturn:
     """Bad arguments: one line on stderr, exit status 2 (the chained cause would only repeat it)."""
     raise Refused(message) from None
+
+
+def date_argument(value: str, what: str) -> dt.date:
+    """A command-line date (YYYY-MM-DD), or a refusal naming the option (`what`) and the value."""
+    try:
+        return parse_date(value, what)
+    except DateError as exc:
+        refuse(str(exc))
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
