@@ -26,6 +26,10 @@ QUARANTINE_EXTRA_FIELDS = [
 ]
 
 
+# Rows per record batch handed to delta-rs (replace_partitions).
+WRITE_BATCH_ROWS = 65_536
+
+
 def quarantine_schema(source: Source) -> pa.Schema:
     """Bronze columns exactly as they arrived, plus every failed rule and the run that judged them."""
     return pa.schema(list(bronze_schema(source)) + QUARANTINE_EXTRA_FIELDS)
@@ -136,13 +140,18 @@ def quarantine_rows(
 def replace_partitions(
     layer: str, source: Source, days: Sequence[dt.date], data: pa.Table, schema: pa.Schema
 ) -> None:
-    """Replace the `_batch_date` partitions of `days` of a layer's table with `data`, in one commit."""
+    """Replace the `_batch_date` partitions of `days` of a layer's table with `data`, in one commit.
+
+    The table goes to delta-rs in record batches of WRITE_BATCH_ROWS rows (zero-copy slices): a
+    table taken from a big date is one chunk, and delta-rs buffered ~2x of it while writing one
+    such batch (5M silver rows, 0.91 GB: +1.91 GB in one chunk, +0.74 GB in 64k-row batches, and
+    5.7 s -> 4.0 s)."""
     if not days or (data.num_rows == 0 and not lake.exists(layer, source.name)):
         return  # nothing to replace and nothing to say: an absent table reads as empty
     lake.replace(
         layer,
         source.name,
-        data,
+        pa.Table.from_batches(data.to_batches(max_chunksize=WRITE_BATCH_ROWS), data.schema),
         predicate=lake.dates_predicate("_batch_date", days),
         partition_by=["_batch_date"],
         schema=schema,
