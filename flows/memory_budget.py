@@ -36,10 +36,11 @@ BASE_BYTES = 1 * GB
 INGEST_BYTES_PER_BYTE = 5.5
 # Validation per landed row, outside GE's frame: bronze rows read back and sorted (5M rows: +1.7
 # GB), typed columns, helper columns, first-delivery keys, then the silver table (+0.9 GB) and its
-# Delta write (+1.9 GB) once the rows' values are dropped, and the conservation read-back (+0.4 GB).
-# 5M transactions, GE in 1.6M-row slices: peak 3.80 GB from 0.17 (bench/stage_memory.py style
-# sampling of validate_dates alone); the flow process adds what ingest left (BASE_BYTES).
-VALIDATE_BYTES_PER_ROW = 700
+# Delta write in 64k-row batches (+0.8 GB) once the rows' values are dropped, and the conservation
+# read-back (+0.4 GB). validate_dates alone, GE in 1.6M-row slices: 5M transactions peak 2.88 GB
+# from 0.17, 20M 10.0 GB from 0.17 (~0.47-0.54 KB a row with the slice); the flow process adds
+# what imports and ingest left (BASE_BYTES).
+VALIDATE_BYTES_PER_ROW = 600
 # GE's rows suite per row of a slice: the frame and GE's copies of it per metric (5M rows in one
 # frame: +0.7 GB, the suite's run +0.5 GB above it; 1.6M-row slices: +0.25-0.3 GB each).
 GE_BYTES_PER_ROW = 250
@@ -93,7 +94,7 @@ class Estimate:
         if self.needed <= budget:
             return None
         biggest = max(self.files, key=lambda f: f[1])
-        fit = max(0, int((budget - BASE_BYTES) / (VALIDATE_BYTES_PER_ROW + GE_BYTES_PER_ROW)))
+        fit = fitting_rows(budget)
         return (
             f"{self.source} {self.day} refused before reading: {biggest[0]} "
             f"({size_text(biggest[1])}, {biggest[2]:,} {self.unit}"
@@ -128,6 +129,19 @@ def recorded_estimate(
     here."""
     rows = sum(n for _, _, n in files)
     return Estimate(source, days, tuple(files), 0, validate_estimate(rows), unit="rows", dates=dates)
+
+
+def fitting_rows(budget: int) -> int:
+    """The most landed rows of one date whose validation estimate fits `budget` (the estimate
+    never decreases with the rows: the slice shrinks until MIN_SLICE_ROWS, then grows)."""
+    lo, hi = 0, max(0, budget // VALIDATE_BYTES_PER_ROW)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if validate_estimate(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def validate_estimate(rows: int) -> int:
