@@ -196,11 +196,22 @@ def _run_flow(kind: str, days: int, task_runner: object | None = None, **params)
                 flow_fn = flow_fn.with_options(task_runner=task_runner)
             return flow_fn(**params)
         except pipeline.monitor.MonitoringFailure as exc:
-            # The data path finished; monitoring marked the run failed. Show the dates, then fail.
+            # The data path finished; monitoring marked the run failed. Show the dates, then fail,
+            # naming a failed date first: its cause (a refused or broken batch) is what to fix, and
+            # the breaches it causes downstream (no gold for the date) only follow from it.
             _print_results(exc.data)
+            failed = [r for r in exc.data or [] if r["status"] not in ("succeeded", "skipped")]
+            if failed:
+                fail(f"{_date_failure(failed)}; monitoring: {exc}")
             fail(str(exc))
         finally:
             pipeline.PROGRESS_HOOK = None
+
+
+def _date_failure(failed: list[dict]) -> str:
+    first = failed[0]
+    more = f" (and {len(failed) - 1} more date(s))" if len(failed) > 1 else ""
+    return f"{first['day']} {first['status']}: {first['message']}{more}"
 
 
 @app.command()
@@ -212,7 +223,7 @@ def run(date: Annotated[str, typer.Option("--date", help="Execution date (YYYY-M
     _print_stage_times()
     bad = [r for r in results if r["status"] != "succeeded"]
     if bad:
-        fail(f"{bad[0]['day']} {bad[0]['status']}: {bad[0]['message']}")
+        fail(_date_failure(bad[:1]))
 
 
 @app.command()

@@ -445,19 +445,22 @@ class Harness:
         trace: Path | None = None,
         timeout: float = 300,
         wait: bool = True,
+        env: dict[str, str] | None = None,
     ) -> Run:
-        env: dict[str, str | None] = {
+        """`asof *argv` in `home` through the zygote; `env`: more variables for this run only."""
+        run_env: dict[str, str | None] = {
             "ASOF_HOME": str(home),
             "ASOF_CRASH_AT": crash_at,
             "ASOF_CRASH_TRACE": str(trace) if trace else None,
+            **(env or {}),
         }
         logs = home.parent / f"{home.name}_logs"
         logs.mkdir(exist_ok=True)
         tag = (crash_at or "run").replace("/", "_").replace(":", "_")
         log = logs / f"{len(list(logs.iterdir())):03d}_{argv[0]}_{tag}.log"
         if wait:
-            return self.zygote.run(list(argv), env, log, timeout)
-        return self.zygote.start(list(argv), env, log)
+            return self.zygote.run(list(argv), run_env, log, timeout)
+        return self.zygote.start(list(argv), run_env, log)
 
     def reference(self, landing: Path, *argv: str) -> tuple[Path, dict[str, list[str]]]:
         """An uninterrupted run of `asof *argv` over `landing` in a fresh home (cached): its home

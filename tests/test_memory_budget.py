@@ -163,3 +163,20 @@ def test_each_date_links_the_slice_that_holds_its_rows(
     assert first.data_docs_path is not None and "-part1of6/" in first.data_docs_path
     assert second.data_docs_path is not None and "-part3of6/" in second.data_docs_path
     assert first.batches_docs_path == second.batches_docs_path  # one batches result for the dates
+
+
+def test_a_refused_date_is_what_the_run_ends_with() -> None:
+    """`asof run` on a date its budget refuses: the last error line names the date and the refusal;
+    the monitoring breaches that follow from it (no gold for the date) come after it, not instead."""
+    from tests.kill_harness import harness
+
+    day = dt.date(2024, 1, 1)
+    h = harness()
+    home = h.new_home("refused", h.landing(day, day, "200x400", 5))
+    run = h.asof(home, "run", "--date", day.isoformat(), env={"ASOF_MEMORY_BUDGET": "900"})
+    out = run.output()
+    assert run.rc not in (0, None), out[-3000:]
+    errors = [line for line in out.splitlines() if line.startswith("asof: error:")]
+    assert errors, out[-3000:]
+    assert errors[-1].startswith(f"asof: error: {day} failed:"), errors[-1]
+    assert "ASOF_MEMORY_BUDGET" in errors[-1], errors[-1]
