@@ -238,12 +238,14 @@ def _reset_compiled_state(manifest) -> None:
 
 def _manifest_file(fingerprint: str) -> Path:
     """The parsed manifest of one state of the project, for this dbt and Python version: another
-    version pickles other classes, so it gets its own file and parses once."""
+    version pickles other classes, so it gets its own file and parses once. The project's path is in
+    the key too: the manifest holds absolute paths, and two checkouts may share one ASOF_HOME."""
     import sys
 
     from dbt.version import __version__ as dbt_version
 
-    key = hashlib.sha256(f"{fingerprint}:{dbt_version}:{sys.version}".encode()).hexdigest()[:20]
+    key = f"{DBT_PROJECT_DIR.resolve()}:{fingerprint}:{dbt_version}:{sys.version}"
+    key = hashlib.sha256(key.encode()).hexdigest()[:20]
     return dbt_cache_dir() / f"manifest-{key}.pickle"
 
 
