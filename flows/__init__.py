@@ -14,4 +14,10 @@ from flows.feast_import import install as _install_feast_import  # noqa: E402
 
 _install_feast_import()
 
+# scipy.stats and altair, imported by one of GE's expectations and unused by asof's suites, load on
+# first use (1.1 s of every process that validates): flows/lazy_imports.py.
+from flows.lazy_imports import install as _install_lazy_imports  # noqa: E402
+
+_install_lazy_imports()
+
 __version__ = "0.1.0"
