@@ -22,14 +22,14 @@ from flows.validation import stage, suites
 from flows.validation.frames import code_day, day_code
 from flows.validation.verdicts import DayVerdict
 from tests.conftest import data_root
-from tests.test_validation_range import D, _land_everything, _snapshot
+from tests.cross_date_batches import D, land_ten_dates, snapshot
 
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     home = tmp_path_factory.mktemp("budget_landed")
     with data_root(home):
-        _land_everything()
+        land_ten_dates()
     return home
 
 
@@ -39,7 +39,7 @@ def unsliced(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     shutil.copytree(landed / "lake", home / "lake")
     with data_root(home):
         outs = stage.validate_dates(D, build_docs=False)
-        return {"tables": _snapshot(), "outs": outs}
+        return {"tables": snapshot(), "outs": outs}
 
 
 def test_slices_of_seven_rows_give_every_row_the_same_verdict(
@@ -58,7 +58,7 @@ def test_slices_of_seven_rows_give_every_row_the_same_verdict(
     monkeypatch.setattr(suites, "run_suite", counted)
     outs = stage.validate_dates(D, build_docs=False)
     assert any("-part2of" in c for c in calls), calls  # it did slice
-    got = _snapshot()
+    got = snapshot()
     assert got["quarantine/transactions"], "the data has quarantined rows"
     for table, rows in unsliced["tables"].items():
         assert got[table] == rows, table  # silver, quarantine (with reasons) and ops/validations

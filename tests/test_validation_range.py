@@ -15,57 +15,8 @@ import pytest
 
 from flows import lake
 from flows.validation import stage
-from tests.bronze_batches import land
 from tests.conftest import data_root
-from tests.test_validate import merchant, txn
-
-D = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(10)]
-LAYERS = {"silver": ("merchants", "transactions", "chargebacks"), "quarantine": ("merchants", "transactions")}
-VOLATILE = {"_validation_run_id", "_quarantined_at", "validation_run_id", "validated_at", "data_docs_path"}
-
-
-def _chargeback(txn_id: str, day: dt.date) -> dict:
-    return {"txn_id": txn_id, "chargeback_time": f"{day.isoformat()}T05:00:00Z", "reason_code": "fraud"}
-
-
-def _land_everything() -> None:
-    """Ten dates: day 0-6 clean history, then the faults."""
-    n = 0
-    for k, day in enumerate(D):
-        land("merchants", day, [merchant(i) for i in range(1, 5)])
-        land("customers", day, [], header=None)  # an empty change feed: a valid batch
-        rows = [txn(1000 * k + i, day, amount=f"{20 + i % 10}.00") for i in range(40)]
-        if k == 2:  # t02000 quarantined (bad amount) on day 2, re-delivered corrected on day 3
-            rows[0] = txn(2000, day, amount="-5.00")
-        if k == 3:
-            rows.append(txn(2000, D[2], amount="21.00"))  # the corrected re-delivery: first now
-            rows.append(txn(1001, D[1], amount="21.00"))  # same content as day 1's: duplicate
-            rows.append(txn(1002, D[1], amount="99.00"))  # different content: conflicting
-        if k == 7:  # cents: the whole batch rejected by the drift rule
-            rows = [txn(7000 + i, day, amount=f"{(20 + i % 10) * 100}.00") for i in range(40)]
-        if k == 8:  # re-deliveries of the rejected day's rows: first deliveries now
-            rows += [txn(7000 + i, D[7], amount=f"{20 + i % 10}.00") for i in range(3)]
-        land("transactions", day, rows)
-        cbs = [_chargeback("t07001", day)] if k == 8 else []  # known from day 8 on, not day 7
-        if k == 9:
-            cbs = [_chargeback("t07002", day), _chargeback("t09999", day)]  # known / never delivered
-        land("chargebacks", day, cbs, header=["txn_id", "chargeback_time", "reason_code"])
-        n += len(rows)
-
-
-def _snapshot() -> dict[str, list[tuple]]:
-    out: dict[str, list[tuple]] = {}
-    for layer, tables in {**LAYERS, "ops": ("validations",)}.items():
-        for name in tables:
-            if not lake.exists(layer, name):
-                out[f"{layer}/{name}"] = []
-                continue
-            tbl = lake.read(layer, name)
-            keep = [c for c in tbl.column_names if c not in VOLATILE]
-            out[f"{layer}/{name}"] = sorted(
-                tuple(str(v) for v in r.values()) for r in tbl.select(keep).to_pylist()
-            )
-    return out
+from tests.cross_date_batches import LAYERS, D, land_ten_dates, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +24,7 @@ def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Bronze and ingest records of the ten dates, then the day-by-day reference."""
     home = tmp_path_factory.mktemp("range_landed")
     with data_root(home):
-        _land_everything()
+        land_ten_dates()
     return home
 
 
@@ -83,7 +34,7 @@ def one_by_one(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     shutil.copytree(landed / "lake", home / "lake")
     with data_root(home):
         outs = {d: stage.validate_date(d, build_docs=False) for d in D}
-        return {"tables": _snapshot(), "outs": outs}
+        return {"tables": snapshot(), "outs": outs}
 
 
 def test_the_faults_cross_dates(one_by_one: dict) -> None:
@@ -119,7 +70,7 @@ def test_validating_together_equals_one_by_one(
     outs: dict[dt.date, dict] = {}
     for chunk in chunks:
         outs.update(stage.validate_dates(chunk, build_docs=False))
-    got = _snapshot()
+    got = snapshot()
     for table, rows in one_by_one["tables"].items():
         assert got[table] == rows, table
     for d in D:
