@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from flows.terminal import printable
+from flows.terminal import cell, printable
 from flows.usage import date_argument, fail, refuse
 
 lineage_app = typer.Typer(
@@ -88,28 +88,32 @@ def impact(
         typer.echo(f"graph: {html}")
 
 
+def _cells(*values: object) -> list:
+    """A table row shown literally: Rich would read `[...]` in a file name or reason as markup."""
+    return [cell(v) for v in values]
+
+
 def _print_impact(report: dict) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=160)
     b = report["batch"]
-    console.print(f"[bold]impact of {printable(b['file'] or b['source'] + ' batch ' + b['date'])}[/bold]")
+    # upstream text (file names, reasons, paths) goes into Text cells: Rich reads markup in str
+    console.print(cell(f"impact of {b['file'] or b['source'] + ' batch ' + b['date']}", "bold"))
     parts = Table(title="lake partitions holding the batch")
     for col in ("table", "partition", "rows", "version", "reasons"):
         parts.add_column(col)
     for p in report["partitions"]:
         reasons = ", ".join(f"{k} {v}" for k, v in (p.get("reasons") or {}).items())
-        parts.add_row(
-            p["table"], p.get("partition", ""), str(p["rows"]), str(p["version"]), printable(reasons)
-        )
+        parts.add_row(*_cells(p["table"], p.get("partition", ""), str(p["rows"]), str(p["version"]), reasons))
     console.print(parts)
     if report.get("downstream_quarantine"):
         later = Table(title="rows of later batches quarantined because of it")
         for col in ("table", "batch date", "rows", "reason"):
             later.add_column(col)
         for q in report["downstream_quarantine"]:
-            later.add_row(q["table"], q["batch_date"], str(q["rows"]), q["reason"])
+            later.add_row(*_cells(q["table"], q["batch_date"], str(q["rows"]), q["reason"]))
         console.print(later)
     gold = Table(title="gold rows whose features read it")
     for col in ("table", "rows", "entities", "as-of dates", "rule"):
@@ -117,7 +121,9 @@ def _print_impact(report: dict) -> None:
     for g in report["gold"]:
         dates = g.get("as_of_dates") or []
         span = f"{dates[0]}..{dates[-1]} ({len(dates)})" if dates else "-"
-        gold.add_row(g["table"], str(g.get("rows", 0)), str(g.get("entities", 0)), span, g.get("rule", ""))
+        gold.add_row(
+            *_cells(g["table"], str(g.get("rows", 0)), str(g.get("entities", 0)), span, g.get("rule", ""))
+        )
     console.print(gold)
     trains = Table(title="registered training sets that read it")
     for col in ("training set", "service", "events", "why", "read the current batch"):
@@ -125,11 +131,13 @@ def _print_impact(report: dict) -> None:
     for t in report["training_sets"]:
         current = {True: "yes", False: "no: an earlier delivery", None: "-"}[t["read_current_batch"]]
         trains.add_row(
-            printable(t["path"]),
-            t["service"],
-            f"{t['start']}..{t['end']}",
-            printable("; ".join(t["reasons"])),
-            current,
+            *_cells(
+                t["path"],
+                t["service"],
+                f"{t['start']}..{t['end']}",
+                "; ".join(t["reasons"]),
+                current,
+            )
         )
     console.print(trains if report["training_sets"] else "no registered training set read it")
     if not any("view" in o for o in report["online"]):
@@ -144,11 +152,11 @@ def _print_impact(report: dict) -> None:
         if "view" not in o:
             continue
         served = o.get("entities_served_affected", o.get("online_error", "-"))
-        online.add_row(o["view"], str(o["entities_newest_row_affected"]), printable(str(served)))
+        online.add_row(*_cells(o["view"], str(o["entities_newest_row_affected"]), served))
     if online.row_count:
         console.print(online)
     for note in report["notes"]:
-        typer.echo(f"note: {note}")
+        typer.echo(f"note: {printable(note)}")
     typer.echo("recompute:")
     typer.echo(f"  {report['recompute']['backfill']}")
     for cmd in report["recompute"]["training_sets"]:

@@ -33,3 +33,46 @@ def test_escapes_are_visible() -> None:
 
 def test_cell_is_literal() -> None:
     assert cell("[bold]x[/] \x1b").plain == "[bold]x[/] \\x1b"
+
+
+def test_lineage_impact_prints_upstream_names_literally(capsys) -> None:
+    """`asof lineage impact` puts file names, reasons and paths in Rich tables: brackets in them are
+    shown as written (Rich would read `[/]` as markup and fail, `[bold]` as a style) and control
+    characters are escaped."""
+    from flows.cli_lineage import _print_impact
+
+    name = "landing/refunds/2024-01-01/a[/]b[bold]\x1b]0;PWNED.csv"
+    report = {
+        "batch": {"file": name, "source": "refunds", "date": "2024-01-01"},
+        "partitions": [
+            {
+                "table": "quarantine/refunds",
+                "partition": "p",
+                "rows": 1,
+                "version": 0,
+                "reasons": {"invalid_format:[/]x": 1},
+            }
+        ],
+        "gold": [],
+        "training_sets": [
+            {
+                "path": "sets/t[/].parquet",
+                "service": "s",
+                "start": "a",
+                "end": "b",
+                "reasons": ["read [bold]it"],
+                "read_current_batch": True,
+            }
+        ],
+        "online": [],
+        "notes": ["see [/] \x1b[2J"],
+        "recompute": {
+            "backfill": "asof backfill --start 2024-01-01 --end 2024-01-01 --force",
+            "training_sets": [],
+        },
+    }
+    _print_impact(report)
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    for literal in ("a[/]b[bold]", "invalid_format:[/]x", "t[/].parquet", "read [bold]it", "see [/]"):
+        assert literal in out, (literal, out)
