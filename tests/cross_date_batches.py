@@ -5,9 +5,12 @@ validation wrote: the reference the range and slice tests compare runs with."""
 from __future__ import annotations
 
 import datetime as dt
+import shutil
+from pathlib import Path
 
 from flows import lake
 from tests.bronze_batches import land
+from tests.conftest import data_root
 from tests.test_validate import merchant, txn
 
 D = [dt.date(2024, 2, 1) + dt.timedelta(days=i) for i in range(10)]
@@ -21,7 +24,6 @@ def chargeback(txn_id: str, day: dt.date) -> dict:
 
 def land_ten_dates() -> None:
     """Ten dates: day 0-6 clean history, then the faults."""
-    n = 0
     for k, day in enumerate(D):
         land("merchants", day, [merchant(i) for i in range(1, 5)])
         land("customers", day, [], header=None)  # an empty change feed: a valid batch
@@ -41,7 +43,6 @@ def land_ten_dates() -> None:
         if k == 9:
             cbs = [chargeback("t07002", day), chargeback("t09999", day)]  # known / never delivered
         land("chargebacks", day, cbs, header=["txn_id", "chargeback_time", "reason_code"])
-        n += len(rows)
 
 
 def snapshot() -> dict[str, list[tuple]]:
@@ -57,3 +58,16 @@ def snapshot() -> dict[str, list[tuple]]:
                 tuple(str(v) for v in r.values()) for r in tbl.select(keep).to_pylist()
             )
     return out
+
+
+def landed_home(home: Path) -> Path:
+    """`home` with the ten dates' bronze batches and ingest records: the start of every run compared."""
+    with data_root(home):
+        land_ten_dates()
+    return home
+
+
+def copy_lake(landed: Path, home: Path) -> None:
+    """`home`'s lake made a copy of the landed one: each run starts from the same bronze."""
+    shutil.rmtree(home / "lake", ignore_errors=True)
+    shutil.copytree(landed / "lake", home / "lake")

@@ -9,7 +9,6 @@ chargebacks of unknown transactions): slices of 7 rows cut through every batch a
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -22,21 +21,18 @@ from flows.validation import stage, suites
 from flows.validation.frames import code_day, day_code
 from flows.validation.verdicts import DayVerdict
 from tests.conftest import data_root
-from tests.cross_date_batches import D, land_ten_dates, snapshot
+from tests.cross_date_batches import D, copy_lake, landed_home, snapshot
 
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    home = tmp_path_factory.mktemp("budget_landed")
-    with data_root(home):
-        land_ten_dates()
-    return home
+    return landed_home(tmp_path_factory.mktemp("budget_landed"))
 
 
 @pytest.fixture(scope="module")
 def unsliced(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("budget_unsliced")
-    shutil.copytree(landed / "lake", home / "lake")
+    copy_lake(landed, home)
     with data_root(home):
         outs = stage.validate_dates(D, build_docs=False)
         return {"tables": snapshot(), "outs": outs}
@@ -45,7 +41,7 @@ def unsliced(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 def test_slices_of_seven_rows_give_every_row_the_same_verdict(
     landed: Path, unsliced: dict, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copytree(landed / "lake", home / "lake")
+    copy_lake(landed, home)
     monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "7")
     calls: list[str] = []
     run_suite = suites.run_suite
@@ -119,7 +115,7 @@ def test_a_date_over_the_budget_is_refused_before_anything_is_read(
 def test_validation_refuses_what_ingest_let_in_under_a_bigger_budget(
     landed: Path, home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    shutil.copytree(landed / "lake", home / "lake")
+    copy_lake(landed, home)
     monkeypatch.setattr(memory_budget, "VALIDATE_BYTES_PER_ROW", 10**9)  # 40 rows: 40 GB
     monkeypatch.setenv("ASOF_MEMORY_BUDGET", "8192")  # 4 merchants fit, 40 transactions do not
     out = stage.validate_dates([D[0]], ["merchants", "transactions"], build_docs=False)[D[0]]
@@ -156,7 +152,7 @@ def test_each_date_links_the_slice_that_holds_its_rows(
 ) -> None:
     """Two dates of 40 transactions in slices of 15: six Data Docs results (`-part1of6` ..), and the
     second date's record links the third, where its first row is."""
-    shutil.copytree(landed / "lake", home / "lake")
+    copy_lake(landed, home)
     monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "15")
     out = stage.validate_dates(D[:2], ["merchants", "transactions"], build_docs=False)
     first, second = out[D[0]]["transactions"], out[D[1]]["transactions"]

@@ -8,7 +8,6 @@ transactions from a rejected batch."""
 from __future__ import annotations
 
 import datetime as dt
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,22 +15,19 @@ import pytest
 from flows import lake
 from flows.validation import stage
 from tests.conftest import data_root
-from tests.cross_date_batches import LAYERS, D, land_ten_dates, snapshot
+from tests.cross_date_batches import LAYERS, D, copy_lake, landed_home, snapshot
 
 
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Bronze and ingest records of the ten dates, then the day-by-day reference."""
-    home = tmp_path_factory.mktemp("range_landed")
-    with data_root(home):
-        land_ten_dates()
-    return home
+    return landed_home(tmp_path_factory.mktemp("range_landed"))
 
 
 @pytest.fixture(scope="module")
 def one_by_one(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     home = tmp_path_factory.mktemp("range_daily")
-    shutil.copytree(landed / "lake", home / "lake")
+    copy_lake(landed, home)
     with data_root(home):
         outs = {d: stage.validate_date(d, build_docs=False) for d in D}
         return {"tables": snapshot(), "outs": outs}
@@ -65,8 +61,7 @@ def test_the_faults_cross_dates(one_by_one: dict) -> None:
 def test_validating_together_equals_one_by_one(
     chunks: list[list[dt.date]], landed: Path, one_by_one: dict, home: Path
 ) -> None:
-    shutil.rmtree(home / "lake", ignore_errors=True)
-    shutil.copytree(landed / "lake", home / "lake")
+    copy_lake(landed, home)
     outs: dict[dt.date, dict] = {}
     for chunk in chunks:
         outs.update(stage.validate_dates(chunk, build_docs=False))
@@ -86,8 +81,7 @@ def test_validating_together_equals_one_by_one(
 
 
 def test_stopping_at_the_first_failed_date_validates_nothing_after_it(landed: Path, home: Path) -> None:
-    shutil.rmtree(home / "lake", ignore_errors=True)
-    shutil.copytree(landed / "lake", home / "lake")
+    copy_lake(landed, home)
     outs = stage.validate_dates(D, build_docs=False, stop_on_failure=True)
     assert sorted(outs) == D[:8]  # day 7 is rejected: validated, then the run stops
     assert outs[D[7]]["transactions"].status == "rejected"
