@@ -532,7 +532,7 @@ def ingest_dates(source_name: str, days: list[dt.date]) -> dict[dt.date, IngestO
         partition_by=["_batch_date"],
         schema=bronze_schema(source),
     )
-    _record_files(source, {d: outcomes[d].files for d in written}, now)
+    record_files(source, {d: outcomes[d].files for d in written}, now)
     landed = _bronze_counts(source, written)
     for day in written:
         outcome = outcomes[day]
@@ -578,7 +578,9 @@ def ingest(source_name: str, day: dt.date) -> IngestOutcome:
     return outcome
 
 
-def _record_files(source: Source, files: dict[dt.date, list[FileRecord]], now: dt.datetime) -> None:
+def record_files(source: Source, files: dict[dt.date, list[FileRecord]], now: dt.datetime) -> None:
+    """Replace the `ops/ingest_files` records of `source` for the dates of `files` (one commit): the
+    one writer of that table (tests that hand-build bronze batches record them through it too)."""
     rows = [(day, f) for day, fs in files.items() for f in fs]
     records = {
         "_batch_date": [day for day, _ in rows],

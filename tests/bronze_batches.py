@@ -9,7 +9,7 @@ import json
 import pyarrow as pa
 
 from flows import lake
-from flows.ingest import INGEST_FILES_SCHEMA
+from flows.ingest import FileRecord, record_files
 from flows.sources import bronze_schema, get_source
 
 NOW = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.UTC)  # when every hand-built batch was "ingested"
@@ -40,28 +40,13 @@ def land(
     )
     if status == "not_delivered":
         header, path = None, f"landing/{source}/{day.isoformat()}"
-    rec = {
-        "_batch_date": [day],
-        "source": [source],
-        "file": [path],
-        "status": [status],
-        "header": [
-            json.dumps(header if header is not None else src.column_names)
-            if status != "not_delivered"
-            else None
-        ],
-        "rows": [n],
-        "bytes": [100],
-        "sha256": [None],
-        "encoding": ["utf-8"],
-        "message": ["not delivered: no file" if status == "not_delivered" else ""],
-        "ingested_at": [NOW],
-    }
-    lake.replace(
-        "ops",
-        "ingest_files",
-        pa.table(rec, schema=INGEST_FILES_SCHEMA),
-        predicate=f"{lake.date_predicate('_batch_date', day)} AND source = '{source}'",
-        partition_by=["_batch_date"],
-        schema=INGEST_FILES_SCHEMA,
+    record = FileRecord(
+        file=path,
+        status=status,
+        rows=n,
+        bytes=100,
+        header=(header if header is not None else src.column_names) if status != "not_delivered" else None,
+        encoding="utf-8",
+        message="not delivered: no file" if status == "not_delivered" else "",
     )
+    record_files(src, {day: [record]}, NOW)
