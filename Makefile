@@ -28,7 +28,7 @@ demo: setup
 	@mkdir -p $(DEMO_HOME)
 	ASOF_HOME=$(DEMO_HOME) $(BIN)/asof generate --start $(DEMO_START) --end $(DEMO_END) --scale demo --seed 42
 	ASOF_HOME=$(DEMO_HOME) $(BIN)/asof backfill --start $(DEMO_START) --end $(DEMO_END)
-	@ASOF_HOME=$(DEMO_HOME) $(BIN)/python -m flows.summary --start $(DEMO_START) --end $(DEMO_END)
+	@ASOF_HOME=$(DEMO_HOME) $(BIN)/python -m flows.cli.summary --start $(DEMO_START) --end $(DEMO_END)
 
 # Two pytest workers (pytest-xdist), a test file per worker: the suite waits on subprocesses and
 # servers as much as it computes, so 2 workers on 2 cores take ~8 min instead of ~13.
@@ -62,4 +62,4 @@ clean:
 # Data Docs / monitoring report on 127.0.0.1:$ASOF_DOCS_PORT (default 4201), in the foreground; Ctrl-C
 # stops all. See docs/deployments.md.
 serve: setup
-	ASOF_HOME=$${ASOF_HOME:-$(DEMO_HOME)} $(BIN)/python -m flows.serve
+	ASOF_HOME=$${ASOF_HOME:-$(DEMO_HOME)} $(BIN)/python -m flows.orchestration.local_server

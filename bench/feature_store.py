@@ -3,7 +3,7 @@
 - historical retrieval: 1M entity rows against `fraud_v2` through `FeatureStore.get_historical_features`
   with the project's Delta+DuckDB offline store, vs the same as-of join written by hand in DuckDB, and
   vs Feast's stock `file` offline store;
-- materialization throughput: `flows.featurestore.materialize_date` (one execution date) vs Feast's
+- materialization throughput: `flows.features.featurestore.materialize_date` (one execution date) vs Feast's
   stock `FeatureStore.materialize` over the same window with the stock `file` offline store, into
   SQLite and into Redis;
 - online read latency for 1 and 100 entities of `fraud_v2`: in process vs over HTTP (`asof serve`),
@@ -36,8 +36,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from flows import lake
-from flows.serve import stop  # SIGTERM to the process group, SIGKILL after a grace period
+from flows.orchestration.local_server import (
+    stop,  # SIGTERM to the process group, SIGKILL after a grace period
+)
+from flows.storage import lake
 from tests.synthetic_gold import GOLD_SCHEMAS, day_ts
 
 TS = pa.timestamp("us", tz="UTC")
@@ -190,7 +192,7 @@ def _entity_table(ent: pd.DataFrame) -> pa.Table:
 
 
 def retrieval_ours(args) -> dict:
-    from flows.featurestore import get_store
+    from flows.features.featurestore import get_store
 
     _use_home(args)
     build()
@@ -220,7 +222,7 @@ def retrieval_raw(args) -> dict:
 
 
 def retrieval_stock(args) -> dict:
-    from flows.featurestore import get_store
+    from flows.features.featurestore import get_store
     from tests.synthetic_gold import store_with_offline_store
 
     _use_home(args)
@@ -258,9 +260,9 @@ def _wait_port(port: int, proc: subprocess.Popen, what: str, timeout_s: float) -
 
 @contextlib.contextmanager
 def online_store(kind: str, home: Path) -> Iterator[str]:
-    """Point flows.featurestore at `kind` for this process. For redis, a private redis-server on a
+    """Point flows.features.featurestore at `kind` for this process. For redis, a private redis-server on a
     free 127.0.0.1 port, no persistence, stopped on exit. Yields a description of the store."""
-    from flows import featurestore
+    from flows.features import featurestore
 
     if kind not in ("sqlite", "redis"):
         raise ValueError(f"online store {kind!r}: expected sqlite or redis")
@@ -318,11 +320,11 @@ def _clear_sqlite_online(store: Any) -> None:
 
 def _own_sqlite_schema(store: Any, stock: bool) -> None:
     """The online tables as each path's own `update` leaves them (untimed): Feast's SQLite store
-    keeps an index on entity_key, asof's store does not (flows/feast_online.py). Both paths share
+    keeps an index on entity_key, asof's store does not (flows/features/feast_online.py). Both paths share
     one database file, so each measurement sets its schema up first."""
     from feast.infra.online_stores.sqlite import SqliteOnlineStore
 
-    from flows.feast_online import KeyOrderedSqliteOnlineStore
+    from flows.features.feast_online import KeyOrderedSqliteOnlineStore
 
     online = SqliteOnlineStore() if stock else KeyOrderedSqliteOnlineStore()
     online.update(store.config, [], store.list_feature_views(), [], [], partial=False)
@@ -385,8 +387,8 @@ class WriteCounter:
 
         cls.online_write_batch = counted  # type: ignore[method-assign,assignment]
 
-        # asof's stores take Arrow batches from its batch engine (flows/feast_engine.py)
-        from flows.feast_online import ArrowRedisOnlineStore, KeyOrderedSqliteOnlineStore
+        # asof's stores take Arrow batches from its batch engine (flows/features/feast_engine.py)
+        from flows.features.feast_online import ArrowRedisOnlineStore, KeyOrderedSqliteOnlineStore
 
         self._arrow_cls = ArrowRedisOnlineStore if kind == "redis" else KeyOrderedSqliteOnlineStore
         self._arrow_orig: Callable[..., Any] = self._arrow_cls.online_write_arrow
@@ -414,7 +416,7 @@ def _stock_store(kind: str) -> Any:
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    from flows import featurestore
+    from flows.features import featurestore
 
     featurestore.get_store()  # registry applied for this ASOF_HOME
     name = "feature_store.redis.yaml" if kind == "redis" else "feature_store.yaml"
@@ -434,7 +436,7 @@ def _stock_store(kind: str) -> Any:
 
 def _materialize(args, stock: bool) -> dict:
     from flows.dates import feature_timestamp
-    from flows.featurestore import get_store, materialize_date
+    from flows.features.featurestore import get_store, materialize_date
 
     kind = _opts(args).get("online", "sqlite")
     home = _use_home(args)
@@ -515,7 +517,7 @@ def _percentiles(lat_ns: list[int]) -> dict[str, float]:
 def _start_feature_server(home: Path) -> tuple[subprocess.Popen, int]:
     port = _free_port()
     exe = Path(sys.executable).parent / "asof"
-    cmd = [str(exe), "serve"] if exe.exists() else [sys.executable, "-m", "flows.cli", "serve"]
+    cmd = [str(exe), "serve"] if exe.exists() else [sys.executable, "-m", "flows.cli.main", "serve"]
     log = open(home / "feature_server.log", "ab")  # noqa: SIM115 - closed with the process
     proc = subprocess.Popen(
         [*cmd, "--host", "127.0.0.1", "--port", str(port)],
@@ -605,7 +607,7 @@ def _cells_text(cells: dict[str, dict[str, float]]) -> str:
 def online_latency(args) -> dict:
     """p50/p99 of `fraud_v2` online reads for 1 and 100 entities, after warm-up.
 
-    mode "inproc": `flows.featurestore.online_features` (the project's helper around
+    mode "inproc": `flows.features.featurestore.online_features` (the project's helper around
     FeatureStore.get_online_features + to_dict); for reference the same requests also go straight
     to `FeatureStore.get_online_features` with one FeatureService object reused (reported as
     `feast_direct`, not in `seconds`).
@@ -613,7 +615,7 @@ def online_latency(args) -> dict:
     one worker) on a free 127.0.0.1 port, over one keep-alive connection, response JSON-decoded.
     `seconds` = the timed requests only (so the ratio of a pair is the ratio of mean latencies).
     """
-    from flows.featurestore import get_store, materialize_date, online_features
+    from flows.features.featurestore import get_store, materialize_date, online_features
 
     opts = _opts(args)
     kind = opts.get("online", "sqlite")

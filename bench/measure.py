@@ -37,7 +37,7 @@ def _days(args) -> list[dt.date]:
 
 @measurement("generate")
 def generate(args) -> dict:
-    from flows import simulate
+    from flows.upstream import simulate
 
     days = _days(args)
     t = time.perf_counter()
@@ -49,7 +49,7 @@ def generate(args) -> dict:
 
 @measurement("ingest")
 def ingest(args) -> dict:
-    from flows.ingest import ingest as ingest_one
+    from flows.ingest.stage import ingest as ingest_one
     from flows.sources import SOURCE_NAMES
 
     days = _days(args)
@@ -91,7 +91,7 @@ def ingest_limit(args) -> dict:
 def _prefect_server(args):
     """A real Prefect server on 127.0.0.1 for the pipeline measurements (started before the clock,
     as in production where it is always up); its own PREFECT_HOME under the bench home."""
-    from flows import serve
+    from flows.orchestration import local_server as serve
 
     port = serve.free_port()
     env = serve.server_env(port)
@@ -150,7 +150,7 @@ def backfill(args) -> dict:
     extra = json.loads(args.extra or "{}")
     if extra.get("fresh_home"):
         _fresh_home(args, "backfill")
-    from flows.runners import DEFAULT_WORKERS, DaskOptions, Runner, task_runner
+    from flows.orchestration.runners import DEFAULT_WORKERS, DaskOptions, Runner, task_runner
 
     runner = Runner(extra.get("runner", "threads"))
     options = (
@@ -158,6 +158,7 @@ def backfill(args) -> dict:
     )
     with _prefect_server(args):
         from flows import config, pipeline  # after the API URL is set: Prefect reads its settings on import
+        from flows.monitoring import stage_timing
 
         t = time.perf_counter()
         with task_runner(runner, options) as flow_runner:
@@ -168,7 +169,7 @@ def backfill(args) -> dict:
         secs = time.perf_counter() - t
     keep_gold = bool(extra.get("keep_gold") or config.settings().bench_keep_gold)
     _drop_fresh_home(extra, keep_gold=keep_gold)
-    stages = {k: round(v, 2) for k, v in pipeline.STAGE_SECONDS.items()}
+    stages = {k: round(v, 2) for k, v in stage_timing.STAGE_SECONDS.items()}
     per_day = secs / max(1, len(results))
     return {
         "seconds": secs,
@@ -271,7 +272,7 @@ def _validation_setup(days: list[dt.date]) -> None:
     if marker.exists():
         return
     os.environ["ASOF_VALIDATION_DOCS"] = "0"
-    from flows.ingest import ingest as ingest_one
+    from flows.ingest.stage import ingest as ingest_one
     from flows.sources import SOURCE_NAMES
     from flows.validation.stage import validate_dates
 
@@ -345,7 +346,7 @@ def validate_limit(args) -> dict:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    from flows import lake
+    from flows.storage import lake
 
     days = _days(args)
     _validation_setup(days)

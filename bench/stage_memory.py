@@ -48,10 +48,10 @@ class Sampler:
 
 
 def measure(day: dt.date, stages: list[str]) -> list[dict[str, Any]]:
-    from flows.featurestore import materialize_span
-    from flows.ingest import ingest_dates
+    from flows.features.featurestore import materialize_span
+    from flows.ingest.stage import ingest_dates
     from flows.sources import SOURCE_NAMES
-    from flows.transform import transform_range
+    from flows.transform.stage import transform_range
     from flows.validation.stage import validate_dates
 
     def ingest() -> Any:

@@ -1,6 +1,6 @@
 """Transform stage speed limit: the gold features of a range computed by hand-written DuckDB queries
 (one statement per gold table, no dbt) over the same silver Delta tables, side by side with
-`flows.transform.transform_range` (dbt-duckdb, one invocation for the range).
+`flows.transform.stage.transform_range` (dbt-duckdb, one invocation for the range).
 
     python -m bench.transform_limit --home DIR --synthesize      # silver at bench scale (numpy)
     python -m bench.transform_limit --home DIR --which both      # time dbt path and hand-written
@@ -43,8 +43,8 @@ def synthesize_silver(
     late_share: float = 0.02,
     seed: int = 42,
 ) -> dict[str, int]:
-    from flows import lake
     from flows.sources import get_source, silver_schema
+    from flows.storage import lake
 
     rng = np.random.default_rng(seed)
     last_day = first_day + dt.timedelta(days=days - 1)
@@ -311,8 +311,8 @@ QUERIES = {
 def handwritten_features(start: dt.date, end: dt.date) -> dict[str, pa.Table]:
     import duckdb
 
-    from flows import lake
     from flows.sources import get_source, silver_schema
+    from flows.storage import lake
 
     con = duckdb.connect()
     con.execute("set TimeZone = 'UTC'")
@@ -346,8 +346,8 @@ def handwritten_features(start: dt.date, end: dt.date) -> dict[str, pa.Table]:
 
 
 def publish(tables: dict[str, pa.Table], start: dt.date, end: dt.date) -> dict[str, int]:
-    from flows import lake
-    from flows.dbt_plugins.lake_io import GOLD_PARTITION_BY, GOLD_SCHEMAS
+    from flows.storage import lake
+    from flows.transform.lake_io import GOLD_PARTITION_BY, GOLD_SCHEMAS
 
     return {
         name: lake.replace(
@@ -370,7 +370,7 @@ def ensure_silver(start: dt.date, end: dt.date, scale: str = "bench") -> float:
     """Synthesise silver for the as-of range and its 89-day lookback when the lake has no silver
     transactions yet (the pipeline or --synthesize may have filled it); returns the seconds spent,
     outside any timed region."""
-    from flows import lake
+    from flows.storage import lake
 
     if lake.exists("silver", "transactions"):
         return 0.0
@@ -388,7 +388,7 @@ def _range(args) -> tuple[dt.date, dt.date]:
 
 
 def measure_transform(args) -> dict:
-    from flows.transform import prepare, transform_range
+    from flows.transform.stage import prepare, transform_range
 
     ensure_silver(*_range(args), getattr(args, "scale", "bench"))
 

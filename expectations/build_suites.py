@@ -369,7 +369,7 @@ def with_notes(kwargs: dict, contract: V.Contract) -> dict:
     return {**kwargs, "notes": "\n\n".join([kwargs["notes"], *extra] if kwargs.get("notes") else extra)}
 
 
-_KEYED_SECTION = {"class_name": "KeyedSiteSectionBuilder", "module_name": "flows.datadocs"}
+_KEYED_SECTION = {"class_name": "KeyedSiteSectionBuilder", "module_name": "flows.validation.datadocs"}
 
 
 def _yaml_template(data_context_id: str) -> dict:
@@ -412,7 +412,7 @@ def _yaml_template(data_context_id: str) -> dict:
                 },
                 "site_index_builder": {
                     "class_name": "CachedSiteIndexBuilder",
-                    "module_name": "flows.datadocs",
+                    "module_name": "flows.validation.datadocs",
                 },
                 # no profiler runs here; GE's default profiling section would list the whole
                 # validation results store again on every page build (~0.1 s per 900 results),
@@ -535,7 +535,7 @@ DBT_SOURCES_HEADER = """\
 """
 SILVER_DESCRIPTION = (
     "Validated silver Delta tables (written by the validation stage, docs/contract.md section 6). Each "
-    "is read through the project plugin `flows.dbt_plugins.lake_io` (alias `lake`) as a lazily scanned "
+    "is read through the project plugin `flows.transform.lake_io` (alias `lake`) as a lazily scanned "
     "Arrow dataset: DuckDB pushes the staging/intermediate filters on `_batch_date` and `event_time` "
     "down to the Delta partitions, and no DuckDB extension is needed. Only rows that passed validation "
     "are here; for a keyed source only the first delivery of each key."

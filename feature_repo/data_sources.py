@@ -1,8 +1,8 @@
 """Batch sources: the three gold Delta tables written by the dbt stage (contract §7).
 
-Paths come from `flows.lake.uri` (the lake root follows ASOF_HOME / ASOF_LAKE_URI), so set
+Paths come from `flows.storage.lake.uri` (the lake root follows ASOF_HOME / ASOF_LAKE_URI), so set
 ASOF_HOME before `feast apply`. The project's offline store resolves each path back to its lake
-table and reads it through `flows.lake`; Feast's stock `file` store can read the same sources.
+table and reads it through `flows.storage.lake`; Feast's stock `file` store can read the same sources.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 from feast import FileSource
 from feast.data_format import DeltaFormat
 
-from flows import lake
-from flows.gold_schema import FEATURE_TIMESTAMP
+from flows.storage import lake
+from flows.transform.gold_schema import FEATURE_TIMESTAMP
 
 OWNER = "fraud-features@asof.local"
 

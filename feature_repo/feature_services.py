@@ -1,7 +1,7 @@
 """Feature services: the versioned feature sets models are trained and served with.
 
 Each service logs what it serves into its own lake table (`ops/feature_log_<service>`) when
-`asof serve` runs with feature logging on (flows/feature_logging.py); monitoring compares those
+`asof serve` runs with feature logging on (flows/features/feature_logging.py); monitoring compares those
 logs with offline retrieval."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from feast import FeatureService
 from feast.feature_logging import LoggingConfig
 from features import customer_profile, customer_txn_features_daily, merchant_features_daily
 
-from flows.feast_log_destination import LakeLoggingDestination
-from flows.feature_logging import log_table
+from flows.features.feast_log_destination import LakeLoggingDestination
+from flows.features.feature_logging import log_table
 
 
 def served_log(service: str) -> LoggingConfig:

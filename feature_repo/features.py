@@ -6,7 +6,7 @@ a newer row (a customer inactive for 30 days has none) reads null, never a stale
 are only written when the profile changes, so that view keeps a long ttl.
 
 A view's fields are its gold table's entity key and features as the marts' dbt contract defines them
-(`flows.gold_schema`: names, order, types, descriptions): a feature column is added in dbt only.
+(`flows.transform.gold_schema`: names, order, types, descriptions): a feature column is added in dbt only.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from entities import customer, merchant
 from feast import FeatureView, Field
 from feast.types import Float64, Int64, PrimitiveFeastType, String, UnixTimestamp
 
-from flows.gold_schema import gold_tables
+from flows.transform.gold_schema import gold_tables
 
 DAILY_FEATURE_TTL = timedelta(days=1)
 PROFILE_TTL = timedelta(days=3650)

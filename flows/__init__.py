@@ -9,8 +9,8 @@ import os
 os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "jemalloc")
 
 # Feast without typeguard's import-time instrumentation (4 s of every process that uses Feast):
-# flows/feast_import.py.
-from flows.feast_import import install as _install_feast_import  # noqa: E402
+# flows/features/feast_import.py.
+from flows.features.feast_import import install as _install_feast_import  # noqa: E402
 
 _install_feast_import()
 

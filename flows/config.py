@@ -316,7 +316,7 @@ class Settings:
         "megabytes",
         0.0,
         "Memory one date's ingest and validation may use: a bigger day is validated in row slices "
-        "that fit, a day that cannot fit even so is refused up front (flows/memory_budget.py).",
+        "that fit, a day that cannot fit even so is refused up front (flows/ingest/memory_budget.py).",
         _float,
         PIPELINE,
         shown_default="half of physical memory",
@@ -696,7 +696,7 @@ class Settings:
         "label[:n]",
         None,
         "Kill tests: the process SIGKILLs itself the n-th time (default the first) it reaches this "
-        "crash point of flows/lake.py.",
+        "crash point of flows/storage/lake.py.",
         _text,
         TESTS,
     )

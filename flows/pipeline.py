@@ -19,10 +19,9 @@ import datetime as dt
 import json
 import logging
 import os
-import time
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,17 @@ from prefect.context import FlowRunContext
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import diskfull, key_index, lake, links, monitor, notify, runs
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range, span_label
-from flows.ingest import IngestOutcome, ingest_dates
+from flows.ingest.stage import IngestOutcome, ingest_dates
 from flows.lineage.openlineage_events import observed
-from flows.runs import ALL_SOURCES, StageRecord
+from flows.monitoring import alerts, metrics, notify
+from flows.monitoring.stage_timing import timed
+from flows.operations import runs
+from flows.operations.runs import ALL_SOURCES, StageRecord
+from flows.pages import links
 from flows.sources import SOURCE_NAMES
+from flows.storage import diskfull, key_index, lake
 
 DEFAULT_CHUNK_DAYS = settings().chunk_days
 # Landed rows validated together at most (ASOF_VALIDATION_MAX_ROWS): GE judges them in one frame. 30
@@ -88,20 +91,6 @@ logging.getLogger("prefect.task_runs").addFilter(_ThreadTimeoutNotice())
 # The CLI sets this to draw a progress bar; flows run in-process, so a plain callable is enough.
 PROGRESS_HOOK: Callable[[dt.date, str], None] | None = None
 
-# Wall seconds per stage, summed over the runs of this process: where a backfill's time goes (the
-# bench reports it; the run summary shows it).
-STAGE_SECONDS: dict[str, float] = {}
-
-
-@contextlib.contextmanager
-def _timed(stage: str) -> Iterator[None]:
-    t = time.perf_counter()
-    try:
-        yield
-    finally:
-        STAGE_SECONDS[stage] = STAGE_SECONDS.get(stage, 0.0) + time.perf_counter() - t
-
-
 PENDING = runs.PENDING
 PENDING_MESSAGE = "pending: the online store is written once, after the run's last chunk"
 
@@ -137,7 +126,7 @@ def _progress(day: dt.date, what: str) -> None:
     timeout_seconds=stage_timeout("ingest"),
 )
 def ingest_source(source: str, days: list[dt.date], label: str) -> dict[dt.date, IngestOutcome]:
-    """One source's batches of the chunk, in one bronze commit (flows.ingest.ingest_dates)."""
+    """One source's batches of the chunk, in one bronze commit (flows.ingest.stage.ingest_dates)."""
     try:
         return observed("ingest", days, lambda: ingest_dates(source, days), source=source)
     except Exception as exc:  # a full disk fails its dates in one line each (no retry, no traceback)
@@ -180,7 +169,7 @@ class StageOutcome:
     timeout_seconds=stage_timeout("transform"),
 )
 def transform_features(start: dt.date, end: dt.date) -> StageOutcome:
-    from flows.transform import transform_range
+    from flows.transform.stage import transform_range
 
     out = observed("transform", [start, end], lambda: transform_range(start, end))
     details = {"rows": out.rows, "versions": out.versions, "elapsed_s": out.elapsed_s}
@@ -196,7 +185,7 @@ def transform_features(start: dt.date, end: dt.date) -> StageOutcome:
     timeout_seconds=stage_timeout("materialize"),
 )
 def materialize_features(start: dt.date, end: dt.date) -> StageOutcome:
-    from flows.featurestore import materialize_span
+    from flows.features.featurestore import materialize_span
 
     out = observed("materialize", [start, end], lambda: materialize_span(start, end))
     return StageOutcome(out.get("status", "succeeded"), out.get("message", ""), out.get("rows"), out)
@@ -209,7 +198,7 @@ def materialize_features(start: dt.date, end: dt.date) -> StageOutcome:
     timeout_seconds=stage_timeout("monitor"),
 )
 def monitor_dates(days: list[dt.date], label: str) -> list:
-    return monitor.compute_and_store(days)
+    return metrics.compute_and_store(days)
 
 
 # ---------------------------------------------------------------- orchestration
@@ -442,7 +431,7 @@ def _materialize_pending(
     if not pending:
         return
     records: list[StageRecord] = []
-    with _timed("materialize"):
+    with timed("materialize"):
         _materialize_stage(sorted(set(pending)), results, records)
     for day in {r.execution_date for r in records}:
         _finish(results[day])
@@ -483,7 +472,7 @@ def process_dates(
     # renders the Data Docs index once per chunk, not once per date (it lists every stored result)
     with contextlib.ExitStack() as scope:
         if len(days) > 1:
-            from flows import datadocs  # imports GE: not for `asof --help`
+            from flows.validation import datadocs  # imports GE: not for `asof --help`
 
             scope.enter_context(key_index.session())
             scope.enter_context(lake.reader_handles())
@@ -525,7 +514,7 @@ def _process_chunks(
             # Every (source, date) batch of the chunk is ingested on the task runner's threads; the
             # chunk is then validated as one set (flows.validation.stage).
             ingesting = _submit_ingest(chunk)
-            with _timed("ingest"):
+            with timed("ingest"):
                 _collect_ingest(chunk, ingesting, results, records)
             # Malformed files still go through validation, so their rows land in quarantine with
             # a reason; a source not delivered at all stops the date here.
@@ -539,7 +528,7 @@ def _process_chunks(
                 if not continue_on_failure:
                     stop = True
                     break
-            with _timed("validate"):
+            with timed("validate"):
                 good = _validate_stage(todo, results, records, stop_on_failure=not continue_on_failure)
             for day in todo:
                 _progress(day, "validated" if day in good else "failed")
@@ -551,7 +540,7 @@ def _process_chunks(
                         later
                     ].message = f"stopped: {failed[0].isoformat()} failed (use --continue-on-failure)"
             _refresh_docs_index(chunk)
-            with _timed("transform"):
+            with timed("transform"):
                 _transform_stage(good, results, records)
             transformed = [d for d in good if results[d].stages.get("transform") == "succeeded"]
             pending += transformed
@@ -560,7 +549,7 @@ def _process_chunks(
                 last = True  # the run stops after this chunk
             if last:  # the run's one online-store pass, recorded with this chunk
                 due = sorted({*catch_up, *pending})
-                with _timed("materialize"):
+                with timed("materialize"):
                     _materialize_stage(due, results, records)
                 for day in due:
                     if day not in chunk:  # the chunk's own dates are finished with it
@@ -594,10 +583,10 @@ def _process_chunks(
 def _refresh_docs_index(chunk: list[dt.date]) -> None:
     """The chunk's validation pages are rendered; list them in the Data Docs index now, so a long
     backfill's reports show up in the browser chunk by chunk (a no-op outside a range)."""
-    from flows import datadocs
+    from flows.validation import datadocs
 
     try:
-        with _timed("validate"):
+        with timed("validate"):
             datadocs.refresh_index()
     except Exception:  # a report: never fail the data because the index did not render
         get_run_logger().exception("Data Docs index after %s..%s failed", chunk[0], chunk[-1])
@@ -669,7 +658,7 @@ def _report_markdown(title: str, results: list[DateResult]) -> tuple[str, str | 
         lines.append(f"- {r.day.isoformat()} ({r.status}): {cells}")
     if len(with_pages) > MAX_LINKED_DATES:
         lines.append(f"- earlier dates: see the index (the last {MAX_LINKED_DATES} are listed here)")
-    report = monitor.report_path()
+    report = alerts.report_path()
     lines += ["", "### Monitoring", ""]
     if report.exists():
         url = links.report_url(report)
@@ -709,24 +698,24 @@ def _publish(title: str, results: list[DateResult]) -> None:
         get_run_logger().warning("could not publish artifacts: %s", exc)
 
 
-def _monitor(results: list[DateResult], title: str) -> monitor.Verdict:
+def _monitor(results: list[DateResult], title: str) -> alerts.Verdict:
     """Metrics for every attempted date, failed ones included (that is how a failed or missing
     day shows up as a freshness breach). Monitoring never breaks the data path: its own errors
     are logged and the verdict is empty."""
     days = [r.day for r in results if r.status not in ("not run", "skipped")]
     if not days:
-        return monitor.verdict_of([])
+        return alerts.verdict_of([])
     full = diskfull.full_disk()
     if full is not None:  # nothing could be stored; the failing task would print its traceback
         get_run_logger().warning("monitoring skipped: no space left on %s", full)
-        return monitor.verdict_of([])
+        return alerts.verdict_of([])
     try:
-        with _timed("monitor"):
+        with timed("monitor"):
             breaches = monitor_dates(days, span_label(days))
     except Exception as exc:
         get_run_logger().warning("monitoring failed: %s", exc)
-        return monitor.verdict_of([])
-    return monitor.publish(breaches, f"monitoring: {title}", days=days)
+        return alerts.verdict_of([])
+    return alerts.publish(breaches, f"monitoring: {title}", days=days)
 
 
 def catch_up_dates(day: dt.date, max_days: int | None = None) -> list[dt.date]:
@@ -808,7 +797,7 @@ def daily_pipeline(execution_date: dt.date | None = None) -> list[dict]:
         results = process_dates(days, continue_on_failure=False, chunk_days=DEFAULT_CHUNK_DAYS)
         verdict = _monitor(results, f"daily run {day.isoformat()}")
     _publish(f"daily run {day.isoformat()}", results)
-    return monitor.flow_state(verdict, [r.to_dict() for r in results])
+    return alerts.flow_state(verdict, [r.to_dict() for r in results])
 
 
 @flow(
@@ -863,4 +852,4 @@ def backfill(
         ordered = [results[d] for d in days]
         verdict = _monitor(ordered, f"backfill {d1.isoformat()}..{d2.isoformat()}")
     _publish(f"backfill {d1.isoformat()}..{d2.isoformat()}", ordered)
-    return monitor.flow_state(verdict, [r.to_dict() for r in ordered])
+    return alerts.flow_state(verdict, [r.to_dict() for r in ordered])

@@ -8,9 +8,9 @@ import json
 
 import pyarrow as pa
 
-from flows import lake
-from flows.ingest import FileRecord, record_files
+from flows.ingest.stage import FileRecord, record_files
 from flows.sources import bronze_schema, get_source
+from flows.storage import lake
 
 NOW = dt.datetime(2024, 3, 2, 1, 0, tzinfo=dt.UTC)  # when every hand-built batch was "ingested"
 

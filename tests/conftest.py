@@ -77,7 +77,7 @@ def data_root(home: Path, cleared: tuple[str, ...] = ()) -> Iterator[Path]:
 def feature_store_home(home: Path, cleared: tuple[str, ...] = ()) -> Iterator[Path]:
     """A module's data root for the feature store: `data_root` with the SQLite online store
     (ASOF_ONLINE_STORE unset too) and Feast's store cache reset on the way in and out."""
-    from flows import featurestore
+    from flows.features import featurestore
 
     with data_root(home, ("ASOF_ONLINE_STORE", *cleared)):
         featurestore.reset_store_cache()

@@ -8,7 +8,7 @@ import datetime as dt
 import shutil
 from pathlib import Path
 
-from flows import lake
+from flows.storage import lake
 from tests.bronze_batches import land
 from tests.conftest import data_root
 from tests.test_validate import merchant, txn

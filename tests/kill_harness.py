@@ -5,7 +5,7 @@ more to start an ephemeral Prefect server. The harness pays both once:
 
 - one Prefect server on 127.0.0.1 (its own PREFECT_HOME) that every run talks to;
 - a *zygote*: a process that imports the whole pipeline once, then `fork()`s one child per
-  requested command. Each child is an ordinary OS process running `flows.cli.main()` with its own
+  requested command. Each child is an ordinary OS process running `flows.cli.main.main()` with its own
   environment (ASOF_HOME, ASOF_CRASH_AT, ...), exactly as `.venv/bin/asof ...` would after its
   imports. A child killed with SIGKILL dies like any `asof` process; its pid is reaped by the zygote.
 
@@ -144,7 +144,7 @@ def asof_home(home: Path):
 
 
 def date_statuses(home: Path, start: dt.date, end: dt.date) -> dict[dt.date, str]:
-    from flows import runs
+    from flows.operations import runs
 
     with asof_home(home):
         return runs.date_status(runs.latest(start, end))
@@ -153,16 +153,16 @@ def date_statuses(home: Path, start: dt.date, end: dt.date) -> dict[dt.date, str
 # ------------------------------------------------------------------------------------ the zygote
 
 PRELOAD = (
-    "flows.cli",
+    "flows.cli.main",
     "flows.pipeline",
     "flows.validation.stage",
-    "flows.quarantine",
-    "flows.datadocs",
-    "flows.transform",
-    "flows.dbt_plugins.lake_io",
-    "flows.featurestore",
-    "flows.feast_offline",
-    "flows.training",
+    "flows.validation.quarantine",
+    "flows.validation.datadocs",
+    "flows.transform.stage",
+    "flows.transform.lake_io",
+    "flows.features.featurestore",
+    "flows.features.feast_offline",
+    "flows.features.training",
     "dbt.cli.main",
     "great_expectations",
     "feast",
@@ -177,7 +177,7 @@ def _zygote_main() -> None:  # pragma: no cover - runs in the zygote process
             importlib.import_module(name)
     # parse the dbt project once: children reuse the manifest (re-parsed if the project changes)
     with contextlib.suppress(Exception):
-        importlib.import_module("flows.transform").parse_project()
+        importlib.import_module("flows.transform.stage").parse_project()
     out = os.fdopen(os.dup(1), "w", buffering=1)
     os.dup2(2, 1)  # stray prints must not corrupt the protocol
 
@@ -233,7 +233,7 @@ def _child(req: dict) -> None:  # pragma: no cover - runs in a forked child
         # `kill -USR1 <pid>` writes every thread's stack to the log (the harness does it on timeout)
         faulthandler.register(signal.SIGUSR1, all_threads=True)
         sys.argv = ["asof", *req["argv"]]
-        from flows import cli
+        from flows.cli import main as cli
 
         cli.main()
         code = 0
@@ -366,7 +366,7 @@ class Harness:
     the session (started on first use, stopped at exit)."""
 
     def __init__(self) -> None:
-        from flows import serve
+        from flows.orchestration import local_server as serve
 
         self.root = Path(tempfile.mkdtemp(prefix="asof_kill_"))
         self.prefect_home = self.root / "prefect_home"
@@ -410,7 +410,7 @@ class Harness:
         key = (start, end, scale, seed, faults)
         with self._tlock:
             if key not in self.templates:
-                from flows import simulate
+                from flows.upstream import simulate
 
                 dest = self.root / f"landing_{len(self.templates)}"
                 simulate.generate(
@@ -478,7 +478,7 @@ class Harness:
             return self._refs[key]
 
     def close(self) -> None:
-        from flows import serve
+        from flows.orchestration import local_server as serve
 
         self.zygote.close()
         serve.stop(self.server)

@@ -19,17 +19,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from flows import lake, runs
-from flows.gold_schema import gold_schemas
-from flows.ingest import INGEST_FILES_SCHEMA
-from flows.runs import StageRecord
+from flows.ingest.stage import INGEST_FILES_SCHEMA
+from flows.operations import runs
+from flows.operations.runs import StageRecord
 from flows.sources import get_source, silver_schema
+from flows.storage import lake
+from flows.transform.gold_schema import gold_schemas
 
 UTC = dt.UTC
 TS = pa.timestamp("us", tz="UTC")
 FX = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
 
-# The gold schemas of the marts' dbt contract (flows.gold_schema), every column nullable: these
+# The gold schemas of the marts' dbt contract (flows.transform.gold_schema), every column nullable: these
 # fixtures write what the contract forbids (null features, `null_feature` below) for monitoring to
 # catch, which the dbt stage never publishes.
 SCHEMAS = {
@@ -235,7 +236,7 @@ def write_runs(records: list[StageRecord]) -> None:
 def sim_landing(
     home: Path, start: dt.date, end: dt.date, faults: list[str] = (), scale: str = "300x600"
 ) -> None:
-    from flows import simulate
+    from flows.upstream import simulate
 
     simulate.generate(
         home / "landing",

@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from flows import lake
 from flows.dates import date_range
 from flows.sources import get_source, silver_schema
+from flows.storage import lake
 
 FX = {"USD": 1.0, "EUR": 1.08, "GBP": 1.27}
 UTC = dt.UTC

@@ -2,7 +2,7 @@
 
 Gold is computed from silver with the contract §7 rules (K(D): `_batch_date <= D` and
 `event_time < D+1`), in DuckDB, so training sets built on top are coherent; it is written through
-`flows.lake` exactly like the dbt stage writes it (one replace per as-of date range).
+`flows.storage.lake` exactly like the dbt stage writes it (one replace per as-of date range).
 """
 
 from __future__ import annotations
@@ -14,15 +14,16 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from flows import lake
-from flows.gold_schema import gold_schemas
 from flows.sources import get_source, silver_schema
+from flows.storage import lake
+from flows.transform.gold_schema import gold_schemas
 
 UTC = dt.UTC
 TS = pa.timestamp("us", tz="UTC")
 FX = {"USD": 1.0, "EUR": 1.1, "GBP": 1.25}
 
-# the gold schemas are the marts' dbt contract (flows.gold_schema), exactly as the dbt stage writes them
+# the gold schemas are the marts' dbt contract (flows.transform.gold_schema), exactly as the dbt
+# stage writes them
 GOLD_SCHEMAS = gold_schemas()
 CUSTOMER_SCHEMA = GOLD_SCHEMAS["customer_txn_features_daily"]
 MERCHANT_SCHEMA = GOLD_SCHEMAS["merchant_features_daily"]
@@ -278,7 +279,7 @@ def store_with_offline_store(offline_store: dict):
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
 
-    from flows import featurestore
+    from flows.features import featurestore
 
     featurestore.get_store()  # make sure the registry is applied for this ASOF_HOME
     raw = yaml.safe_load(os.path.expandvars((featurestore.REPO_DIR / "feature_store.yaml").read_text()))

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pytest
 import yaml
 
-from flows import lake
+from flows.storage import lake
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def deliver_refunds(home: Path) -> dict[dt.date, int]:
 
 @pytest.fixture(scope="module")
 def backfilled(tmp_path_factory: pytest.TempPathFactory):
-    from flows import simulate
+    from flows.upstream import simulate
 
     root = tmp_path_factory.mktemp("add_a_source")
     project = copy_project(root / "project")
@@ -116,7 +116,7 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory):
     built = run(project, home, "expectations/build_suites.py")
     # the copy's simulator, with five contracts, still plays the four demo sources, byte for byte
     days = ("--start", START.isoformat(), "--end", END.isoformat())
-    run(project, home, "-m", "flows.cli", "generate", *days, "--scale", "300x600", "--seed", "6")
+    run(project, home, "-m", "flows.cli.main", "generate", *days, "--scale", "300x600", "--seed", "6")
     simulate.generate(root / "reference", START, END, simulate.parse_scale("300x600"), seed=6)
     generated = sorted(p.relative_to(home / "landing") for p in (home / "landing").rglob("*") if p.is_file())
     assert generated == sorted(
@@ -125,7 +125,7 @@ def backfilled(tmp_path_factory: pytest.TempPathFactory):
     for rel in generated:
         assert (home / "landing" / rel).read_bytes() == (root / "reference" / rel).read_bytes(), rel
     delivered = deliver_refunds(home)
-    backfill = run(project, home, "-m", "flows.cli", "backfill", *days, check=False)
+    backfill = run(project, home, "-m", "flows.cli.main", "backfill", *days, check=False)
     return project, home, delivered, built, backfill
 
 
@@ -196,9 +196,9 @@ def test_refunds_have_data_docs_pages(backfilled):
 def test_refunds_show_in_status_quarantine_and_monitoring(backfilled):
     project, home, _, _, _ = backfilled
     days = ("--start", START.isoformat(), "--end", END.isoformat())
-    status = run(project, home, "-m", "flows.cli", "status", *days)
+    status = run(project, home, "-m", "flows.cli.main", "status", *days)
     assert status.stdout.count("refunds") >= (END - START).days + 1
-    listed = run(project, home, "-m", "flows.cli", "quarantine", "list", "--source", "refunds")
+    listed = run(project, home, "-m", "flows.cli.main", "quarantine", "list", "--source", "refunds")
     expected = ("unknown_transaction", "future_refund_time", "duplicate", "batch_rejected:contract_broken")
     for reason in expected:
         assert reason in listed.stdout, listed.stdout
@@ -206,7 +206,7 @@ def test_refunds_show_in_status_quarantine_and_monitoring(backfilled):
     run(
         project,
         home,
-        *("-m", "flows.cli", "monitor", *days, "--recompute", "--html", str(report)),
+        *("-m", "flows.cli.main", "monitor", *days, "--recompute", "--html", str(report)),
         check=False,  # exit 1 when a threshold is breached (the rejected batch is one)
     )
     html = report.read_text()

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import serve
+from flows.orchestration import local_server as serve
 from tests.kill_harness import REPO, harness
 from tests.test_deployments import Api
 

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from flows.dates import DateError, parse_date, parse_range
 
-ASOF = [sys.executable, "-m", "flows.cli"]
+ASOF = [sys.executable, "-m", "flows.cli.main"]
 
 
 def run_cli(home: Path, *args: str) -> subprocess.CompletedProcess:
@@ -88,12 +88,13 @@ def test_parse_range_orders(d1: dt.date, d2: dt.date) -> None:
 @pytest.mark.timeout(300)
 def test_a_run_without_a_server_starts_one_temporary_server_and_stops_it(tmp_path: Path) -> None:
     """No PREFECT_API_URL: the CLI starts Prefect's temporary server while it loads the stages
-    (flows/prefect_api.py), the flow uses that same server (one start, not two), its database lives
+    (flows/orchestration/prefect_api.py), the flow uses that same server (one start, not two), its
+    database lives
     under ASOF_HOME, and it is gone when the command ends."""
     import re
     import socket
 
-    from flows import simulate
+    from flows.upstream import simulate
 
     home = tmp_path / "home"
     day = dt.date(2024, 1, 1)
@@ -122,7 +123,7 @@ def test_a_configured_server_is_used_as_is() -> None:
     """With PREFECT_API_URL set nothing is started and nothing preloaded."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows import prefect_api
+    from flows.orchestration import prefect_api
 
     with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
         assert prefect_api.start_in_background() is None
@@ -131,7 +132,8 @@ def test_a_configured_server_is_used_as_is() -> None:
 def test_preloading_is_best_effort(monkeypatch: pytest.MonkeyPatch) -> None:
     """A stage module that does not import, or a dbt project that does not parse, must not stop a
     run before its flow starts: the stage that needs it fails and records it, as without preloading."""
-    from flows import prefect_api, transform
+    from flows.orchestration import prefect_api
+    from flows.transform import stage as transform
 
     calls: list[str] = []
 

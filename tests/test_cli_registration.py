@@ -1,6 +1,6 @@
 """CLI registration and exit codes: every subcommand is always listed, a missing or broken package
 is one clear line when its command is used, help stays light, and exit codes follow exception types
-(flows/usage.py)."""
+(flows/cli/usage.py)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import typer
 
-from flows import usage
-from flows.cli_monitor import MonitorArgumentError
-from flows.usage import MissingDependency, Refused
+from flows.cli import usage
+from flows.cli.monitor import MonitorArgumentError
+from flows.cli.usage import MissingDependency, Refused
 
 REPO = Path(__file__).resolve().parent.parent
-ASOF = [sys.executable, "-m", "flows.cli"]
+ASOF = [sys.executable, "-m", "flows.cli.main"]
 COMMANDS = (
     "generate",
     "run",
@@ -52,7 +52,7 @@ def listed(help_text: str) -> set[str]:
 
 
 def _main(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
-    from flows import cli
+    from flows.cli import main as cli
 
     monkeypatch.setattr(sys, "argv", ["asof", *argv])
     monkeypatch.delenv("ASOF_DEBUG", raising=False)
@@ -66,7 +66,7 @@ def _main(argv: list[str], capsys, monkeypatch) -> tuple[int, str]:
 
 
 def test_help_lists_every_subcommand(tmp_path: Path) -> None:
-    from flows.cli import app
+    from flows.cli.main import app
 
     assert set(typer.main.get_command(app).commands) == set(COMMANDS)
     res = run_cli(tmp_path, "--help")
@@ -78,7 +78,7 @@ def test_help_lists_every_subcommand(tmp_path: Path) -> None:
 
 def test_every_command_reports_a_failed_import() -> None:
     """Every leaf command is wrapped, with the label the user typed."""
-    from flows import cli
+    from flows.cli import main as cli
 
     def leaves(group, path):
         for name, cmd in group.commands.items():
@@ -179,7 +179,7 @@ PROBE = """
 import json, sys
 argv, heavy = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
 sys.argv = ["asof", *argv]
-from flows import cli
+from flows.cli import main as cli
 try:
     cli.main()
 except SystemExit as exc:
@@ -215,7 +215,7 @@ class Refused2(Refused):
 
 
 class NamedRefused(Exception):
-    """Not flows.usage.Refused, whatever its name says: exit codes go by type."""
+    """Not flows.cli.usage.Refused, whatever its name says: exit codes go by type."""
 
 
 NamedRefused.__name__ = NamedRefused.__qualname__ = "Refused"
@@ -306,7 +306,7 @@ def test_asof_debug_shows_the_traceback_of_failures_only(monkeypatch, capsys) ->
 
 
 def test_one_refusal_helper_and_no_exit_codes_by_name() -> None:
-    """The cli modules refuse through flows.usage.refuse and never pick an exit code by class name."""
+    """The cli modules refuse through flows.cli.usage.refuse and never pick an exit code by class name."""
     for path in sorted((REPO / "flows").glob("cli*.py")):
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):

@@ -1,4 +1,4 @@
-"""Partial deliveries (flows.completeness): a file cut short is noted by default and, where the
+"""Partial deliveries (flows.ingest.completeness): a file cut short is noted by default and, where the
 operator or upstream asks for it, makes its date wait as `partial` instead of becoming a batch."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import lake
-from flows.ingest import ingest, read_file_records
+from flows.ingest.stage import ingest, read_file_records
 from flows.sources import get_source
+from flows.storage import lake
 from flows.validation.history import delivery_info
 from tests.test_ingest import D, bronze, csv_text, land
 
@@ -114,7 +114,7 @@ def test_a_bad_policy_value_is_an_error(home: Path, monkeypatch) -> None:
 
 
 def test_a_partial_date_has_its_own_status_word() -> None:
-    from flows.runs import date_status
+    from flows.operations.runs import date_status
 
     day = dt.date(2024, 3, 1)
     recs = [

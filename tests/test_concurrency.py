@@ -5,7 +5,7 @@
   once and the lake equals a serial backfill of the union.
 - A daily `asof run --date D2` and a backfill of D1..D3 at once (the common real case), over a lake
   where D1 is done: whichever goes first, the lake equals the serial run.
-- `flows.lake` itself: concurrent writers of one table (other processes) are serialised by the
+- `flows.storage.lake` itself: concurrent writers of one table (other processes) are serialised by the
   per-table lock, never interleaved or lost; a writer that cannot get the lock in time fails with
   a message naming the table and the lock file, having written nothing.
 """
@@ -43,7 +43,7 @@ def serial() -> tuple[Path, dict]:
 
 def _ingested(home: Path) -> dict[dt.date, int]:
     """How many times each date's transactions were ingested, over every run's records."""
-    from flows import lake
+    from flows.storage import lake
 
     with asof_home(home):
         rows = lake.read_rows("ops", "runs", columns=["execution_date", "stage", "source", "status"])
@@ -103,7 +103,7 @@ WRITER = textwrap.dedent(
     """
     import datetime as dt, os, sys, time
     import pyarrow as pa
-    from flows import lake
+    from flows.storage import lake
     day = dt.date.fromisoformat(sys.argv[1])
     tag = sys.argv[2]
     rows = int(sys.argv[3])
@@ -137,7 +137,7 @@ def _writers(home: Path, specs: list[tuple[str, str, int, int]], extra_env: dict
 
 
 def test_concurrent_writers_of_one_table_are_serialised(home: Path) -> None:
-    from flows import lake
+    from flows.storage import lake
 
     results = _writers(
         home,
@@ -165,13 +165,13 @@ def test_concurrent_writers_of_one_table_are_serialised(home: Path) -> None:
 
 
 def test_lock_timeout_fails_clearly_and_writes_nothing(home: Path) -> None:
-    from flows import lake
+    from flows.storage import lake
 
     holder = subprocess.Popen(
         [
             sys.executable,
             "-c",
-            "import time; from flows import lake\nwith lake.lock('silver', 'contended'):\n"
+            "import time; from flows.storage import lake\nwith lake.lock('silver', 'contended'):\n"
             "    print('held', flush=True); time.sleep(30)",
         ],
         env={**os.environ, "ASOF_HOME": str(home)},

@@ -8,8 +8,8 @@ runs, no gold for it) and the run records must say the date failed.
 
 Each test was run against the bug it guards (in a copy of the repository): without the
 conservation check in `flows.validation.stage.validate_dates` the validation tests fail, without
-the bronze row-count check at the end of `flows.ingest.ingest` the ingest tests fail, and without
-the `check_conservation` call in `flows.quarantine._release` the release tests fail.
+the bronze row-count check at the end of `flows.ingest.stage.ingest` the ingest tests fail, and without
+the `check_conservation` call in `flows.validation.quarantine._release` the release tests fail.
 """
 
 from __future__ import annotations
@@ -23,10 +23,11 @@ import pyarrow.compute as pc
 import pytest
 from typer.testing import CliRunner
 
-from flows import lake, runs
-from flows import quarantine as Q
-from flows.ingest import ingest
+from flows.ingest.stage import ingest
+from flows.operations import runs
+from flows.storage import lake
 from flows.validation import contracts, stage, storage
+from flows.validation import quarantine as Q
 from tests.bronze_batches import land
 from tests.test_quarantine import txn
 
@@ -88,7 +89,7 @@ def rows_of(layer: str, table: str, day: dt.date) -> int:
 @pytest.fixture
 def landed(home: Path) -> dict:
     """Two generated days in the landing zone of a fresh ASOF_HOME; the generator's row counts."""
-    from flows import simulate
+    from flows.upstream import simulate
 
     summary = simulate.generate(home / "landing", D1, D2, simulate.parse_scale(SCALE), seed=SEED)
     dates = summary["dates"].items()
@@ -298,7 +299,7 @@ def test_release_command_fails_when_the_release_loses_a_row(
     validated: dict, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     """`asof quarantine release` (the console entry point, in process): exit 1, one error line."""
-    from flows import cli
+    from flows.cli import main as cli
 
     corrupt_writes(monkeypatch, "silver", "transactions", Q_DAY, "drop")
     argv = ["asof", "quarantine", "release", "--source", "transactions", "--date", Q_DAY.isoformat()]
@@ -321,18 +322,18 @@ def test_release_command_fails_when_the_release_loses_a_row(
 def _run_backfill(pipeline) -> list[dict]:
     """The backfill's per-date results; monitoring may fail the flow run because of the failed
     date (MonitoringFailure carries the same results)."""
-    from flows import monitor
+    from flows.monitoring import alerts
 
     try:
         return pipeline.backfill(D1.isoformat(), D2.isoformat())
-    except monitor.MonitoringFailure as exc:
+    except alerts.MonitoringFailure as exc:
         return exc.data
 
 
 def _assert_recorded_failed(day: dt.date, *, stage: str, source: str, why: str) -> None:
     """The run records (what `asof status` shows) say the date failed at `stage`, and no later
     stage of it succeeded."""
-    from flows import cli
+    from flows.cli import main as cli
 
     records = runs.latest(D1, day)
     assert runs.date_status(records) == {D1: "succeeded", day: "failed"}

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from flows import lake
-from flows.simulate import FAULTS, generate, parse_fault, parse_scale
 from flows.sources import SOURCE_NAMES
+from flows.storage import lake
+from flows.upstream.simulate import FAULTS, generate, parse_fault, parse_scale
 from tests.conftest import data_root
 from tests.corpus import HANDMADE, SIMULATOR, Case, Ctx
 
@@ -44,7 +44,7 @@ def _day_files(landing: Path, source: str, day: dt.date) -> bytes:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A clean lake of 9 days, ingested and validated (no Data Docs)."""
-    from flows.ingest import ingest
+    from flows.ingest.stage import ingest
     from flows.validation import stage
 
     home = tmp_path_factory.mktemp("corpus_base")
@@ -138,7 +138,7 @@ def test_regenerating_one_day_reproduces_the_clean_files(base: Path, tmp_path: P
      for c in CASES],
 )  # fmt: skip
 def test_bad_input(case: Case, base: Path, home: Path, tmp_path: Path) -> None:
-    from flows.ingest import ingest, landing_dir
+    from flows.ingest.stage import ingest, landing_dir
     from flows.validation import stage, storage
 
     # the lake of the base, and only the batch folder under test (ingest reads nothing else)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
+from flows.cli.main import app
 from flows.sources import SOURCE_NAMES
 from tests.kill_harness import date_statuses, diff, digest, snapshot
 
@@ -30,7 +30,7 @@ SCALE = "200x400"
 
 @pytest.fixture(scope="module")
 def landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from flows import simulate
+    from flows.upstream import simulate
 
     root = tmp_path_factory.mktemp("dask_landing")
     simulate.generate(root / "landing", START, END, simulate.parse_scale(SCALE), seed=11)
@@ -119,7 +119,7 @@ def test_dask_backfill_matches_thread_pool(
 
 
 def test_runner_options_refused_before_anything_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from flows.usage import Refused
+    from flows.cli.usage import Refused
 
     monkeypatch.setenv("ASOF_HOME", str(tmp_path))
     cases = [

@@ -8,12 +8,11 @@ from pathlib import Path
 import pytest
 from great_expectations.data_context.types.resource_identifiers import ValidationResultIdentifier
 
-from flows import datadocs
 from flows.config import settings
-from flows.ingest import ingest
-from flows.simulate import generate, parse_fault, parse_scale
+from flows.ingest.stage import ingest
 from flows.sources import SOURCE_NAMES
-from flows.validation import contracts, stage, suites
+from flows.upstream.simulate import generate, parse_fault, parse_scale
+from flows.validation import contracts, datadocs, stage, suites
 from tests.conftest import data_root
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
@@ -91,7 +90,7 @@ def test_index_does_not_reread_results(site, monkeypatch):
 
 
 def test_docs_command_builds(site):
-    from flows.cli_validation import docs_command
+    from flows.cli.validation import docs_command
 
     out = docs_command(serve=False)
     assert "index.html" in out

@@ -38,7 +38,8 @@ import httpx
 import psutil
 import pytest
 
-from flows import notify, serve
+from flows.monitoring import notify
+from flows.orchestration import local_server as serve
 from tests.kill_harness import REPO, date_statuses, diff, harness, snapshot
 
 D1, D2, D3 = dt.date(2024, 1, 1), dt.date(2024, 1, 2), dt.date(2024, 1, 3)
@@ -247,7 +248,7 @@ def test_artifact_server_serves_docs_and_reports_only(tmp_path: Path) -> None:
 
 @pytest.fixture
 def one_day(home: Path) -> Path:
-    from flows import simulate
+    from flows.upstream import simulate
 
     simulate.generate(home / "landing", D1, D1, simulate.parse_scale(SCALE), seed=SEED)
     return home
@@ -275,7 +276,8 @@ def test_a_stage_over_its_timeout_fails_the_run_and_notifies(
     """ingest runs in the task runner's threads (hung in Python code: interrupted at the next
     bytecode); validate runs in the flow's main thread (hung in a blocking sleep: interrupted by
     SIGALRM). Either way the date fails within seconds, says why, and the run fails and notifies."""
-    from flows import pipeline, runs
+    from flows import pipeline
+    from flows.operations import runs
 
     if stage == "ingest":
         monkeypatch.setattr(pipeline, "ingest_dates", _hang_in_python)
@@ -564,7 +566,8 @@ def _read_until(proc: Any, marker: str, timeout_s: float, seen: list[str]) -> No
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_make_serve_brings_everything_up_on_loopback_and_ctrl_c_stops_it_all(tmp_path: Path) -> None:
-    """What `make serve` runs (`python -m flows.serve`), on free ports and its own ASOF_HOME: the
+    """What `make serve` runs (`python -m flows.orchestration.local_server`), on free ports and its
+    own ASOF_HOME: the
     server answers with its UI pointed at this API (not 4200), both deployments exist, a worker
     polls the pool, the artifact server answers, every listening socket is on 127.0.0.1; Ctrl-C
     (SIGINT) ends it with status 0 and leaves no server, worker or open port behind."""
@@ -573,7 +576,15 @@ def test_make_serve_brings_everything_up_on_loopback_and_ctrl_c_stops_it_all(tmp
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "ASOF_"))}
     env.update({"ASOF_HOME": str(home), "PYTHONUNBUFFERED": "1"})
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.serve", "--port", str(port), "--docs-port", str(docs_port)],
+        [
+            sys.executable,
+            "-m",
+            "flows.orchestration.local_server",
+            "--port",
+            str(port),
+            "--docs-port",
+            str(docs_port),
+        ],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

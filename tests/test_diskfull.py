@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import diskfull
+from flows.storage import diskfull
 
 
 def _wrapped(inner: BaseException, outer: BaseException) -> BaseException:
@@ -106,7 +106,7 @@ def test_a_run_on_a_full_disk_says_so_in_one_line(tmp_path: Path) -> None:
         assert "Logging error" not in out and "Traceback" not in out, out[-3000:]
         errors = [line for line in out.splitlines() if line.startswith("asof: error:")]
         assert errors and f"no space left on {home}" in errors[-1], out[-3000:]
-        from flows import runs
+        from flows.operations import runs
 
         with asof_home(home):  # what the run recorded (or, when no record fit, what status says)
             records = runs.latest(day, day)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import links, monitor_report
+from flows.monitoring import report as monitor_report
+from flows.pages import links
 from flows.validation import contracts as V
 from flows.validation import suites
 
@@ -137,7 +138,7 @@ def test_every_helper_column_and_parameter_is_explained_in_the_notes() -> None:
 
 
 def test_a_suite_page_shows_the_value_of_a_parameter() -> None:
-    from flows import datadocs
+    from flows.validation import datadocs
 
     suite = _suite("transactions", "rows")
     assert any("$PARAMETER" in json.dumps(e["kwargs"]) for e in suite["expectations"])
@@ -159,7 +160,7 @@ def test_a_result_page_names_its_data_asset() -> None:
         ValidationResultIdentifier,
     )
 
-    from flows import datadocs
+    from flows.validation import datadocs
 
     run_name = suites.result_run_name("2024-01-02", "chargebacks") + "-20240102T000000000000Z"
     key = ValidationResultIdentifier(

@@ -1,4 +1,4 @@
-"""Conformance of the project's offline store (flows/feast_offline.py) with Feast's documented
+"""Conformance of the project's offline store (flows/features/feast_offline.py) with Feast's documented
 point-in-time rule, checked against `reference` below: a deliberately naive pandas loop over entity
 rows, written from Feast's documentation, not from the store's SQL.
 
@@ -10,7 +10,7 @@ then never a candidate), take the one with the greatest timestamp, ties to the g
 timestamp (null lowest). None: the features are null. Every entity row comes back once, with its
 own columns untouched.
 
-Real components throughout: Delta tables written through flows.lake, a Feast registry, DuckDB.
+Real components throughout: Delta tables written through flows.storage.lake, a Feast registry, DuckDB.
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ A_COLUMNS = ["k", "as_of_date", "ts", "created", "v_int", "raw_v", "label"]
 
 def write_a(rows: pd.DataFrame) -> None:
     """The lake table behind view `conf_a` (replaced whole)."""
-    from flows import lake
+    from flows.storage import lake
 
     table = pa.table(
         {
@@ -164,7 +164,7 @@ def write_a(rows: pd.DataFrame) -> None:
 
 
 def write_b(rows: pd.DataFrame) -> None:
-    from flows import lake
+    from flows.storage import lake
 
     table = pa.table(
         {
@@ -209,7 +209,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
     from feast.repo_config import RepoConfig
     from feast.types import Float64, Int64, String
 
-    from flows import lake
+    from flows.storage import lake
 
     home = tmp_path_factory.mktemp("conformance_home")
     saved = os.environ.get("ASOF_HOME")
@@ -267,7 +267,7 @@ def repo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
             provider="local",
             registry=str(home / "registry.db"),
             online_store={"type": "sqlite", "path": str(home / "online.db")},
-            offline_store={"type": "flows.feast_offline.DeltaDuckDBOfflineStore"},
+            offline_store={"type": "flows.features.feast_offline.DeltaDuckDBOfflineStore"},
             entity_key_serialization_version=3,
         )
         config.repo_path = home
@@ -474,7 +474,7 @@ def test_retrieval_by_date_range(repo: Repo):
 def test_entity_dataframe_as_sql(repo: Repo):
     """One SELECT over lake tables (`<layer>.<table>`) gives the same result as the same rows as
     a pandas frame; anything else is refused before it runs."""
-    from flows import lake
+    from flows.storage import lake
 
     write_a(ROWS_A)
     entity = _entities()[["k", "event_timestamp"]]
@@ -511,7 +511,8 @@ def test_saved_dataset_round_trip(repo: Repo, tmp_path: Path):
     back through the store: the reference's rows and values."""
     from feast.infra.offline_stores.file_source import SavedDatasetFileStorage
 
-    from flows import feast_offline, lake
+    from flows.features import feast_offline
+    from flows.storage import lake
 
     write_a(ROWS_A)
     entity = _entities()[["k", "event_timestamp"]]
@@ -542,7 +543,7 @@ def test_saved_dataset_round_trip(repo: Repo, tmp_path: Path):
 def test_offline_write_batch(repo: Repo):
     """Rows pushed to the offline store are appended to the view's lake table and retrieved by the
     rule like any other; a frame with other columns is refused."""
-    from flows import lake
+    from flows.storage import lake
 
     write_a(ROWS_A)
     extra = pd.DataFrame(

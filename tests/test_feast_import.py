@@ -1,4 +1,4 @@
-"""flows/feast_import.py: asof processes import Feast without typeguard's import-time
+"""flows/features/feast_import.py: asof processes import Feast without typeguard's import-time
 instrumentation; a plain interpreter (e.g. the `feast` CLI) still gets it. Each case runs in a fresh
 interpreter, because instrumentation happens once, at feast's first import."""
 

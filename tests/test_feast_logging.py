@@ -1,4 +1,4 @@
-"""Feature logging (flows/feature_logging.py): Feast's app serving `fraud_v2` from the real
+"""Feature logging (flows/features/feature_logging.py): Feast's app serving `fraud_v2` from the real
 online store logs what it served into a lake table; monitoring's comparison of logged values with
 offline retrieval at the served instant finds no difference, then finds the rows whose offline
 values were changed afterwards, per feature, with examples."""
@@ -23,7 +23,7 @@ START, END = TODAY - dt.timedelta(days=20), TODAY - dt.timedelta(days=1)
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    from flows import featurestore
+    from flows.features import featurestore
 
     with feature_store_home(tmp_path_factory.mktemp("feature_logging_home")):
         silver = make_silver(START, END, customers=120, merchants=15, txns_per_day=80, seed=5)
@@ -38,7 +38,7 @@ def _serve(store: Any, requests: list[dict[str, Any]]) -> Any:
     from feast.feature_server import get_app
     from starlette.testclient import TestClient
 
-    from flows.feature_logging import FeatureLogWriter, served_features_logger
+    from flows.features.feature_logging import FeatureLogWriter, served_features_logger
 
     writer = FeatureLogWriter(store, flush_s=3600)  # flushed by the test, not by the clock
     app = served_features_logger(get_app(store), store, writer=writer)
@@ -52,7 +52,7 @@ def _serve(store: Any, requests: list[dict[str, Any]]) -> Any:
 def test_logging_is_opt_in(served, monkeypatch):
     from feast.feature_server import get_app
 
-    from flows.feature_logging import served_features_logger
+    from flows.features.feature_logging import served_features_logger
 
     store = served["store"]
     app = get_app(store)
@@ -63,7 +63,8 @@ def test_logging_is_opt_in(served, monkeypatch):
 
 
 def test_served_features_are_logged_and_compared_with_offline(served):
-    from flows import feature_logging, lake
+    from flows.features import feature_logging, log_tables
+    from flows.storage import lake
 
     store, gold = served["store"], served["gold"]
     customers = gold["customer_txn_features_daily"]
@@ -90,7 +91,7 @@ def test_served_features_are_logged_and_compared_with_offline(served):
     ]
     writer = _serve(store, requests)
     assert writer.flush() == 7  # 3 + 4 entity rows of the two service requests
-    table = feature_logging.log_table("fraud_v2")
+    table = log_tables.log_table("fraud_v2")
     logged = lake.read("ops", table)
     assert logged.num_rows == 7
     assert logged["customer_id"].to_pylist() == [*ids, 10**9]
@@ -103,7 +104,7 @@ def test_served_features_are_logged_and_compared_with_offline(served):
     # destination's data source (its provider's retrieve_feature_service_logs): the same call
     from feast.feature_logging import LOG_TIMESTAMP_FIELD, FeatureServiceLoggingSource
 
-    from flows.feast_offline import DeltaDuckDBOfflineStore
+    from flows.features.feast_offline import DeltaDuckDBOfflineStore
 
     fs = store.get_feature_service("fraud_v2")
     schema = FeatureServiceLoggingSource(fs, store.project).get_schema(store.registry)
@@ -123,10 +124,10 @@ def test_served_features_are_logged_and_compared_with_offline(served):
     assert (metric, scope) == ("logged_mismatch_rate", "fraud_v2")
     assert value == 0.0, info
     assert info["compared"] == 7 and info["logged_rows"] == 7
-    # and so does monitoring of the date (flows.monitor's logged_features family)
-    from flows import monitor
+    # and so does monitoring of the date (flows.monitoring.metrics's logged_features family)
+    from flows.monitoring import metrics
 
-    rows = [r for r in monitor.compute([today], online_reader=False) if r["metric"] == "logged_mismatch_rate"]
+    rows = [r for r in metrics.compute([today], online_reader=False) if r["metric"] == "logged_mismatch_rate"]
     assert [(r["scope"], r["value"]) for r in rows] == [("fraud_v2", 0.0)]
 
     # a correction of gold after serving: the served values of those customers now differ offline
@@ -161,24 +162,25 @@ def test_served_features_are_logged_and_compared_with_offline(served):
 
 
 def test_no_logs_no_measurement(served):
-    from flows import feature_logging
+    from flows.features import feature_logging
 
     assert feature_logging.measurements(TODAY - dt.timedelta(days=3), services=["fraud_v2", "fraud_v1"]) == []
 
 
 def test_asof_serve_app_logs_when_switched_on(served, monkeypatch):
-    """The app `asof serve` runs (flows.feature_server.build_app) logs through its own writer,
+    """The app `asof serve` runs (flows.features.feature_server.build_app) logs through its own writer,
     flushed by its clock, once `ASOF_LOG_SERVED_FEATURES=1`."""
     import time
 
     from starlette.testclient import TestClient
 
-    from flows import feature_logging, feature_server, lake
+    from flows.features import feature_server, log_tables
+    from flows.storage import lake
 
     monkeypatch.setenv("ASOF_LOG_SERVED_FEATURES", "1")
     monkeypatch.setenv("ASOF_FEATURE_LOG_FLUSH_S", "0.2")
     store = served["store"]
-    table = feature_logging.log_table("fraud_v1")
+    table = log_tables.log_table("fraud_v1")
     # the app inside the latency middleware: its per-day latency log is process-wide and would
     # carry this request into other tests' homes
     with TestClient(feature_server.build_app(store).app) as client:
@@ -201,7 +203,7 @@ def test_logs_to_parquet_files_read_back(served, tmp_path):
     )
     from feast.infra.offline_stores.file_source import FileLoggingDestination
 
-    from flows.feast_offline import DeltaDuckDBOfflineStore
+    from flows.features.feast_offline import DeltaDuckDBOfflineStore
 
     store = served["store"]
     fs = store.get_feature_service("fraud_v1")

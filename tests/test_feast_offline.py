@@ -1,4 +1,4 @@
-"""The project's Feast offline store (flows/feast_offline.py): point-in-time rule, ttl, agreement
+"""The project's Feast offline store (flows/features/feast_offline.py): point-in-time rule, ttl, agreement
 with Feast's stock `file` store, materialization reads."""
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def lake_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def store(lake_data):
-    from flows.featurestore import get_store
+    from flows.features.featurestore import get_store
 
     return get_store()
 
@@ -161,7 +161,7 @@ def test_boundaries_and_inactive_customer(store, lake_data):
     assert out["kyc_level"].notna().iloc[1:].all()
     # Feast's rule (inclusive lower bound) would serve the stale row at exactly one ttl
     inclusive = store_with_offline_store(
-        {"type": "flows.feast_offline.DeltaDuckDBOfflineStore", "ttl_lower_bound": "inclusive"}
+        {"type": "flows.features.feast_offline.DeltaDuckDBOfflineStore", "ttl_lower_bound": "inclusive"}
     )
     out2 = inclusive.get_historical_features(
         entity_df=rows, features=["customer_txn_features_daily:txn_count_30d"]
@@ -210,7 +210,7 @@ def test_agrees_with_feast_stock_file_store(store, lake_data):
     want = _normalise(stock.get_historical_features(entity_df=entities, features=service).to_df(), columns)
 
     compat = store_with_offline_store(
-        {"type": "flows.feast_offline.DeltaDuckDBOfflineStore", "ttl_lower_bound": "inclusive"}
+        {"type": "flows.features.feast_offline.DeltaDuckDBOfflineStore", "ttl_lower_bound": "inclusive"}
     )
     got = _normalise(compat.get_historical_features(entity_df=entities, features=service).to_df(), columns)
     assert len(got) == len(entities)
@@ -240,7 +240,7 @@ def test_agrees_with_feast_stock_file_store(store, lake_data):
 
 
 def test_pull_latest_and_all(store, lake_data):
-    from flows.feast_offline import DeltaDuckDBOfflineStore
+    from flows.features.feast_offline import DeltaDuckDBOfflineStore
 
     fv = store.get_feature_view("customer_txn_features_daily")
     start, end = day_ts(dt.date(2024, 2, 1)), day_ts(dt.date(2024, 2, 5))
@@ -273,7 +273,7 @@ def test_created_timestamp_breaks_ties(lake_data, tmp_path):
     from feast.data_format import DeltaFormat
     from feast.types import Int64
 
-    from flows import lake
+    from flows.storage import lake
 
     ts = pa.timestamp("us", tz="UTC")
     t1, t2 = day_ts(dt.date(2024, 1, 2)), day_ts(dt.date(2024, 1, 3))
@@ -302,7 +302,7 @@ def test_created_timestamp_breaks_ties(lake_data, tmp_path):
         schema=[Field(name="v", dtype=Int64)],
         source=source,
     )
-    config = store_with_offline_store({"type": "flows.feast_offline.DeltaDuckDBOfflineStore"}).config
+    config = store_with_offline_store({"type": "flows.features.feast_offline.DeltaDuckDBOfflineStore"}).config
     config.registry.path = str(tmp_path / "registry.db")
     fs = FeatureStore(repo_path=str(tmp_path), config=config)
     fs.apply([ent, fv])
@@ -330,7 +330,8 @@ def test_created_timestamp_breaks_ties(lake_data, tmp_path):
 
 def test_pinned_versions_read_old_data(store, lake_data):
     """Delta time travel: a pinned version reads the table as it was."""
-    from flows import feast_offline, lake
+    from flows.features import feast_offline
+    from flows.storage import lake
 
     key = "gold/customer_txn_features_daily"
     before = lake.version("gold", "customer_txn_features_daily")

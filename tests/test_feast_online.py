@@ -32,7 +32,7 @@ from feast.value_type import ValueType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows.feast_online import KeyOrderedSqliteOnlineStore, KeyOrderedSqliteOnlineStoreConfig
+from flows.features.feast_online import KeyOrderedSqliteOnlineStore, KeyOrderedSqliteOnlineStoreConfig
 from tests.test_online_store import REDIS_PASSWORD, redis_server  # noqa: F401 (the fixture)
 
 UTC = dt.UTC
@@ -114,7 +114,7 @@ def _write_both(tmp: Path, table: pa.Table, view: FeatureView) -> tuple[list[tup
     for p in (stock_path, ours_path):
         p.unlink(missing_ok=True)
     stock, ours = SqliteOnlineStore(), KeyOrderedSqliteOnlineStore()
-    # Feast's stored epoch depends on the local zone (flows.feast_online._epoch): compare under UTC
+    # Feast's stored epoch depends on the local zone (flows.features.feast_online._epoch): compare under UTC
     stock_cfg = _config(stock_path, SqliteOnlineStoreConfig)
     ours_cfg = _config(ours_path, KeyOrderedSqliteOnlineStoreConfig)
     for store, cfg in ((stock, stock_cfg), (ours, ours_cfg)):
@@ -305,7 +305,7 @@ def test_redis_arrow_write_equals_feasts_write(
     """ArrowRedisOnlineStore leaves the hashes Feast's RedisOnlineStore writes (skip_dedup)."""
     from feast.infra.online_stores.redis import RedisOnlineStore, RedisOnlineStoreConfig
 
-    from flows.feast_online import ArrowRedisOnlineStore, ArrowRedisOnlineStoreConfig
+    from flows.features.feast_online import ArrowRedisOnlineStore, ArrowRedisOnlineStoreConfig
 
     stamp = pa.timestamp("us", tz="UTC")
     columns = {"customer_id": pa.array([(i * 7919) % 1000 - 500 for i in range(len(rows))], pa.int64())}
@@ -368,7 +368,7 @@ def test_online_timestamps_do_not_depend_on_the_time_zone(tmp_path: Path) -> Non
 def test_online_store_path_without_asof_home_is_asofs_default(monkeypatch) -> None:
     """The feast CLI from feature_repo/ without ASOF_HOME: Feast's expandvars leaves the variable
     in the path; the store resolves it to asof's default home, not a literal `${ASOF_HOME}` dir."""
-    from flows.feast_home import DEFAULT_HOME
+    from flows.features.feast_home import DEFAULT_HOME
 
     monkeypatch.delenv("ASOF_HOME", raising=False)
     config = KeyOrderedSqliteOnlineStoreConfig(path="${ASOF_HOME}/feast/online.db")

@@ -1,4 +1,4 @@
-"""Online reads through the project's API (flows.featurestore): the same values as Feast's own
+"""Online reads through the project's API (flows.features.featurestore): the same values as Feast's own
 `get_online_features`, and the kept FeatureService objects that make them as fast (issue 19,
 item 4) are dropped when the registry changes."""
 
@@ -18,7 +18,7 @@ START, END = dt.date(2024, 2, 1), dt.date(2024, 2, 10)
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from flows import featurestore
+    from flows.features import featurestore
 
     with feature_store_home(tmp_path_factory.mktemp("online_reads_home")):
         silver = make_silver(START, END, customers=80, merchants=10, txns_per_day=60, seed=9)
@@ -28,7 +28,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def test_online_features_equal_feasts_own_read(store):
-    from flows.featurestore import online_features
+    from flows.features.featurestore import online_features
 
     rows = [{"customer_id": c, "merchant_id": m} for c, m in [(1, 1), (2, 3), (5, 7), (10**9, 2)]]
     ours = online_features(rows, "fraud_v2")
@@ -43,7 +43,7 @@ def test_online_features_equal_feasts_own_read(store):
 
 
 def test_feature_service_kept_until_the_registry_changes(store):
-    from flows import featurestore
+    from flows.features import featurestore
 
     first = store.get_feature_service("fraud_v2", allow_cache=True)
     assert store.get_feature_service("fraud_v2", allow_cache=True) is first

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from flows.dbt_plugins.lake_io import GOLD_SCHEMAS
-from flows.featurestore import load_definitions
-from flows.gold_schema import GoldSchemaError, gold_schemas, gold_tables
+from flows.features.featurestore import load_definitions
+from flows.transform.gold_schema import GoldSchemaError, gold_schemas, gold_tables
+from flows.transform.lake_io import GOLD_SCHEMAS
 from tests import monitor_data, synthetic_gold
 
 

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows import lake
-from flows.ingest import ingest, ingest_dates, read_file_records
+from flows.ingest.stage import ingest, ingest_dates, read_file_records
+from flows.storage import lake
 
 D = dt.date(2024, 3, 1)
 HEADER = "txn_id,customer_id,merchant_id,amount,currency,channel,event_time"
@@ -240,7 +240,7 @@ def test_a_chunk_of_dates_is_one_commit_equal_to_date_by_date(home: Path, tmp_pa
 def test_a_date_that_cannot_be_read_fails_alone(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """An unexpected error reading one date's files fails that date; the chunk's other dates are
     written, and the failed date's earlier bronze partition is left as it was."""
-    from flows import ingest as ingest_module
+    from flows.ingest import stage as ingest_module
 
     days = [D, D + dt.timedelta(days=1)]
     land(home, "transactions", days[0], "a.csv", csv_text(3))
@@ -264,7 +264,7 @@ def test_a_date_that_cannot_be_read_fails_alone(home: Path, monkeypatch: pytest.
 
 
 def _slow(data: bytes, source_name: str):
-    from flows.ingest import FileRecord, _decode, _parse_csv, _Rows
+    from flows.ingest.stage import FileRecord, _decode, _parse_csv, _Rows
     from flows.sources import get_source
 
     src = get_source(source_name)
@@ -286,7 +286,7 @@ def test_fast_and_careful_csv_readers_agree(rows: list[list[str]], eol: str, bom
     """The pyarrow fast path must produce exactly what the line-by-line reader produces."""
     import io
 
-    from flows.ingest import FileRecord, _parse_csv_fast
+    from flows.ingest.stage import FileRecord, _parse_csv_fast
     from flows.sources import get_source
 
     buf = io.StringIO()
@@ -304,9 +304,9 @@ def test_fast_and_careful_csv_readers_agree(rows: list[list[str]], eol: str, bom
 
 
 def test_fast_path_taken_for_clean_generated_files(tmp_path: Path) -> None:
-    from flows import simulate
-    from flows.ingest import FileRecord, _parse_csv_fast
+    from flows.ingest.stage import FileRecord, _parse_csv_fast
     from flows.sources import get_source
+    from flows.upstream import simulate
 
     simulate.generate(tmp_path, D, D, simulate.parse_scale("300x600"), seed=3)
     for source in ("transactions", "merchants", "chargebacks"):

@@ -1,4 +1,5 @@
-"""Damage from outside the pipeline is found, named and never reported `succeeded` (flows.integrity,
+"""Damage from outside the pipeline is found, named and never reported `succeeded`
+(flows.operations.integrity,
 `asof verify`; issue 23 item 1): each probe damages a real lake the way an operator or a failed
 disk would, then checks what verify, status and the backfill's skip list make of it."""
 
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows import cli, integrity, lake, runs
-from flows.ingest import ingest
+from flows.cli import main as cli
+from flows.ingest.stage import ingest
+from flows.operations import integrity, runs
+from flows.storage import lake
 from flows.validation import stage
 from tests.test_ingest import csv_text, land
 

@@ -1,4 +1,4 @@
-"""`flows.key_index`: the hash index of silver keys that a backfill keeps between dates.
+"""`flows.storage.key_index`: the hash index of silver keys that a backfill keeps between dates.
 
 The index may only ever save reads: `present` must answer exactly what a filtered scan of the
 whole table answers, and `narrow` must keep every row such a scan returns, for any data, any date,
@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows import key_index, lake
+from flows.storage import key_index, lake
 
 D0 = dt.date(2024, 1, 1)
 SCHEMA = pa.schema([("_batch_date", pa.date32()), ("k", pa.string()), ("v", pa.int64())])

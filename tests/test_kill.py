@@ -1,7 +1,7 @@
 """Crash safety: SIGKILL a real `asof` run at many points of every stage, rerun, and compare the lake
 with an uninterrupted run (issue 7).
 
-Kill points are deterministic crash hooks of `flows.lake` (`ASOF_CRASH_AT=<label>:<n>`: before,
+Kill points are deterministic crash hooks of `flows.storage.lake` (`ASOF_CRASH_AT=<label>:<n>`: before,
 during and after every Delta commit, and whenever a table is opened), chosen from the trace of an
 uninterrupted reference run, so each one is known to fire and to sit in the stage it is meant for:
 
@@ -195,7 +195,7 @@ def _vacuum_everything(home: Path, before: dict) -> tuple[int, str]:
 
     removed = 0
     with asof_home(home):
-        from flows import lake
+        from flows.storage import lake
 
         for layer in lake.LAYERS:
             for name in lake.list_tables(layer):

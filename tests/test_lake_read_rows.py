@@ -11,8 +11,9 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from flows import lake, runs
-from flows.runs import StageRecord
+from flows.operations import runs
+from flows.operations.runs import StageRecord
+from flows.storage import lake
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -77,7 +78,7 @@ def test_status_reads_run_records_without_pandas_or_the_pipeline_stack(home: Pat
     runs.append("r1", None, [StageRecord(day, s, runs.ALL_SOURCES, "succeeded") for s in runs.STAGES])
     probe = (
         "import sys\n"
-        "from flows.cli import app\n"
+        "from flows.cli.main import app\n"
         "try:\n"
         "    app(['status', '--start', '2024-01-01'])\n"
         "except SystemExit as exc:\n"

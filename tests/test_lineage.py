@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from flows import lake
+from flows.storage import lake
 from tests.test_cli import run_cli
 
 pytestmark = pytest.mark.slow
@@ -36,7 +36,7 @@ def _gold(table: str, key: str) -> dict[tuple[int, dt.date], tuple]:
 
 
 def _online_sums(customers: list[int]) -> dict[int, float | None]:
-    from flows.featurestore import online_features
+    from flows.features.featurestore import online_features
 
     got = online_features([{"customer_id": c, "merchant_id": 1} for c in customers], service="fraud_v1")
     return dict(zip(got["customer_id"], got["amount_usd_sum_30d"], strict=True))
@@ -53,9 +53,11 @@ def _backfill_args(command: str) -> dict:
 def story(tmp_path_factory: pytest.TempPathFactory, prefect_backend):
     """Build the lake with a wrong batch, register two training sets, ask for the impact, correct
     the batch, run the recompute command; keep what each step saw."""
-    from flows import featurestore, pipeline, simulate
-    from flows.monitor import MonitoringFailure
-    from flows.training import build_training_set
+    from flows import pipeline
+    from flows.features import featurestore
+    from flows.features.training import build_training_set
+    from flows.monitoring.alerts import MonitoringFailure
+    from flows.upstream import simulate
 
     home = tmp_path_factory.mktemp("lineage_home")
     work = tmp_path_factory.mktemp("lineage_out")
@@ -189,7 +191,7 @@ def test_impact_names_the_training_sets_that_read_the_batch(story, tmp_path: Pat
     """The set whose features read affected as-of dates is listed with its rebuild command, and
     rebuilding it after the correction gives other bytes; the set that read nothing of the batch is
     not listed, and rebuilt it is byte for byte the same."""
-    from flows.training import build_training_set
+    from flows.features.training import build_training_set
 
     listed = {t["path"]: t for t in story["report"]["training_sets"]}
     affected = story["training"]["affected"]
@@ -284,7 +286,7 @@ def test_trace_gold_row_lists_exactly_the_rows_it_aggregates(story) -> None:
 def test_trace_training_row_at_the_manifest_versions(story) -> None:
     """A row of the training set built before the correction traces, at the versions its manifest
     names, to the feature values the file holds (the x100 ones) and to its landing record."""
-    from flows.training import manifest_path
+    from flows.features.training import manifest_path
 
     home = story["home"]
     manifest = story["training"]["affected"]
@@ -375,8 +377,10 @@ def test_impact_of_a_rejected_batch_names_the_later_rows_it_held_back(
     chargebacks of its transactions in later batches are quarantined as `unknown_transaction`: the
     report lists exactly those, and after a corrected re-delivery its recompute command moves them
     to silver."""
-    from flows import featurestore, pipeline, simulate
-    from flows.monitor import MonitoringFailure
+    from flows import pipeline
+    from flows.features import featurestore
+    from flows.monitoring.alerts import MonitoringFailure
+    from flows.upstream import simulate
 
     day, last = dt.date(2024, 1, 2), dt.date(2024, 1, 12)
     home = tmp_path / "home"

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import lake
+from flows.storage import lake
 
 SPEC = Path(__file__).resolve().parent / "openlineage_spec"
 START, END = dt.date(2024, 1, 1), dt.date(2024, 1, 6)  # chargebacks from 01-05 (seed 6)
@@ -96,9 +96,11 @@ def collector():
 def pipeline_events(tmp_path_factory: pytest.TempPathFactory, prefect_backend):
     """Six days through every stage (a `dupes` fault on one), then a training set, with the events
     sent to a collector through OPENLINEAGE_URL."""
-    from flows import featurestore, pipeline, simulate
-    from flows.monitor import MonitoringFailure
-    from flows.training import build_training_set
+    from flows import pipeline
+    from flows.features import featurestore
+    from flows.features.training import build_training_set
+    from flows.monitoring.alerts import MonitoringFailure
+    from flows.upstream import simulate
 
     home = tmp_path_factory.mktemp("openlineage_home")
     simulate.generate(

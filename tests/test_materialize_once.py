@@ -10,7 +10,8 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from flows import lake, runs
+from flows.operations import runs
+from flows.storage import lake
 
 pytestmark = pytest.mark.slow
 
@@ -22,7 +23,7 @@ SCALE = "200x300"
 
 @pytest.fixture
 def landed(home: Path) -> Path:
-    from flows import simulate
+    from flows.upstream import simulate
 
     simulate.generate(home / "landing", START, END, simulate.parse_scale(SCALE), seed=11)
     return home
@@ -31,7 +32,7 @@ def landed(home: Path) -> Path:
 @pytest.fixture
 def spans(monkeypatch: pytest.MonkeyPatch) -> list[tuple[dt.date, dt.date]]:
     """Every span handed to Feast materialization (the real call runs: a spy, not a stand-in)."""
-    from flows import featurestore
+    from flows.features import featurestore
 
     calls: list[tuple[dt.date, dt.date]] = []
     real = featurestore.materialize_span
@@ -59,7 +60,7 @@ def _newest_gold(customers: list[int]) -> dict[int, int]:
 
 
 def _online_counts(customers: list[int]) -> dict[int, int | None]:
-    from flows import featurestore
+    from flows.features import featurestore
 
     featurestore.reset_store_cache()
     got = featurestore.online_features([{"customer_id": c} for c in customers], service="fraud_v1")

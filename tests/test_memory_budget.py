@@ -1,4 +1,4 @@
-"""A date's memory is bounded (flows/memory_budget.py, issue 23 item 7): Great Expectations judges a
+"""A date's memory is bounded (flows/ingest/memory_budget.py, issue 23 item 7): Great Expectations judges a
 date's rows in slices and gives every row exactly the verdict of an unsliced run, and a date whose
 estimate is over ASOF_MEMORY_BUDGET is refused before anything is read, in one line, writing nothing.
 
@@ -16,7 +16,9 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from flows import ingest, lake, memory_budget
+from flows.ingest import memory_budget
+from flows.ingest import stage as ingest
+from flows.storage import lake
 from flows.validation import stage, suites
 from flows.validation.frames import code_day, day_code
 from flows.validation.verdicts import DayVerdict

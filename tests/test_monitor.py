@@ -1,5 +1,5 @@
 """Monitoring metrics on synthetic lakes: PSI, freshness, volume/lag, pass rate, coverage, online
-consistency, thresholds, storage (flows/monitor.py)."""
+consistency, thresholds, storage (flows/monitoring/metrics.py)."""
 
 from __future__ import annotations
 
@@ -11,9 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flows import lake, monitor
 from flows.config import REPO_ROOT
-from flows.gold_schema import gold_tables
+from flows.monitoring import alerts, config, metrics, online_check, storage
+from flows.monitoring import drift as monitoring_drift
+from flows.storage import lake
+from flows.transform.gold_schema import gold_tables
 from tests.monitor_data import (
     customer_gold_sql,
     days_between,
@@ -41,15 +43,15 @@ def _by(rows: list[dict], metric: str) -> dict[tuple[dt.date, str], dict]:
     return {(r["execution_date"], r["scope"]): r for r in rows if r["metric"] == metric}
 
 
-def _config(**overrides) -> monitor.MonitorConfig:
-    raw = monitor.raw_config()
+def _config(**overrides) -> config.MonitorConfig:
+    raw = config.raw_config()
     for path, value in overrides.items():
         node = raw
         keys = path.split("__")
         for k in keys[:-1]:
             node = node.setdefault(k, {})
         node[keys[-1]] = value
-    return monitor.MonitorConfig.from_dict(raw)
+    return config.MonitorConfig.from_dict(raw)
 
 
 # ------------------------------------------------------------------------------------- PSI maths
@@ -59,25 +61,25 @@ def test_psi_uses_reference_deciles_and_epsilon_floor() -> None:
     rng = np.random.default_rng(0)
     ref = rng.normal(0, 1, 20_000)
     same = rng.normal(0, 1, 5_000)
-    value, edges, q, p = monitor.psi(ref, same)
+    value, edges, q, p = monitoring_drift.psi(ref, same)
     assert edges.size == 9 and np.allclose(q, 0.1, atol=1e-3)
     assert value < 0.01
 
     shifted = ref + 1.0
-    value, edges, q, p = monitor.psi(ref, shifted)
+    value, edges, q, p = monitoring_drift.psi(ref, shifted)
     expected = float(np.sum((p - q) * np.log(p / q)))
     assert value == pytest.approx(expected) and value > 0.2
 
     # every current value beyond the top edge: 9 empty bins floored at epsilon
-    value, _, _, p = monitor.psi(ref, np.full(1000, 100.0), epsilon=1e-4)
+    value, _, _, p = monitoring_drift.psi(ref, np.full(1000, 100.0), epsilon=1e-4)
     assert p[:-1] == pytest.approx([1e-4] * 9) and p[-1] == 1.0
     assert value == pytest.approx(9 * (1e-4 - 0.1) * np.log(1e-4 / 0.1) + 0.9 * np.log(1 / 0.1), rel=1e-3)
 
     # ties collapse bins (counts): edges are unique, a value equal to an edge is in the lower bin
     counts = np.array([0] * 60 + [1] * 30 + [2] * 10, dtype=float)
-    edges = monitor.psi_edges(counts)
+    edges = monitoring_drift.psi_edges(counts)
     assert edges.tolist() == [0.0, 1.0]
-    assert monitor.bin_shares(np.array([0.0, 1.0, 2.0, 7.0]), np.array([0.0, 1.0])).tolist() == [
+    assert monitoring_drift.bin_shares(np.array([0.0, 1.0, 2.0, 7.0]), np.array([0.0, 1.0])).tolist() == [
         0.25,
         0.25,
         0.5,
@@ -88,8 +90,8 @@ def test_psi_uses_reference_deciles_and_epsilon_floor() -> None:
 
 
 def test_shipped_config_loads_and_mirrors_feature_repo() -> None:
-    cfg = monitor.load_config(REPO_ROOT / "monitoring.toml")
-    assert cfg.rule_for("validation_pass_rate", "transactions") == monitor.Rule(min=0.99, severity="warning")
+    cfg = config.load_config(REPO_ROOT / "monitoring.toml")
+    assert cfg.rule_for("validation_pass_rate", "transactions") == config.Rule(min=0.99, severity="warning")
     assert cfg.rule_for("psi", "customer_txn_features_daily.amount_usd_sum_7d").max == 0.2
     assert cfg.rule_for("coverage", "fraud_v2").min == 0.95
     assert cfg.rule_for("freshness_hours", "customer_profile").max == 168
@@ -108,19 +110,19 @@ def test_shipped_config_loads_and_mirrors_feature_repo() -> None:
     views_src = (REPO_ROOT / "feature_repo" / "features.py").read_text()
     for name, view in cfg.views.items():
         assert f'name="{name}"' in views_src
-        # a view's fields are its gold table's (flows.gold_schema): its entity is the table's key
+        # a view's fields are its gold table's (flows.transform.gold_schema): its entity is the table's key
         assert gold_tables()[name].entity == view.entity
 
 
 def test_config_is_validated() -> None:
-    raw = monitor.raw_config()
+    raw = config.raw_config()
     raw["rules"]["psi"]["severity"] = "critical"
-    with pytest.raises(monitor.MonitorConfigError, match="severity"):
-        monitor.MonitorConfig.from_dict(raw)
-    raw = monitor.raw_config()
+    with pytest.raises(config.MonitorConfigError, match="severity"):
+        config.MonitorConfig.from_dict(raw)
+    raw = config.raw_config()
     raw["rules"]["pass_rate"] = {"min": 0.9}
-    with pytest.raises(monitor.MonitorConfigError, match="unknown metric"):
-        monitor.MonitorConfig.from_dict(raw)
+    with pytest.raises(config.MonitorConfigError, match="unknown metric"):
+        config.MonitorConfig.from_dict(raw)
     cfg = _config(rules__psi__scopes={"txn_count_1d": {"enabled": False}})
     assert cfg.rule_for("psi", "customer_txn_features_daily.txn_count_1d") is None
     assert cfg.rule_for("psi", "customer_txn_features_daily.txn_count_7d") is not None
@@ -137,7 +139,7 @@ def test_cents_jump_breaches_psi_on_amount_features_and_a_clean_week_does_not(ho
     )
     clean_week = days_between(cents_day - dt.timedelta(days=7), cents_day - dt.timedelta(days=1))
 
-    rows = monitor.compute(clean_week, online_reader=False)
+    rows = metrics.compute(clean_week, online_reader=False)
     psi = _by(rows, "psi")
     assert {s for _, s in psi} >= {
         f"customer_txn_features_daily.{f}" for f in AMOUNT_FEATURES + COUNT_FEATURES
@@ -145,15 +147,15 @@ def test_cents_jump_breaches_psi_on_amount_features_and_a_clean_week_does_not(ho
     assert all(r["value"] is not None and r["value"] < 0.1 for r in psi.values()), psi
     assert not [r for r in rows if r["metric"] == "psi" and r["breached"]]
 
-    breaches = monitor.compute_and_store([cents_day], online_reader=False)
+    breaches = metrics.compute_and_store([cents_day], online_reader=False)
     drift = {b.scope.split(".")[1]: b for b in breaches if b.metric == "psi"}
     assert set(drift) == set(AMOUNT_FEATURES), drift
     b = drift["amount_usd_sum_7d"]
     assert b.value > 0.2 and b.threshold == 0.2 and b.severity == "warning"
     assert "psi" in b.message and "amount_usd_sum_7d" in b.message and "> 0.2" in b.message
-    verdict = monitor.verdict_of([x for x in breaches if x.metric == "psi"])
+    verdict = alerts.verdict_of([x for x in breaches if x.metric == "psi"])
     assert verdict.status == "warning"
-    md = monitor.alerts_markdown(verdict, "test")
+    md = alerts.alerts_markdown(verdict, "test")
     assert "| psi | customer_txn_features_daily.amount_usd_sum_7d |" in md and "breach if > 0.2" in md
 
 
@@ -161,7 +163,7 @@ def test_psi_is_not_computed_during_warm_up_or_without_reference(home: Path) -> 
     end = START + dt.timedelta(days=40)
     write_gold("customer_txn_features_daily", synthetic_customer_gold(START, end))
     write_gold("merchant_features_daily", synthetic_merchant_gold(START, end))
-    rows = monitor.compute([START + dt.timedelta(days=20), end], online_reader=False)
+    rows = metrics.compute([START + dt.timedelta(days=20), end], online_reader=False)
     psi = _by(rows, "psi")
     early = psi[(START + dt.timedelta(days=20), "customer_txn_features_daily.txn_count_7d")]
     assert early["value"] is None and not early["breached"] and "warm-up" in details(early)["not_evaluated"]
@@ -183,10 +185,10 @@ def test_simulated_cents_fault_without_batch_rules(home: Path) -> None:
     txns = read_landing_transactions(home, START, end)
     write_gold("customer_txn_features_daily", customer_gold_sql(txns, START, end))
     days = days_between(dt.date(2024, 3, 4), cents_day)
-    breaches = [b for b in monitor.compute_and_store(days, online_reader=False) if b.metric == "psi"]
+    breaches = [b for b in metrics.compute_and_store(days, online_reader=False) if b.metric == "psi"]
     assert {b.execution_date for b in breaches} == {cents_day}, breaches
     assert {b.scope.split(".")[1] for b in breaches} == set(AMOUNT_FEATURES)
-    stored = _by(monitor.read_metrics(days[0], cents_day), "psi")
+    stored = _by(storage.read_metrics(days[0], cents_day), "psi")
     clean = [r["value"] for (d, _), r in stored.items() if d < cents_day]
     assert len(clean) == 8 * 9 and max(clean) < 0.15
 
@@ -203,7 +205,7 @@ def test_skipped_day_breaches_freshness(home: Path) -> None:
     delete_gold_day("customer_txn_features_daily", skipped)
     delete_gold_day("merchant_features_daily", skipped)
 
-    breaches = monitor.compute_and_store(days_between(START, end), online_reader=False)
+    breaches = metrics.compute_and_store(days_between(START, end), online_reader=False)
     fresh = [b for b in breaches if b.metric == "freshness_hours" and b.scope != "customer_profile"]
     assert {(b.execution_date, b.scope) for b in fresh} == {
         (skipped, "customer_txn_features_daily"),
@@ -211,7 +213,7 @@ def test_skipped_day_breaches_freshness(home: Path) -> None:
     }
     assert all(b.value == 24 and b.severity == "failure" and b.threshold == 0 for b in fresh)
     assert "newest rows are as of " + (skipped - dt.timedelta(days=1)).isoformat() in fresh[0].message
-    stored = _by(monitor.read_metrics(START, end), "freshness_hours")
+    stored = _by(storage.read_metrics(START, end), "freshness_hours")
     assert stored[(end, "customer_txn_features_daily")]["value"] == 0
     # the profile changed on day 1 only: 9 days later it is 216 h old, beyond its 168 h SLA (warning)
     assert stored[(end, "customer_profile")]["value"] == 9 * 24
@@ -223,7 +225,7 @@ def test_skipped_day_breaches_freshness(home: Path) -> None:
 
 
 def test_missing_gold_table_is_a_freshness_breach(home: Path) -> None:
-    rows = monitor.compute([START], online_reader=False)
+    rows = metrics.compute([START], online_reader=False)
     fresh = _by(rows, "freshness_hours")
     assert all(r["breached"] and r["value"] is None for r in fresh.values())
     assert "does not exist" in details(fresh[(START, "customer_txn_features_daily")])["summary"]
@@ -243,7 +245,7 @@ def test_volume_drop_and_missing_batch_show_in_volume_metrics(home: Path) -> Non
             records.append((d, "transactions", 30 if d == drop else 600 + 10 * (i % 3), "ok"))
         records.append((d, "merchants", 40, "ok"))
     write_ingest_files(records)
-    rows = monitor.compute(days, online_reader=False)
+    rows = metrics.compute(days, online_reader=False)
     vol = _by(rows, "volume_ratio")
     assert vol[(days[1], "transactions")]["value"] is None  # fewer than 3 batches of history
     assert vol[(days[5], "transactions")]["value"] == pytest.approx(1.0, abs=0.05)
@@ -285,7 +287,7 @@ def test_ingest_lag_from_landing_mtime_alerts_only_for_live_runs(home: Path) -> 
             old: deadline[old] + dt.timedelta(days=40),  # a backfill: recorded, not alerted on
         },
     )
-    lag = _by(monitor.compute([old, live], online_reader=False), "ingest_lag_hours")
+    lag = _by(metrics.compute([old, live], online_reader=False), "ingest_lag_hours")
     assert lag[(live, "transactions")]["value"] == pytest.approx(20)
     assert lag[(live, "transactions")]["breached"]
     assert lag[(old, "transactions")]["value"] == pytest.approx(1)
@@ -295,7 +297,7 @@ def test_ingest_lag_from_landing_mtime_alerts_only_for_live_runs(home: Path) -> 
     f = home / "landing" / "transactions" / old.isoformat() / "transactions.csv"
     t = (deadline[old] + dt.timedelta(days=3)).timestamp()
     os.utime(f, (t, t))
-    row = _by(monitor.compute([old], online_reader=False), "ingest_lag_hours")[(old, "transactions")]
+    row = _by(metrics.compute([old], online_reader=False), "ingest_lag_hours")[(old, "transactions")]
     assert row["value"] == pytest.approx(72) and not row["breached"]
     assert "backfill" in details(row)["not_evaluated"]
 
@@ -323,7 +325,7 @@ def test_pass_rate_and_quarantined_rows_per_rule(home: Path) -> None:
             ),
         ]
     )
-    rows = monitor.compute([d1, d2], online_reader=False)
+    rows = metrics.compute([d1, d2], online_reader=False)
     rate = _by(rows, "validation_pass_rate")
     assert (
         rate[(d1, "transactions")]["value"] == pytest.approx(0.998)
@@ -359,7 +361,7 @@ def test_quarantined_rows_read_from_the_quarantine_table(home: Path) -> None:
         tbl,
         predicate=lake.date_predicate("_batch_date", START, START + dt.timedelta(days=1)),
     )
-    q = _by(monitor.compute([START], online_reader=False), "quarantined_rows")
+    q = _by(metrics.compute([START], online_reader=False), "quarantined_rows")
     assert {s: r["value"] for (_, s), r in q.items()} == {
         "transactions:null:amount": 1,
         "transactions:too_late": 3,
@@ -382,7 +384,7 @@ def test_coverage_per_service(home: Path) -> None:
     txns += [(1, 1, t - dt.timedelta(days=2), day)]  # a late event of D-2: not active on D by itself
     txns += [(500, 1, t, day + dt.timedelta(days=1))]  # delivered the day after: not known on D
     write_silver_transactions(txns)
-    cov = _by(monitor.compute([day], online_reader=False), "coverage")
+    cov = _by(metrics.compute([day], online_reader=False), "coverage")
     v1, v2 = cov[(day, "fraud_v1")], cov[(day, "fraud_v2")]
     assert details(v1)["active_entities"] == 100
     assert v1["value"] == pytest.approx(0.98) and v1["breached"] is False  # 2 nulls of 100
@@ -422,13 +424,13 @@ def test_online_offline_consistency(home: Path) -> None:
     write_gold("customer_txn_features_daily", synthetic_customer_gold(START, day, customers=80))
     write_gold("customer_profile", synthetic_profile(START, customers=80))
     cfg = _config(online__sample_size=80)
-    rows = monitor.compute([day], cfg, online_reader=_gold_reader())
+    rows = metrics.compute([day], cfg, online_reader=_gold_reader())
     online = _by(rows, "online_mismatch_rate")
     assert online[(day, "customer_txn_features_daily")]["value"] == 0
     assert online[(day, "customer_profile")]["value"] == 0  # dates vs timestamps normalised
     assert details(online[(day, "customer_txn_features_daily")])["sampled"] == 80
 
-    rows = monitor.compute([day], cfg, online_reader=_gold_reader(tamper={3, 7}))
+    rows = metrics.compute([day], cfg, online_reader=_gold_reader(tamper={3, 7}))
     bad = _by(rows, "online_mismatch_rate")[(day, "customer_txn_features_daily")]
     assert bad["value"] == pytest.approx(2 / 80) and bad["breached"] and bad["severity"] == "failure"
     info = details(bad)
@@ -437,25 +439,25 @@ def test_online_offline_consistency(home: Path) -> None:
     def broken(*_a):
         raise ConnectionError("online store unreachable")
 
-    err = _by(monitor.compute([day], cfg, online_reader=broken), "online_mismatch_rate")
+    err = _by(metrics.compute([day], cfg, online_reader=broken), "online_mismatch_rate")
     assert all(r["breached"] and "unreachable" in details(r)["error"] for r in err.values())
     # only the newest date of a run is checked (the online store holds one state)
-    rows = monitor.compute([day - dt.timedelta(days=1), day], cfg, online_reader=_gold_reader())
+    rows = metrics.compute([day - dt.timedelta(days=1), day], cfg, online_reader=_gold_reader())
     assert {d for d, _ in _by(rows, "online_mismatch_rate")} == {day}
 
 
 def test_online_check_skipped_without_a_materialized_date(home: Path) -> None:
     write_gold("customer_txn_features_daily", synthetic_customer_gold(START, START, customers=10))
     # auto reader (Feast) only runs for dates whose materialize stage succeeded: none recorded here
-    rows = monitor.compute([START])
+    rows = metrics.compute([START])
     assert not _by(rows, "online_mismatch_rate")
 
 
 def test_values_equal() -> None:
-    assert monitor.values_equal(1, 1.0) and monitor.values_equal(None, float("nan"))
-    assert monitor.values_equal(dt.date(2024, 1, 2), dt.datetime(2024, 1, 2, tzinfo=dt.UTC))
-    assert monitor.values_equal(0.1 + 0.2, 0.3) and not monitor.values_equal(1.0, 1.1)
-    assert not monitor.values_equal(None, 0) and monitor.values_equal("GB", "GB")
+    assert online_check.values_equal(1, 1.0) and online_check.values_equal(None, float("nan"))
+    assert online_check.values_equal(dt.date(2024, 1, 2), dt.datetime(2024, 1, 2, tzinfo=dt.UTC))
+    assert online_check.values_equal(0.1 + 0.2, 0.3) and not online_check.values_equal(1.0, 1.1)
+    assert not online_check.values_equal(None, 0) and online_check.values_equal("GB", "GB")
 
 
 # ------------------------------------------------------------------------------------- storage
@@ -464,20 +466,20 @@ def test_values_equal() -> None:
 def test_store_replaces_exactly_the_dates_computed(home: Path) -> None:
     end = START + dt.timedelta(days=4)
     write_gold("customer_txn_features_daily", synthetic_customer_gold(START, end, customers=20))
-    monitor.compute_and_store(days_between(START, end), online_reader=False)
-    before = monitor.read_metrics(START, end)
+    metrics.compute_and_store(days_between(START, end), online_reader=False)
+    before = storage.read_metrics(START, end)
     version = lake.version("ops", "metrics")
-    monitor.compute_and_store([START + dt.timedelta(days=2)], online_reader=False)
-    monitor.compute_and_store([START + dt.timedelta(days=2)], online_reader=False)
-    after = monitor.read_metrics(START, end)
+    metrics.compute_and_store([START + dt.timedelta(days=2)], online_reader=False)
+    metrics.compute_and_store([START + dt.timedelta(days=2)], online_reader=False)
+    after = storage.read_metrics(START, end)
     assert lake.version("ops", "metrics") == version + 2
 
     def key(rows):
         return sorted((r["execution_date"], r["metric"], r["scope"], r["value"], r["breached"]) for r in rows)
 
     assert key(after) == key(before)
-    assert monitor.metric_dates() == days_between(START, end)
-    assert {r["execution_date"] for r in monitor.read_metrics(end)} == {end}
+    assert storage.metric_dates() == days_between(START, end)
+    assert {r["execution_date"] for r in storage.read_metrics(end)} == {end}
     status = _by(after, "date_status")[(START, "*")]
     assert status["value"] is None and details(status)["status"] == "not run"
 
@@ -485,20 +487,20 @@ def test_store_replaces_exactly_the_dates_computed(home: Path) -> None:
 def test_publish_outside_a_flow_writes_the_report(home: Path) -> None:
     end = START + dt.timedelta(days=2)
     write_gold("customer_txn_features_daily", synthetic_customer_gold(START, end, customers=20))
-    breaches = monitor.compute_and_store(days_between(START, end), online_reader=False)
-    verdict = monitor.publish(breaches, "test", days=days_between(START, end))
+    breaches = metrics.compute_and_store(days_between(START, end), online_reader=False)
+    verdict = alerts.publish(breaches, "test", days=days_between(START, end))
     assert verdict.status == "failure"  # the merchant/profile views do not exist: freshness failures
     assert verdict.report == home / "reports" / "monitoring.html" and verdict.report.exists()
     assert "freshness_hours" in verdict.message
-    assert monitor.flow_state(monitor.verdict_of([]), data=[1]) == [1]
+    assert alerts.flow_state(alerts.verdict_of([]), data=[1]) == [1]
 
 
 def test_a_failing_metric_family_is_reported_not_raised(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(ctx, day):
         raise KeyError("feature_timestamp")
 
-    monkeypatch.setattr(monitor, "_freshness", boom)
-    breaches = monitor.compute_and_store([START], online_reader=False)
+    monkeypatch.setattr(metrics, "_freshness", boom)
+    breaches = metrics.compute_and_store([START], online_reader=False)
     err = [b for b in breaches if b.metric == "monitor_error"]
     assert len(err) == 1 and err[0].scope == "freshness" and "KeyError" in err[0].message
-    assert {r["metric"] for r in monitor.read_metrics(START)} >= {"date_status", "monitor_error"}
+    assert {r["metric"] for r in storage.read_metrics(START)} >= {"date_status", "monitor_error"}

@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from flows import lake, monitor, monitor_report
+from flows.monitoring import report as monitor_report
 from flows.dates import date_range
+from flows.monitoring import alerts, metrics, storage
+from flows.storage import lake
 
 pytestmark = pytest.mark.slow
 
@@ -24,7 +26,8 @@ DAILY_VIEWS = ("customer_txn_features_daily", "merchant_features_daily")
 def test_backfill_faults_show_in_metrics_alerts_and_report(
     tmp_path: Path, prefect_backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from flows import pipeline, simulate
+    from flows import pipeline
+    from flows.upstream import simulate
 
     home = tmp_path / "home"
     monkeypatch.setenv("ASOF_HOME", str(home))
@@ -38,7 +41,7 @@ def test_backfill_faults_show_in_metrics_alerts_and_report(
     )
     # The faults breach failure-severity thresholds, so the flow run ends Failed and the call
     # raises MonitoringFailure carrying the flow's normal per-date result.
-    with pytest.raises(monitor.MonitoringFailure) as failure:
+    with pytest.raises(alerts.MonitoringFailure) as failure:
         pipeline.backfill(START.isoformat(), END.isoformat(), continue_on_failure=True)
     assert "freshness_hours" in str(failure.value)
     results = {dt.date.fromisoformat(r["day"]): r for r in failure.value.data}
@@ -55,9 +58,9 @@ def test_backfill_faults_show_in_metrics_alerts_and_report(
     wired = lake.exists("ops", "metrics")  # the flow computed the metrics itself
     assert wired
     days = list(date_range(START, END))
-    breaches = monitor.compute_and_store(days)  # idempotent: same metrics as the flow's
+    breaches = metrics.compute_and_store(days)  # idempotent: same metrics as the flow's
     if wired:
-        assert {(b.execution_date, b.metric, b.scope) for b in monitor.stored_breaches(START, END)} == {
+        assert {(b.execution_date, b.metric, b.scope) for b in storage.stored_breaches(START, END)} == {
             (b.execution_date, b.metric, b.scope) for b in breaches
         }
     named = {(b.execution_date, b.metric, b.scope): b for b in breaches}
@@ -72,7 +75,7 @@ def test_backfill_faults_show_in_metrics_alerts_and_report(
     for view in DAILY_VIEWS:
         assert named[(MISSING, "freshness_hours", view)].severity == "failure"
 
-    rows = monitor.read_metrics(START, END)
+    rows = storage.read_metrics(START, END)
     watched = ("freshness_hours", "coverage", "batch_delivered")
     for r in rows:
         if r["execution_date"] in clean and r["metric"] in watched and r["scope"] != "customer_profile":

@@ -10,8 +10,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from flows import lake, monitor
-from flows.runs import ALL_SOURCES, StageRecord
+from flows.monitoring import config, metrics, online_check
+from flows.operations.runs import ALL_SOURCES, StageRecord
+from flows.storage import lake
 from tests.conftest import require_module
 from tests.monitor_data import (
     details,
@@ -29,7 +30,7 @@ END = START + dt.timedelta(days=3)
 @pytest.mark.timeout(180)
 def test_online_store_matches_latest_gold_then_detects_skew(home: Path) -> None:
     require_module("feast")
-    from flows import featurestore
+    from flows.features import featurestore
 
     featurestore.reset_store_cache()
     gold = synthetic_customer_gold(START, END, customers=60, null_feature={END: ("amount_usd_max_7d", 3)})
@@ -40,8 +41,8 @@ def test_online_store_matches_latest_gold_then_detects_skew(home: Path) -> None:
     featurestore.materialize_date(END)
     write_runs([StageRecord(END, "materialize", ALL_SOURCES, "succeeded")])
 
-    cfg = monitor.MonitorConfig.from_dict({**monitor.raw_config(), "online": {"sample_size": 60}})
-    rows = monitor.compute([END], cfg)  # auto: Feast, because END's materialize succeeded
+    cfg = config.MonitorConfig.from_dict({**config.raw_config(), "online": {"sample_size": 60}})
+    rows = metrics.compute([END], cfg)  # auto: Feast, because END's materialize succeeded
     online = {r["scope"]: r for r in rows if r["metric"] == "online_mismatch_rate"}
     assert set(online) == {"customer_txn_features_daily", "merchant_features_daily", "customer_profile"}
     assert all(r["value"] == 0 and not r["breached"] for r in online.values()), online
@@ -57,7 +58,7 @@ def test_online_store_matches_latest_gold_then_detects_skew(home: Path) -> None:
     )
     write_gold("customer_txn_features_daily", changed)
     assert lake.read("gold", "customer_txn_features_daily").num_rows == gold.num_rows
-    rows = monitor.compute([END], cfg, online_reader=monitor.feast_online_reader)
+    rows = metrics.compute([END], cfg, online_reader=online_check.feast_online_reader)
     skew = next(
         r
         for r in rows

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import monitor
+from flows.monitoring import alerts, metrics
 from tests.monitor_data import (
     days_between,
     delete_gold_day,
@@ -43,9 +43,9 @@ def test_breaches_mark_the_flow_run_and_publish_artifacts(home: Path, prefect_ba
     @flow(name="monitor-test")
     def monitored_run(days: list[str]):
         ds = [dt.date.fromisoformat(d) for d in days]
-        breaches = monitor.compute_and_store(ds, online_reader=False)
-        verdict = monitor.publish(breaches, f"monitoring {days[0]}..{days[-1]}", days=ds)
-        return monitor.flow_state(verdict, {"breaches": len(breaches)})
+        breaches = metrics.compute_and_store(ds, online_reader=False)
+        verdict = alerts.publish(breaches, f"monitoring {days[0]}..{days[-1]}", days=ds)
+        return alerts.flow_state(verdict, {"breaches": len(breaches)})
 
     clean = monitored_run(days=[(CENTS - dt.timedelta(days=2)).isoformat()], return_state=True)
     assert clean.is_completed() and clean.name == "Completed"
@@ -62,8 +62,8 @@ def test_breaches_mark_the_flow_run_and_publish_artifacts(home: Path, prefect_ba
     assert failed.is_failed()
     assert "freshness_hours [customer_txn_features_daily]" in failed.message
     exc = failed.result(raise_on_failure=False)
-    assert isinstance(exc, monitor.MonitoringFailure) and exc.data == {"breaches": 1}
-    with pytest.raises(monitor.MonitoringFailure) as raised:
+    assert isinstance(exc, alerts.MonitoringFailure) and exc.data == {"breaches": 1}
+    with pytest.raises(alerts.MonitoringFailure) as raised:
         monitored_run(days=[SKIPPED.isoformat()])
     assert raised.value.data == {"breaches": 1}
     assert {b.metric for b in raised.value.breaches} == {"freshness_hours"}

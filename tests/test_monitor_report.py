@@ -1,5 +1,5 @@
 """`asof monitor`: terminal summary, and the HTML report rendered in headless Chromium with every
-request kept on 127.0.0.1 (flows/cli_monitor.py, flows/monitor_report.py)."""
+request kept on 127.0.0.1 (flows/cli/monitor.py, flows/monitoring/report.py)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows import monitor, monitor_report
-from flows.cli_monitor import MonitorArgumentError, monitor_app, monitor_command
+from flows.monitoring import report as monitor_report
+from flows.cli.monitor import MonitorArgumentError, monitor_app, monitor_command
+from flows.monitoring import metrics, storage
 from tests.monitor_data import (
     days_between,
     delete_gold_day,
@@ -75,7 +76,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Path:
             recs.append(validate_record(d, "merchants", 20, 0))
         write_runs(recs)
         # the last day is not monitored: the report shows it as a day without metrics
-        monitor.compute_and_store(days_between(FIRST, END - dt.timedelta(days=1)), online_reader=False)
+        metrics.compute_and_store(days_between(FIRST, END - dt.timedelta(days=1)), online_reader=False)
     finally:
         if old is None:
             os.environ.pop("ASOF_HOME", None)
@@ -86,7 +87,7 @@ def monitored(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_breaches_name_each_fault_on_its_day(monitored: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ASOF_HOME", str(monitored))
-    breaches = monitor.stored_breaches(FIRST, END)
+    breaches = storage.stored_breaches(FIRST, END)
     by_day: dict[dt.date, set[str]] = {}
     for b in breaches:
         by_day.setdefault(b.execution_date, set()).add(f"{b.metric}:{b.scope}")
@@ -134,8 +135,8 @@ def test_cli_summary_and_arguments(monitored: Path, monkeypatch: pytest.MonkeyPa
 def test_register_adds_the_command_to_an_app(monitored: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import typer
 
-    from flows.cli import Refused
-    from flows.cli_monitor import register
+    from flows.cli.main import Refused
+    from flows.cli.monitor import register
 
     monkeypatch.setenv("ASOF_HOME", str(monitored))
     app = typer.Typer()

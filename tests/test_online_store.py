@@ -115,7 +115,7 @@ def _expected(gold: dict[str, pa.Table], first_day: dt.date) -> dict[str, dict[i
 
 
 def _check_online(gold: dict[str, pa.Table], first_day: dt.date) -> int:
-    from flows.featurestore import online_features
+    from flows.features.featurestore import online_features
 
     want = _expected(gold, first_day)
     checked = 0
@@ -138,7 +138,7 @@ def _check_online(gold: dict[str, pa.Table], first_day: dt.date) -> int:
 def test_materialize_span_writes_what_the_dates_one_by_one_write(backend, lake_data):
     """A backfill materializes a chunk in one pass: each entity once, with its newest row of the span
     (runs first in this module, on an empty online store)."""
-    from flows.featurestore import materialize_span
+    from flows.features.featurestore import materialize_span
 
     first, last = min(MATERIALIZE), max(MATERIALIZE)
     out = materialize_span(first, last)
@@ -151,7 +151,7 @@ def test_materialize_span_writes_what_the_dates_one_by_one_write(backend, lake_d
 
 
 def test_materialize_backfill_leaves_latest_values(backend, lake_data, caplog):
-    from flows.featurestore import materialize_date
+    from flows.features.featurestore import materialize_date
 
     caplog.set_level(logging.DEBUG)
     results = [materialize_date(day) for day in MATERIALIZE]
@@ -173,7 +173,7 @@ def test_materialize_backfill_leaves_latest_values(backend, lake_data, caplog):
 
 def test_corrected_rerun_replaces_values(backend, lake_data):
     """A date re-run with corrected gold rows (same feature_timestamp) reaches the online store."""
-    from flows.featurestore import materialize_date, online_features
+    from flows.features.featurestore import materialize_date, online_features
 
     gold = lake_data["gold"]
     day = END
@@ -197,7 +197,7 @@ def test_corrected_rerun_replaces_values(backend, lake_data):
 
 
 def test_redis_connection_string_from_url(monkeypatch):
-    from flows.featurestore import redis_connection_string
+    from flows.features.featurestore import redis_connection_string
 
     monkeypatch.setenv("ASOF_REDIS_URL", "rediss://alice:p%40ss@cache.internal:6380/2")
     monkeypatch.delenv("ASOF_REDIS_PASSWORD", raising=False)
@@ -219,14 +219,14 @@ def test_serve_over_http_on_loopback(lake_data):
     import sys
     import urllib.request
 
-    from flows.featurestore import materialize_date, online_features
+    from flows.features.featurestore import materialize_date, online_features
 
     materialize_date(END)
     port = _free_port()
     env = {**os.environ, "ASOF_HOME": str(lake_data["home"])}
     env.pop("ASOF_ONLINE_STORE", None)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flows.cli_features", "serve", "--port", str(port)],
+        [sys.executable, "-m", "flows.cli.features", "serve", "--port", str(port)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -264,7 +264,7 @@ def test_a_truncated_registry_is_rebuilt(home):
     """Feast writes registry.db in place; a run killed mid-write must not break every later run."""
     from pathlib import Path
 
-    from flows import featurestore as F
+    from flows.features import featurestore as F
 
     F.reset_store_cache()
     registry = Path(F.get_store().config.registry.path)

@@ -15,8 +15,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from flows import lake, runs
+from flows.operations import runs
 from flows.sources import SOURCE_NAMES, get_source
+from flows.storage import lake
 from tests import reference_features as rf
 from tests.test_cli import run_cli
 
@@ -58,7 +59,7 @@ def table_snapshot(layer: str, name: str) -> list[tuple]:
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from flows import simulate
+    from flows.upstream import simulate
 
     home = tmp_path_factory.mktemp("e2e_home")
     # seed 6: its 10 days hold chargebacks (seed 7's hold none), so merchant chargeback counts are checked
@@ -70,7 +71,7 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def backfilled(generated: Path, prefect_backend):
     """The first backfill of the generated range (chunks of 4 days), with its progress events."""
     from flows import pipeline
-    from flows.monitor import MonitoringFailure
+    from flows.monitoring.alerts import MonitoringFailure
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ASOF_HOME", str(generated))
@@ -170,8 +171,9 @@ def test_training_set_from_the_pipeline_reproduces_after_later_runs(
     """The model developer's path end to end: the flows build the lake, `asof training-set` writes
     a set and its manifest, five more days arrive and an old date is redone (every table gets new
     Delta versions), and `asof reproduce` still gives the first file byte for byte."""
-    from flows import pipeline, simulate
-    from flows.training import manifest_path
+    from flows import pipeline
+    from flows.features.training import manifest_path
+    from flows.upstream import simulate
 
     home = tmp_path / "home"
     last = END + dt.timedelta(days=5)

@@ -26,8 +26,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flows import lake
-from flows.transform import GOLD_TABLES, transform_range
+from flows.storage import lake
+from flows.transform.stage import GOLD_TABLES, transform_range
 from tests import reference_features as rf
 
 pytestmark = pytest.mark.slow
@@ -142,7 +142,7 @@ def write_landing(landing: Path) -> None:
 @pytest.fixture(scope="module")
 def lakehouse(tmp_path_factory: pytest.TempPathFactory, prefect_backend):
     from flows import pipeline
-    from flows.monitor import MonitoringFailure
+    from flows.monitoring.alerts import MonitoringFailure
 
     home = tmp_path_factory.mktemp("pit_edges_home")
     write_landing(home / "landing")

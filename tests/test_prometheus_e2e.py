@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from flows import lake, monitor
-from flows.monitoring import alert_rules, daily_latency, prometheus, serving
+from flows.monitoring import alert_rules, alerts, daily_latency, metrics, prometheus, serving, storage
+from flows.storage import lake
 from tests.conftest import require_binary
 
 pytestmark = pytest.mark.slow
@@ -153,7 +153,8 @@ def read_online(port: int, service: str, ids: list[int]) -> dict[str, list[Any]]
 def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
     home: Path, prefect_backend, monkeypatch: pytest.MonkeyPatch, observability: dict[str, Any]
 ) -> None:
-    from flows import pipeline, simulate
+    from flows import pipeline
+    from flows.upstream import simulate
 
     prom = observability["prometheus"]
     t0 = time.monotonic()
@@ -165,11 +166,11 @@ def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
     monkeypatch.setenv("ASOF_PUSHGATEWAY_URL", observability["gateway"])
     try:
         results = pipeline.backfill(D1.isoformat(), D2.isoformat())
-    except monitor.MonitoringFailure as exc:  # a failure-severity breach: the same results
+    except alerts.MonitoringFailure as exc:  # a failure-severity breach: the same results
         results = exc.data
     assert [r["status"] for r in results] == ["succeeded", "succeeded"], results
     t_backfill = time.monotonic() - t0
-    stored = {(r["metric"], r["scope"]): r for r in monitor.read_metrics(D2, D2)}
+    stored = {(r["metric"], r["scope"]): r for r in storage.read_metrics(D2, D2)}
     pass_rate = stored[("validation_pass_rate", "transactions")]
     assert pass_rate["breached"] and pass_rate["value"] < 0.99
 
@@ -203,7 +204,7 @@ def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
     env = {**os.environ, "ASOF_HOME": str(home), "ASOF_LATENCY_FLUSH_S": "3600"}
     env.pop("ASOF_PUSHGATEWAY_URL", None)
     serve = started(
-        [sys.executable, "-m", "flows.cli_features", "serve", "--port", str(port), "--workers", "2"],
+        [sys.executable, "-m", "flows.cli.features", "serve", "--port", str(port), "--workers", "2"],
         observability["logs"] / "serve.log",
         env,
     )
@@ -261,7 +262,7 @@ def test_prometheus_sees_the_backfill_the_serving_latency_and_fires_the_alert(
     today = dt.datetime.now(dt.UTC).date()
     series, files = daily_latency.read_day(today)
     assert series[("get-online-features", "fraud_v2")].requests == READS["fraud_v2"] and 1 <= files <= 2
-    rows = {(r["metric"], r["scope"]): r for r in monitor.compute([today], online_reader=False)}
+    rows = {(r["metric"], r["scope"]): r for r in metrics.compute([today], online_reader=False)}
     daily = rows[("serving_latency_p99_ms", "get-online-features:fraud_v2")]
     assert rows[("serving_requests", "get-online-features:fraud_v2")]["value"] == READS["fraud_v2"]
     assert live is not None and daily["value"] == pytest.approx(1000 * live, rel=1e-9)

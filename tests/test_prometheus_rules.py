@@ -15,10 +15,10 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
-from flows import monitor
-from flows.cli_monitor import monitor_app
+from flows.cli.monitor import monitor_app
 from flows.config import REPO_ROOT
-from flows.monitoring import alert_rules, daily_latency, prometheus, serving
+from flows.monitoring import alert_rules, config, daily_latency, metrics, prometheus, serving, storage
+from flows.monitoring import breaches as monitoring_breaches
 from tests.conftest import require_binary
 
 DASHBOARD = REPO_ROOT / "monitoring" / "grafana" / "asof.json"
@@ -28,7 +28,7 @@ def test_rules_file_is_what_monitoring_toml_gives() -> None:
     assert alert_rules.main(["--check"]) == 0, "run: python -m flows.monitoring.alert_rules"
     groups = yaml.safe_load(alert_rules.RULES_FILE.read_text())["groups"]
     exprs = {r["expr"] for g in groups for r in g["rules"]}
-    cfg = monitor.load_config()
+    cfg = config.load_config()
     # spot checks against monitoring.toml itself: a base rule, a scope override, a band, the latency
     assert f'asof_validation_pass_rate{{rule_scope=""}} < {cfg.rules["validation_pass_rate"].min:g}' in exprs
     profile = cfg.scope_rules[("freshness_hours", "customer_profile")]
@@ -44,7 +44,7 @@ def test_promtool_checks_the_rules_and_every_alert_fires_and_stays_quiet(tmp_pat
         [promtool, "check", "rules", str(alert_rules.RULES_FILE)], capture_output=True, text=True, timeout=60
     )
     assert check.returncode == 0, check.stdout + check.stderr
-    cfg = monitor.load_config()
+    cfg = config.load_config()
     tests = alert_rules.unit_tests(cfg, alert_rules.RULES_FILE)
     names = {
         r["alert"] for g in yaml.safe_load(alert_rules.RULES_FILE.read_text())["groups"] for r in g["rules"]
@@ -70,9 +70,9 @@ def test_promtool_checks_the_rules_and_every_alert_fires_and_stays_quiet(tmp_pat
 
 def test_latency_objective_is_a_bucket_bound() -> None:
     """Otherwise "P99 > 50 ms" would be decided by interpolating inside a bucket."""
-    objective = monitor.load_config().rules[daily_latency.P99].max
+    objective = config.load_config().rules[daily_latency.P99].max
     assert objective is not None and objective / 1000 in daily_latency.BUCKETS
-    assert set(daily_latency.METRICS) <= set(monitor.KNOWN_METRICS)
+    assert set(daily_latency.METRICS) <= set(config.KNOWN_METRICS)
 
 
 def test_quantile_interpolates_like_histogram_quantile() -> None:
@@ -105,8 +105,8 @@ def test_in_process_reads_are_timed_per_day(home: Path) -> None:
     value, info = got[("serving_requests", "in_process:fraud_v1")]
     assert value == 4 and info["processes"] == 1
     assert got[("serving_latency_p99_ms", "in_process:fraud_v1")][0] < 1  # an empty block: under a ms
-    monitor.compute_and_store([today], online_reader=False)
-    p99 = [r for r in monitor.read_metrics(today) if r["metric"] == "serving_latency_p99_ms"]
+    metrics.compute_and_store([today], online_reader=False)
+    p99 = [r for r in storage.read_metrics(today) if r["metric"] == "serving_latency_p99_ms"]
     assert [(r["scope"], r["breached"], r["condition"]) for r in p99] == [
         ("in_process:fraud_v1", False, "> 50")
     ]
@@ -116,7 +116,7 @@ def test_in_process_reads_are_timed_per_day(home: Path) -> None:
 
 
 def test_rule_scope_is_the_rule_monitor_applies() -> None:
-    cfg = monitor.load_config()
+    cfg = config.load_config()
 
     def row(metric: str, scope: str, value: float | None = 1.0, **extra: object) -> dict:
         rule = cfg.rule_for(metric, scope)
@@ -143,7 +143,7 @@ def test_textfile_export_and_a_failed_push_that_does_not_leak_the_password(
     home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     day = dt.date(2024, 3, 2)
-    cfg = monitor.load_config()
+    cfg = config.load_config()
 
     def row(day: dt.date, metric: str, scope: str, value: float | None, **details: object) -> dict:
         rule = cfg.rule_for(metric, scope)
@@ -169,8 +169,8 @@ def test_textfile_export_and_a_failed_push_that_does_not_leak_the_password(
         row(day, "validation_pass_rate", "transactions", 0.5),
         row(day, "freshness_hours", "customer_txn_features_daily", None),
     ]
-    monitor.store(rows, [day - dt.timedelta(days=2), day - dt.timedelta(days=1), day])
-    breaches = monitor.breaches_of(rows)
+    storage.store(rows, [day - dt.timedelta(days=2), day - dt.timedelta(days=1), day])
+    breaches = monitoring_breaches.breaches_of(rows)
 
     out = tmp_path / "textfile" / "asof.prom"
     out.parent.mkdir()

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows import lake
-from flows import quarantine as Q
+from flows.storage import lake
 from flows.validation import contracts, stage, storage
+from flows.validation import quarantine as Q
 from tests.bronze_batches import land
 from tests.conftest import require_binary
 
@@ -165,7 +165,7 @@ def test_list_and_show(batch):
 
 
 def test_cli(batch, fx):
-    from flows.cli_validation import quarantine_app
+    from flows.cli.validation import quarantine_app
 
     runner = CliRunner()
     res = runner.invoke(quarantine_app, ["list", "--source", "transactions", "--date", D1.isoformat()])
@@ -203,7 +203,7 @@ HOSTILE = "\x1b]0;PWNED\x07\x1b[2J[bold red]x[/]\u202eevil"
 def test_show_prints_hostile_upstream_text_as_escapes(home, fx):
     """A quarantined value holding terminal escapes, Rich markup and a bidi override is printed
     literally with its control characters escaped; --json escapes them as JSON does (issue 23)."""
-    from flows.cli_validation import quarantine_app
+    from flows.cli.validation import quarantine_app
 
     land(
         "merchants",

@@ -1,6 +1,6 @@
 """Strict inputs (issue 7): fuzzing what users and upstream systems hand us.
 
-- The CSV/JSONL reader (`flows.ingest.read_file`) on arbitrary bytes: never an exception, a clear
+- The CSV/JSONL reader (`flows.ingest.stage.read_file`) on arbitrary bytes: never an exception, a clear
   file-level outcome, and every line accounted for (a row, the header, or a blank line).
 - The same reader on arbitrary well-formed CSV: every record comes back, value for value.
 - The CLI on arbitrary arguments: bad values are refused (exit 2, one line on stderr) before any
@@ -23,9 +23,9 @@ import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from flows import lake
-from flows.ingest import GZIP_MAGIC, read_file
+from flows.ingest.stage import GZIP_MAGIC, read_file
 from flows.sources import SOURCE_NAMES, get_source
+from flows.storage import lake
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 TXN = get_source("transactions")
@@ -156,8 +156,9 @@ class Calls:
 
 @pytest.fixture
 def stubbed_cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> Calls:
-    """`flows.cli.main` with the flow runner and the generator replaced by recorders."""
-    from flows import cli, simulate
+    """`flows.cli.main.main` with the flow runner and the generator replaced by recorders."""
+    from flows.cli import main as cli
+    from flows.upstream import simulate
 
     calls = Calls()
 
@@ -175,7 +176,7 @@ def stubbed_cli(home: Path, monkeypatch: pytest.MonkeyPatch) -> Calls:
 
 
 def _main(argv: list[str], capsys) -> tuple[int, str]:
-    from flows import cli
+    from flows.cli import main as cli
 
     old = sys.argv
     sys.argv = ["asof", *argv]
@@ -261,7 +262,7 @@ def test_backfill_range_is_refused_or_normalised(stubbed_cli, home, capsys, star
     ),
 )
 def test_generate_arguments_are_refused_or_accepted(stubbed_cli, home, capsys, scale, fault) -> None:
-    from flows import simulate
+    from flows.upstream import simulate
 
     stubbed_cli.generated.clear()
     code, err = _main(
@@ -294,7 +295,7 @@ def test_bad_arguments_in_a_real_process(tmp_path: Path, argv: list[str], needle
     home = tmp_path / "home"
     home.mkdir()
     res = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *argv],
+        [sys.executable, "-m", "flows.cli.main", *argv],
         capture_output=True,
         text=True,
         env={**os.environ, "ASOF_HOME": str(home)},

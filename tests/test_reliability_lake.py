@@ -1,4 +1,4 @@
-"""`flows.lake` and `flows.runs` under crashes (issue 7), without the pipeline.
+"""`flows.storage.lake` and `flows.operations.runs` under crashes (issue 7), without the pipeline.
 
 - Crash points: `ASOF_CRASH_AT=<label>:<n>` kills the process exactly there, `ASOF_CRASH_TRACE`
   records every point reached, and with neither set nothing is counted.
@@ -26,7 +26,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from flows import lake, runs
+from flows.operations import runs
+from flows.storage import lake
 from tests.kill_harness import REPO
 
 D1, D2 = dt.date(2024, 1, 1), dt.date(2024, 1, 2)
@@ -56,7 +57,7 @@ WRITE = textwrap.dedent(
     """
     import datetime as dt, sys
     import pyarrow as pa
-    from flows import lake
+    from flows.storage import lake
     day, n, times = dt.date.fromisoformat(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     data = pa.table({
         "_batch_date": pa.array([day] * n, pa.date32()),
@@ -305,7 +306,7 @@ def test_a_date_computed_before_its_predecessor_is_stale(home: Path) -> None:
 
 
 def test_a_release_from_quarantine_makes_later_dates_stale(home: Path) -> None:
-    from flows.quarantine import RELEASES_SCHEMA
+    from flows.validation.quarantine import RELEASES_SCHEMA
 
     _run("a", D1, rows_out=8)
     _run("a", D2)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from flows import lake
+from flows.storage import lake
 from tests.kill_harness import LOG_TABLES, VOLATILE, date_statuses, online_rows
 
 BUCKET = "asof-lake"
@@ -241,7 +241,8 @@ def test_backfill_with_the_lake_on_s3_matches_a_local_lake(
     on S3; the tables are identical to those of the same backfill on a local lake."""
     import shutil
 
-    from flows import pipeline, simulate
+    from flows import pipeline
+    from flows.upstream import simulate
 
     caplog.set_level(logging.INFO)
     simulate.generate(home / "landing", START, END, simulate.parse_scale("200x400"), seed=5)

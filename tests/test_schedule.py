@@ -51,7 +51,7 @@ def test_same_instant_same_date_in_any_zone(when: dt.datetime) -> None:
 
 
 def _record(days: list[dt.date], status: str) -> None:
-    from flows import runs
+    from flows.operations import runs
 
     recs = [runs.StageRecord(d, stage, runs.ALL_SOURCES, status) for d in days for stage in runs.STAGES]
     runs.append(f"run-{status}-{days[0]}", None, recs)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.simulate import (
+from flows.sources import SOURCES
+from flows.upstream.simulate import (
     DEMO_SOURCES,
     FAULTS,
     FAULTS_BY_SOURCE,
@@ -23,7 +24,6 @@ from flows.simulate import (
     parse_fault,
     parse_scale,
 )
-from flows.sources import SOURCES
 
 SCALE = parse_scale("300x600")
 EPOCH = dt.date(2024, 1, 1)  # a Monday
@@ -510,8 +510,8 @@ def test_missing_file_removes_and_regeneration_restores(tmp_path: Path) -> None:
 
 def test_simulated_values_are_within_the_contracts():
     """The simulator models the values; the vocabularies it draws from are the contracts' allowed sets."""
-    from flows import simulate
     from flows.sources import get_source
+    from flows.upstream import simulate
 
     def allowed(source: str, column: str) -> tuple[str, ...] | None:
         return get_source(source).column(column).allowed

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from flows import datadocs, serve
+from flows.orchestration import local_server as serve
+from flows.validation import datadocs
 
 
 def _status(url: str) -> int:

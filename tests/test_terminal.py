@@ -1,4 +1,4 @@
-"""flows.terminal: upstream text printed on a terminal executes nothing and hides nothing."""
+"""flows.cli.terminal: upstream text printed on a terminal executes nothing and hides nothing."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import unicodedata
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flows.terminal import cell, printable
+from flows.cli.terminal import cell, printable
 
 
 def _unsafe(ch: str) -> bool:
@@ -39,7 +39,7 @@ def test_lineage_impact_prints_upstream_names_literally(capsys) -> None:
     """`asof lineage impact` puts file names, reasons and paths in Rich tables: brackets in them are
     shown as written (Rich would read `[/]` as markup and fail, `[bold]` as a style) and control
     characters are escaped."""
-    from flows.cli_lineage import _print_impact
+    from flows.cli.lineage import _print_impact
 
     name = "landing/refunds/2024-01-01/a[/]b[bold]\x1b]0;PWNED.csv"
     report = {

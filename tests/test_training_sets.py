@@ -57,7 +57,7 @@ def _label(table: pa.Table, txn_id: str) -> bool:
 
 
 def test_training_set_contents_and_labels(lake_data, tmp_path):
-    from flows.training import build_training_set, manifest_path
+    from flows.features.training import build_training_set, manifest_path
 
     out = tmp_path / "train.parquet"
     manifest = build_training_set(T1, T2, "fraud_v2", out)
@@ -136,8 +136,8 @@ def test_training_set_contents_and_labels(lake_data, tmp_path):
 
 
 def test_reproduce_after_tables_changed(lake_data, tmp_path):
-    from flows import lake
-    from flows.training import build_training_set, reproduce, sha256_file
+    from flows.features.training import build_training_set, reproduce, sha256_file
+    from flows.storage import lake
 
     out = tmp_path / "train.parquet"
     first = build_training_set(T1, T2, "fraud_v2", out)
@@ -201,7 +201,7 @@ def test_reproduce_after_tables_changed(lake_data, tmp_path):
 
 
 def test_cli_refuses_bad_arguments(lake_data, tmp_path, monkeypatch, capsys):
-    from flows import cli
+    from flows.cli import main as cli
 
     def run(*argv):
         monkeypatch.setattr(sys, "argv", ["asof", *argv])
@@ -251,7 +251,7 @@ def test_cli_refuses_bad_arguments(lake_data, tmp_path, monkeypatch, capsys):
 
 
 def test_cli_training_set_and_reproduce(lake_data, tmp_path, monkeypatch, capsys):
-    from flows import cli
+    from flows.cli import main as cli
 
     def run(*argv):
         monkeypatch.setattr(sys, "argv", ["asof", *argv])
@@ -288,8 +288,8 @@ def test_out_inside_the_pipelines_directories_is_refused(lake_data, tmp_path, mo
     """`--out` (or a symlink to it, or the manifest written next to it) naming a path in the lake,
     the landing area or the feature store is refused before anything is written: it could replace
     a live data file or a Delta checkpoint (issue 23 item 3)."""
-    from flows import cli
-    from flows.training import TrainingSetError, build_training_set
+    from flows.cli import main as cli
+    from flows.features.training import TrainingSetError, build_training_set
 
     home = lake_data["home"]
     silver_file = next((home / "lake" / "silver" / "transactions").rglob("*.parquet"))

@@ -15,9 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flows import config, lake
-from flows.dbt_plugins.lake_io import GOLD_SCHEMAS
-from flows.transform import GOLD_TABLES, transform_range
+from flows import config
+from flows.storage import lake
+from flows.transform.lake_io import GOLD_SCHEMAS
+from flows.transform.stage import GOLD_TABLES, transform_range
 from tests import reference_features as rf
 
 START = dt.date(2024, 1, 1)
@@ -136,7 +137,7 @@ def test_day_by_day_equals_range_and_reruns_are_identical(lakehouse):
 
 _TRANSFORM_IN_A_NEW_PROCESS = (
     "import datetime as dt, sys\n"
-    "from flows.transform import transform_range\n"
+    "from flows.transform.stage import transform_range\n"
     "r = transform_range(dt.date.fromisoformat(sys.argv[1]))\n"
     "print('RESULT', r.status, r.parsed_manifest, repr(r.message))\n"
 )
@@ -154,7 +155,7 @@ def _transform_in_a_new_process(day: dt.date) -> list[str]:
 
 
 def test_a_new_process_reuses_the_parsed_manifest(lakehouse):
-    """A process after the first loads the manifest the first one parsed (flows/transform.py
+    """A process after the first loads the manifest the first one parsed (flows/transform/stage.py
     load_manifest) instead of parsing the project again, and computes the same gold; a cached file
     that does not load is ignored, the project parsed and the file replaced."""
     day = START + D(days=21)
@@ -202,7 +203,7 @@ def test_dbt_test_failure_fails_the_range_with_dbts_message(home):
 
 
 def test_docs_site_builds_offline(lakehouse, tmp_path):
-    from flows.transform import generate_docs
+    from flows.transform.stage import generate_docs
 
     versions = {t: lake.version("gold", t) for t in GOLD_TABLES}
     page = generate_docs(tmp_path / "docs")

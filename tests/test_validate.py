@@ -7,8 +7,8 @@ import datetime as dt
 import pyarrow as pa
 import pytest
 
-from flows import lake
 from flows.sources import get_source, silver_schema
+from flows.storage import lake
 from flows.validation import parsing, stage, storage, suites
 from tests.bronze_batches import land
 

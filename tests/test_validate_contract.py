@@ -154,8 +154,8 @@ def test_validation_writes_nothing_into_the_repository(home):
 
     import pyarrow as pa
 
-    from flows import lake
     from flows.sources import bronze_schema
+    from flows.storage import lake
 
     src = get_source("customers")
     day = dt.date(2024, 5, 1)

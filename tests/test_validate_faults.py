@@ -12,11 +12,11 @@ import datetime as dt
 
 import pytest
 
-from flows import lake
 from flows.config import settings
-from flows.ingest import ingest
-from flows.simulate import generate, parse_fault, parse_scale
+from flows.ingest.stage import ingest
 from flows.sources import SOURCE_NAMES
+from flows.storage import lake
+from flows.upstream.simulate import generate, parse_fault, parse_scale
 from flows.validation import stage, storage
 from tests.conftest import data_root
 

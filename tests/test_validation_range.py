@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows import lake
+from flows.storage import lake
 from flows.validation import stage
 from tests.conftest import data_root
 from tests.cross_date_batches import LAYERS, D, copy_lake, landed_home, snapshot

@@ -3,10 +3,10 @@
 
   Runs after every model and test of the invocation, and publishes only when none of them failed,
   errored or was skipped: a failing dbt test therefore never leaves bad rows in gold. Each mart
-  that ran (config.meta.gold_table) is handed to the `lake` plugin (flows/dbt_plugins/lake_io.py),
+  that ran (config.meta.gold_table) is handed to the `lake` plugin (flows/transform/lake_io.py),
   which replaces exactly the as-of dates [start_date, end_date] of its Delta table in one commit.
 
-  With --vars '{asof_release_tables: true}' (flows/transform.py passes it) the tables of the run are
+  With --vars '{asof_release_tables: true}' (flows/transform/stage.py passes it) the tables of the run are
   dropped afterwards, so a long backfill in one process does not keep the previous chunk in memory.
 -#}
 {% macro publish_gold(results) %}

@@ -26,8 +26,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from flows import lake
 from flows.sources import get_source
+from flows.storage import lake
 
 
 @dataclass(frozen=True)
@@ -278,7 +278,7 @@ def _gold(
 def _online(con, affected: dict[str, pa.Table], check_store: bool) -> list[dict[str, Any]]:
     """Per view: entities whose newest gold row (what materialization put online) is affected, and
     how many of them the online store serves with exactly that row's timestamp."""
-    from flows.transform import GOLD_TABLES
+    from flows.transform.stage import GOLD_TABLES
 
     keys = {r.table: r.key for r in GOLD_READERS}
     out = []
@@ -310,7 +310,7 @@ def _online_check(view: str, key: str, newest: list[tuple[Any, dt.date]]) -> dic
     from flows.dates import feature_timestamp
 
     try:
-        from flows import featurestore
+        from flows.features import featurestore
 
         store = featurestore.get_store()
         feature = store.get_feature_view(view).features[0].name

@@ -312,7 +312,7 @@ def _table_facets(layer: str, table: str, version: int | None = None) -> dict[st
     """Schema, Delta version and storage of a lake table (its current version unless given)."""
     from openlineage.client.facet_v2 import dataset_version_dataset, storage_dataset
 
-    from flows import lake
+    from flows.storage import lake
 
     facets: dict[str, Any] = {
         "storage": storage_dataset.StorageDatasetFacet(storageLayer="delta", fileFormat="parquet")
@@ -401,7 +401,7 @@ def _complete(
 
 
 def _ingest_datasets(result: dict, source: str | None, started: float) -> tuple[list, list, str | None]:
-    from flows import lake
+    from flows.storage import lake
 
     outcomes = list(result.values())
     files: dict[str, int] = {}
@@ -472,8 +472,8 @@ def assertions_facet(results: Iterable[dict]) -> Any:
 
 
 def _validate_datasets(result: dict, source: str | None, started: float) -> tuple[list, list, str | None]:
-    from flows import lake
     from flows.sources import SOURCE_NAMES
+    from flows.storage import lake
 
     totals: dict[str, list[int]] = {}
     for per_source in result.values():
@@ -507,7 +507,7 @@ def _materialize_datasets(result: dict, source: str | None, started: float) -> t
     from openlineage.client.event_v2 import OutputDataset
     from openlineage.client.facet_v2 import output_statistics_output_dataset as stats
 
-    from flows import lake
+    from flows.storage import lake
 
     inputs, outputs = [], []
     for view, info in sorted((result.get("views") or {}).items()):
@@ -560,7 +560,7 @@ def _training_set_datasets(
 def dbt_model_graph() -> dict[str, dict[str, Any]]:
     """{unique_id: {"name", "resource_type", "materialized", "depends_on"}} of the dbt project's
     models, seeds and sources, from the manifest the transform parsed (no second parse)."""
-    from flows.transform import parsed_manifest
+    from flows.transform.stage import parsed_manifest
 
     manifest = parsed_manifest()
     graph: dict[str, dict[str, Any]] = {}
@@ -599,7 +599,7 @@ def _dbt_dataset(uid: str, graph: dict[str, dict[str, Any]], result: Any, output
     versions the run read and published); the other relations live in dbt's in-memory DuckDB."""
     from openlineage.client.event_v2 import InputDataset, OutputDataset
 
-    from flows.transform import GOLD_TABLES
+    from flows.transform.stage import GOLD_TABLES
 
     node = graph[uid]
     name = node["name"]

@@ -20,8 +20,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from flows import lake
 from flows.dates import day_start_utc, feature_timestamp
+from flows.storage import lake
 
 # gold table -> (entity key, source tables, widest window in days; None = latest record <= D)
 GOLD_TABLES: dict[str, tuple[str, int | None]] = {

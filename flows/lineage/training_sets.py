@@ -17,7 +17,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from flows import lake
+from flows.storage import lake
 
 TABLE = ("ops", "training_sets")
 

@@ -4,11 +4,11 @@
     python -m flows.monitoring.alert_rules --check    # exit 1 if it is not what monitoring.toml gives
 
 The thresholds live in monitoring.toml only; the rules file is derived from it (and checked in
-review and by tests/test_prometheus_rules.py), so Prometheus and `flows.monitor` cannot disagree
+review and by tests/test_prometheus_rules.py), so Prometheus and `flows.monitoring.metrics` cannot disagree
 about a bound.
 
 Per rule of monitoring.toml, one alert on the batch gauge `asof_<metric>` (flows/monitoring/
-prometheus.py). A gauge carries `rule_scope`, the rule that judges it as `flows.monitor` decided
+prometheus.py). A gauge carries `rule_scope`, the rule that judges it as `flows.monitoring.metrics` decided
 (`""` the metric's rule, `<key>` a scope override, `none` not judged), so each alert matches one
 `rule_scope` and there is no second implementation of the scope precedence here. All alerts of a
 metric share one name (`Asof<Metric>`): Alertmanager routes by metric, the labels tell the scope.
@@ -29,9 +29,8 @@ from typing import Any
 
 import yaml
 
-from flows import monitor
 from flows.config import REPO_ROOT
-from flows.monitoring import daily_latency, prometheus, serving
+from flows.monitoring import config, daily_latency, prometheus, serving
 
 RULES_FILE = REPO_ROOT / "monitoring" / "alerts.yml"
 LATENCY_METRIC = daily_latency.P99
@@ -47,7 +46,7 @@ def alert_name(metric: str) -> str:
     return "Asof" + "".join(part.capitalize() for part in metric.split("_"))
 
 
-def bound_expr(selector: str, rule: monitor.Rule) -> str:
+def bound_expr(selector: str, rule: config.Rule) -> str:
     """Strict comparisons, as Rule.check: a value equal to the bound is not a breach."""
     parts = []
     if rule.min is not None:
@@ -57,7 +56,7 @@ def bound_expr(selector: str, rule: monitor.Rule) -> str:
     return " or ".join(parts)
 
 
-def judged(cfg: monitor.MonitorConfig) -> list[tuple[str, str, monitor.Rule]]:
+def judged(cfg: config.MonitorConfig) -> list[tuple[str, str, config.Rule]]:
     """(metric, rule_scope, rule) of every enabled rule on a batch gauge."""
     out = []
     for metric, rule in sorted(cfg.rules.items()):
@@ -78,21 +77,21 @@ def latency_expr(quantile: float = 0.99) -> str:
     )
 
 
-def latency_rule(cfg: monitor.MonitorConfig) -> monitor.Rule | None:
+def latency_rule(cfg: config.MonitorConfig) -> config.Rule | None:
     """The serving objective in seconds, or None when not configured. Scope overrides cannot be
     expressed on the live histogram's labels without re-implementing rule_for: refused."""
     rule = cfg.rules.get(LATENCY_METRIC)
     if any(m == LATENCY_METRIC for m, _ in cfg.scope_rules):
-        raise monitor.MonitorConfigError(
+        raise config.MonitorConfigError(
             f"rules.{LATENCY_METRIC}.scopes: per-scope serving objectives are not supported "
             "by the Prometheus alert (one objective for every endpoint and feature service)"
         )
     if rule is None or not rule.enabled or rule.max is None or rule.min is not None:
         return None
-    return monitor.Rule(max=rule.max / 1000, severity=rule.severity)
+    return config.Rule(max=rule.max / 1000, severity=rule.severity)
 
 
-def batch_annotations(metric: str, key: str, rule: monitor.Rule, scope: str, value: str) -> dict[str, str]:
+def batch_annotations(metric: str, key: str, rule: config.Rule, scope: str, value: str) -> dict[str, str]:
     """The alert's text; with template variables in the rules file, with values in the tests."""
     where = f" ({key} override)" if key else ""
     return {
@@ -111,7 +110,7 @@ def latency_annotations(p99: str, service: str, endpoint: str, objective: float)
     }
 
 
-def rules(cfg: monitor.MonitorConfig) -> dict[str, Any]:
+def rules(cfg: config.MonitorConfig) -> dict[str, Any]:
     batch = []
     for metric, key, rule in judged(cfg):
         selector = f'{prometheus.metric_name(metric)}{{rule_scope="{key}"}}'
@@ -148,7 +147,7 @@ def rules(cfg: monitor.MonitorConfig) -> dict[str, Any]:
     return {"groups": groups}
 
 
-def render(cfg: monitor.MonitorConfig) -> str:
+def render(cfg: config.MonitorConfig) -> str:
     return HEADER + yaml.safe_dump(rules(cfg), sort_keys=False, width=200)
 
 
@@ -160,7 +159,7 @@ def fmt(value: float) -> str:
     return f"{value:g}"
 
 
-def past(rule: monitor.Rule, side: str) -> str:
+def past(rule: config.Rule, side: str) -> str:
     """A value just past one bound of the rule, printed the same way by Python and Go."""
     if side == "min":
         assert rule.min is not None
@@ -169,9 +168,9 @@ def past(rule: monitor.Rule, side: str) -> str:
     return fmt(rule.max + 1 if rule.max >= 1 else rule.max + 0.1)
 
 
-def batch_tests(cfg: monitor.MonitorConfig) -> list[dict[str, Any]]:
+def batch_tests(cfg: config.MonitorConfig) -> list[dict[str, Any]]:
     tests = []
-    by_metric: dict[str, list[tuple[str, monitor.Rule]]] = {}
+    by_metric: dict[str, list[tuple[str, config.Rule]]] = {}
     for metric, key, rule in judged(cfg):
         by_metric.setdefault(metric, []).append((key, rule))
     for metric, judged_by in by_metric.items():
@@ -214,7 +213,7 @@ def batch_tests(cfg: monitor.MonitorConfig) -> list[dict[str, Any]]:
     return tests
 
 
-def latency_tests(cfg: monitor.MonitorConfig) -> list[dict[str, Any]]:
+def latency_tests(cfg: config.MonitorConfig) -> list[dict[str, Any]]:
     """One slow service (every request in the bucket just above the objective) and one fast
     (every request well below): after LATENCY_FOR only the slow one fires."""
     rule = latency_rule(cfg)
@@ -269,7 +268,7 @@ def latency_tests(cfg: monitor.MonitorConfig) -> list[dict[str, Any]]:
     ]
 
 
-def unit_tests(cfg: monitor.MonitorConfig, rules_file: Path) -> dict[str, Any]:
+def unit_tests(cfg: config.MonitorConfig, rules_file: Path) -> dict[str, Any]:
     return {
         "rule_files": [str(rules_file)],
         "evaluation_interval": "1m",
@@ -282,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 if the rules file is out of date")
     parser.add_argument("--out", type=Path, default=RULES_FILE)
     args = parser.parse_args(argv)
-    text = render(monitor.load_config())
+    text = render(config.load_config())
     if args.check:
         current = args.out.read_text() if args.out.exists() else ""
         if current != text:

@@ -2,7 +2,7 @@
 
 The serving process and the pipeline are different processes (often different lifetimes: a server
 restarts, a backfill runs at night), so the latency histogram in `asof serve`'s memory is not
-where `flows.monitor` can read it. Each serving process therefore also counts its observations per
+where `flows.monitoring.metrics` can read it. Each serving process therefore also counts its observations per
 (UTC day, endpoint, feature service) in the histogram's own buckets and rewrites one small JSON
 file per process and day every few seconds:
 
@@ -40,7 +40,7 @@ BUCKETS: tuple[float, ...] = (
     0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 REQUESTS, P50, P99 = "serving_requests", "serving_latency_p50_ms", "serving_latency_p99_ms"
-METRICS = (REQUESTS, P50, P99)  # also in flows.monitor.KNOWN_METRICS, which validates monitoring.toml
+METRICS = (REQUESTS, P50, P99)  # also in flows.monitoring.config.KNOWN_METRICS, which validates monitoring.toml
 
 
 def latency_dir(day: dt.date) -> Path:

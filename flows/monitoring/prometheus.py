@@ -1,6 +1,6 @@
 """A batch run's monitoring, in Prometheus's format, pushed where Prometheus can read it.
 
-At the end of a daily run or a backfill (`flows.monitor.publish`), the metrics `flows.monitor`
+At the end of a daily run or a backfill (`flows.monitoring.alerts.publish`), the metrics `flows.monitoring.metrics`
 stored for the run's newest execution date (lake/ops/metrics), plus the run's own facts (dates
 per status, seconds per stage, breaches, the newest succeeded date), become gauges, and go to
 
@@ -17,7 +17,7 @@ One gauge per metric of docs/monitoring.md, `asof_<metric>`, labelled `scope` (t
 as stored: source, view, service, `view.feature`, `source:reason`) and `rule_scope`, the
 monitoring.toml rule that judges this value: `""` the metric's own rule, `<key>` the override
 `[rules.<metric>.scopes.<key>]`, `none` when no rule applies (no rule, a disabled one, or a value
-monitoring does not alert on, e.g. the ingest lag of a backfilled date). `flows.monitor` decides
+monitoring does not alert on, e.g. the ingest lag of a backfilled date). `flows.monitoring.metrics` decides
 which rule applies (`MonitorConfig.rule_for`), so the generated alert rules
 (flows/monitoring/alert_rules.py) only match on `rule_scope` and cannot judge a value differently.
 A missing value that monitoring counts as a breach (a view without any feature row) is exported as
@@ -41,10 +41,11 @@ from urllib.parse import urlsplit, urlunsplit
 from prometheus_client import CollectorRegistry, Gauge, push_to_gateway, write_to_textfile
 from prometheus_client.exposition import basic_auth_handler, default_handler
 
-from flows import monitor
 from flows.config import settings
 from flows.dates import day_start_utc
-from flows.monitoring import daily_latency
+from flows.monitoring import breaches as monitoring_breaches
+from flows.monitoring import config as monitoring_config
+from flows.monitoring import daily_latency, storage
 
 log = logging.getLogger(__name__)
 
@@ -77,17 +78,17 @@ RUN_GAUGES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 
 def metric_name(metric: str) -> str:
-    """The Prometheus name of a flows.monitor metric."""
+    """The Prometheus name of a flows.monitoring.metrics metric."""
     return PREFIX + metric
 
 
 def exported_names() -> set[str]:
     """Every metric family name a batch run exports (the Grafana dashboard may use no other)."""
-    per_date = {metric_name(m) for m in monitor.KNOWN_METRICS if m not in LIVE_METRICS}
+    per_date = {metric_name(m) for m in monitoring_config.KNOWN_METRICS if m not in LIVE_METRICS}
     return per_date | set(RUN_GAUGES)
 
 
-def rule_scope(cfg: monitor.MonitorConfig, row: dict[str, Any]) -> str:
+def rule_scope(cfg: monitoring_config.MonitorConfig, row: dict[str, Any]) -> str:
     """Which monitoring.toml rule judges this stored row (see the module docstring)."""
     details = row.get("details") or {}
     if row.get("condition") is None or details.get("not_evaluated"):
@@ -101,7 +102,7 @@ def rule_scope(cfg: monitor.MonitorConfig, row: dict[str, Any]) -> str:
     return ""
 
 
-def exported_value(cfg: monitor.MonitorConfig, row: dict[str, Any]) -> float | None:
+def exported_value(cfg: monitoring_config.MonitorConfig, row: dict[str, Any]) -> float | None:
     if row["value"] is not None:
         return float(row["value"])
     if not row["breached"]:
@@ -112,18 +113,18 @@ def exported_value(cfg: monitor.MonitorConfig, row: dict[str, Any]) -> float | N
 
 def build_registry(
     days: Sequence[dt.date],
-    breaches: Sequence[monitor.Breach],
+    breaches: Sequence[monitoring_breaches.Breach],
     stage_seconds: dict[str, float] | None = None,
-    config: monitor.MonitorConfig | None = None,
+    config: monitoring_config.MonitorConfig | None = None,
 ) -> CollectorRegistry:
     """The gauges of one run over `days` (its metrics must be stored already)."""
-    from flows import runs
+    from flows.operations import runs
 
-    cfg = config or monitor.load_config()
+    cfg = config or monitoring_config.load_config()
     registry = CollectorRegistry()
     newest = max(days)
     ran = set(days)  # a backfill's range also holds the dates it skipped (already succeeded)
-    rows = [r for r in monitor.read_metrics(min(days), newest) if r["execution_date"] in ran]
+    rows = [r for r in storage.read_metrics(min(days), newest) if r["execution_date"] in ran]
     gauges: dict[str, Gauge] = {}
     for row in rows:
         if row["execution_date"] != newest or row["metric"] in LIVE_METRICS:
@@ -135,7 +136,7 @@ def build_registry(
         if name not in gauges:
             gauges[name] = Gauge(
                 name,
-                f"flows.monitor metric {row['metric']} of the newest execution date (docs/monitoring.md)",
+                f"flows.monitoring.metrics metric {row['metric']} of the newest execution date (docs/monitoring.md)",
                 ["scope", "rule_scope"],
                 registry=registry,
             )
@@ -157,7 +158,7 @@ def build_registry(
         run["asof_run_dates"].labels(status).set(n)
     for stage, seconds in (stage_seconds or {}).items():
         run["asof_run_stage_seconds"].labels(stage).set(seconds)
-    for severity in monitor.SEVERITIES:
+    for severity in monitoring_config.SEVERITIES:
         run["asof_run_breaches"].labels(severity).set(sum(b.severity == severity for b in breaches))
     run["asof_run_finished_seconds"].set(time.time())
     return registry
@@ -188,14 +189,14 @@ def push(url: str, registry: CollectorRegistry) -> None:
     push_to_gateway(url, job=JOB, registry=registry, timeout=PUSH_TIMEOUT_S, handler=handler)
 
 
-def export_run(days: Sequence[dt.date], breaches: Sequence[monitor.Breach]) -> None:
+def export_run(days: Sequence[dt.date], breaches: Sequence[monitoring_breaches.Breach]) -> None:
     """Push / write the run's gauges where configured. Never raises."""
     s = settings()
     url, textfile = s.pushgateway_url, s.prometheus_textfile
     if not days or not (url or textfile):
         return
     try:
-        from flows.pipeline import STAGE_SECONDS
+        from flows.monitoring.stage_timing import STAGE_SECONDS
 
         registry = build_registry(days, breaches, dict(STAGE_SECONDS))
     except Exception as exc:

@@ -3,7 +3,7 @@
 `asof serve` wraps Feast's feature-server app in `LatencyMiddleware`; model code that reads online
 features in process times its reads with `timed(feature_service)`. Both record into the same
 histogram `asof_online_request_duration_seconds` (endpoint `in_process` for the latter) and into
-the per-day log that `flows.monitor` turns into P50/P99 per date (flows/monitoring/daily_latency.py).
+the per-day log that `flows.monitoring.metrics` turns into P50/P99 per date (flows/monitoring/daily_latency.py).
 
 Why not Feast's own `--metrics`: it serves them on a second port (8000) from a child process, and
 labels latency by feature and view counts, not by the feature service a model calls; the
@@ -14,7 +14,7 @@ app's own routes (anything else is `other`), feature services are the registry's
 registry does not know is `unknown`, a request by feature list is `none`).
 
 Several gunicorn workers (`asof serve --workers N`) each count their own requests; in
-prometheus_client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set by flows.feature_server before
+prometheus_client's multiprocess mode (`PROMETHEUS_MULTIPROC_DIR`, set by flows.features.feature_server before
 anything imports prometheus_client) every worker writes its values to files that `/metrics` adds
 up, whichever worker answers the scrape.
 """
@@ -77,7 +77,7 @@ def observe(endpoint: str, feature_service: str, seconds: float, code: int) -> N
 @contextlib.contextmanager
 def timed(feature_service: str, endpoint: str = IN_PROCESS) -> Iterator[None]:
     """Time an in-process online read, e.g.
-    `with timed("fraud_v2"): flows.featurestore.online_features(rows, "fraud_v2")`."""
+    `with timed("fraud_v2"): flows.features.featurestore.online_features(rows, "fraud_v2")`."""
     code = 500
     t = time.perf_counter()
     try:

@@ -142,7 +142,7 @@ def rows_frame(
     """The frame `<source>.rows` validates: the columns its expectations read, nothing more (GE copies
     the frame per metric). Text is Arrow-backed except in the `regex` columns (suites.regex_columns).
 
-    `part`: only these rows (a slice of a date too big for one frame, flows.memory_budget); the
+    `part`: only these rows (a slice of a date too big for one frame, flows.ingest.memory_budget); the
     helper columns were computed over all the rows, so each row's verdict is the same in any
     slice. `labels`: `row_labels(b)`, when the caller computed them once for all the slices."""
     lo, hi = (0, b.n) if part is None else (part.start, part.stop)

@@ -20,8 +20,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows import key_index, lake
 from flows.sources import Source, bronze_schema
+from flows.storage import key_index, lake
 
 if TYPE_CHECKING:
     import pyarrow.dataset as ds
@@ -92,7 +92,7 @@ class Delivery:
 
 
 def file_records(source: Source, days: Sequence[dt.date]) -> dict[dt.date, list[dict]]:
-    """Ingest's outcome per landed file (`ops/ingest_files`, see flows.ingest), header decoded."""
+    """Ingest's outcome per landed file (`ops/ingest_files`, see flows.ingest.stage), header decoded."""
     import pyarrow.dataset as ds
 
     flt = lake.date_filter("_batch_date", days) & (ds.field("source") == source.name)
@@ -129,7 +129,7 @@ def delivery_info(source: Source, day: dt.date, rows: pa.Table, records: list[di
         msg = "; ".join(r["message"] or r["file"] for r in records)
         return Delivery(False, [], [], msg or f"not delivered: no file for {day}")
     if any(r["status"] == "partial" for r in records):
-        # flows.ingest left the date out of bronze: it is not a batch until it is complete
+        # flows.ingest.stage left the date out of bronze: it is not a batch until it is complete
         msg = "; ".join(r["message"] or r["file"] for r in records if r["status"] == "partial")
         return Delivery(False, [], [], f"partial delivery, waiting: {msg}")
     malformed = [f"{r['file']}: {r['message']}" for r in records if r["status"] == "malformed"]

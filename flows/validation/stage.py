@@ -39,10 +39,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows import lake, memory_budget
 from flows.config import settings
 from flows.dates import date_range, span_label
+from flows.ingest import memory_budget
 from flows.sources import SOURCE_NAMES, Source, get_source, silver_schema
+from flows.storage import lake
 from flows.validation import history, storage, suites
 from flows.validation.contracts import (
     ADDED_COLUMNS_COL,
@@ -200,7 +201,7 @@ class Evaluation:
         """(rows page, batches page), relative to the Data Docs root. Rows judged in slices: the
         page of the slice holding `day`'s first row (the first slice without a day); the other
         slices' pages are listed beside it in the site's index."""
-        from flows import datadocs
+        from flows.validation import datadocs
 
         rows_keys = [k for k, _ in self.results if k.expectation_suite_identifier.name.endswith(".rows")]
         batches_keys = [
@@ -870,7 +871,7 @@ def validate_dates(
     if _docs_enabled(build_docs):
         results = [kv for r in runs if r.evaluation is not None for kv in r.evaluation.results]
         if results:
-            from flows import datadocs
+            from flows.validation import datadocs
 
             try:
                 datadocs.publish(results)
@@ -890,7 +891,7 @@ def revalidate(
     source: str, day: dt.date, rows: pa.Table, *, whole_batch: bool, run_label: str = "release"
 ) -> Evaluation:
     """Judge `rows` (quarantined rows of one batch, bronze columns) with the current rules, writing
-    nothing: a quarantine release (flows.quarantine) decides what to promote.
+    nothing: a quarantine release (flows.validation.quarantine) decides what to promote.
 
     `whole_batch`: they are the whole batch (it was rejected), judged again as a batch (header,
     volume, drift, failing share) against earlier dates; otherwise a subset, judged by the row

@@ -15,8 +15,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from flows import lake
 from flows.sources import SOURCE_NAMES, Source, bronze_schema, get_source, silver_schema
+from flows.storage import lake
 from flows.validation.history import dataset, scan
 
 QUARANTINE_EXTRA_FIELDS = [

@@ -1,1 +1,0 @@
-"""dbt-duckdb plugins of the project (loaded by `dbt_project/profiles.yml`)."""

@@ -1,0 +1,1 @@
+"""Upstream: the simulated source systems that drop the daily landing files."""
