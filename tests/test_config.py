@@ -65,7 +65,9 @@ def test_every_declaration_is_read_somewhere() -> None:
     """No declaration outlives its use: each is read as `.attr` in Python, or by name in a file
     another program reads (dbt's profiles.yml, the Makefile, prefect.yaml, Feast's yaml)."""
     python = "\n".join(
-        p.read_text() for p in _tracked_text_files() if p.suffix == ".py" and p != REPO / "flows" / "config.py"
+        p.read_text()
+        for p in _tracked_text_files()
+        if p.suffix == ".py" and p != REPO / "flows" / "config.py"
     )
     others = "\n".join(p.read_text() for p in _tracked_text_files() if p.suffix in (".yml", ".yaml", ""))
     unused = []

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.monitoring import report as monitor_report
 from flows.dates import date_range
 from flows.monitoring import alerts, metrics, storage
+from flows.monitoring import report as monitor_report
 from flows.storage import lake
 
 pytestmark = pytest.mark.slow

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.monitoring import report as monitor_report
 from flows.cli.monitor import MonitorArgumentError, monitor_app, monitor_command
 from flows.monitoring import metrics, storage
+from flows.monitoring import report as monitor_report
 from tests.monitor_data import (
     days_between,
     delete_gold_day,

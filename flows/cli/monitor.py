@@ -114,9 +114,9 @@ def monitor_command(
 ) -> int:
     """Print the summary (and write the HTML report); returns the exit status (1 only with `strict`
     and a failure-severity breach). Raises MonitorArgumentError for bad arguments."""
-    from flows.monitoring import report as monitor_report
     from flows.monitoring import breaches as monitoring_breaches
     from flows.monitoring import config, metrics, storage
+    from flows.monitoring import report as monitor_report
     from flows.operations import runs
 
     cfg = config.load_config()

@@ -40,7 +40,11 @@ BUCKETS: tuple[float, ...] = (
     0.075, 0.1, 0.15, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 REQUESTS, P50, P99 = "serving_requests", "serving_latency_p50_ms", "serving_latency_p99_ms"
-METRICS = (REQUESTS, P50, P99)  # also in flows.monitoring.config.KNOWN_METRICS, which validates monitoring.toml
+METRICS = (
+    REQUESTS,
+    P50,
+    P99,
+)  # also in monitoring.config.KNOWN_METRICS, which validates monitoring.toml
 
 
 def latency_dir(day: dt.date) -> Path:

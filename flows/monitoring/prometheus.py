@@ -1,6 +1,7 @@
 """A batch run's monitoring, in Prometheus's format, pushed where Prometheus can read it.
 
-At the end of a daily run or a backfill (`flows.monitoring.alerts.publish`), the metrics `flows.monitoring.metrics`
+At the end of a daily run or a backfill (`flows.monitoring.alerts.publish`), the metrics
+`flows.monitoring.metrics`
 stored for the run's newest execution date (lake/ops/metrics), plus the run's own facts (dates
 per status, seconds per stage, breaches, the newest succeeded date), become gauges, and go to
 
@@ -136,7 +137,7 @@ def build_registry(
         if name not in gauges:
             gauges[name] = Gauge(
                 name,
-                f"flows.monitoring.metrics metric {row['metric']} of the newest execution date (docs/monitoring.md)",
+                f"asof metric {row['metric']} of the newest execution date (docs/monitoring.md)",
                 ["scope", "rule_scope"],
                 registry=registry,
             )

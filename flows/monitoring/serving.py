@@ -3,7 +3,8 @@
 `asof serve` wraps Feast's feature-server app in `LatencyMiddleware`; model code that reads online
 features in process times its reads with `timed(feature_service)`. Both record into the same
 histogram `asof_online_request_duration_seconds` (endpoint `in_process` for the latter) and into
-the per-day log that `flows.monitoring.metrics` turns into P50/P99 per date (flows/monitoring/daily_latency.py).
+the per-day log that `flows.monitoring.metrics` turns into P50/P99 per date
+(flows/monitoring/daily_latency.py).
 
 Why not Feast's own `--metrics`: it serves them on a second port (8000) from a child process, and
 labels latency by feature and view counts, not by the feature service a model calls; the
