@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -195,6 +196,7 @@ class _Dbt:
         from dbt.cli.main import dbtRunner
 
         manifest, parsed = self.manifest()
+        name_flag_sources_cheaply()
         self._events = []
         _reset_compiled_state(manifest)
         runner = dbtRunner(manifest=manifest, callbacks=[self._callback])
@@ -208,6 +210,33 @@ class _Dbt:
 
 
 _DBT = _Dbt()
+
+
+def name_flag_sources_cheaply() -> None:
+    """Name the module that declared each dbt adapter behaviour flag from the frames' globals.
+
+    dbt-common finds that module with `inspect.stack()`, which reads the source of every frame on
+    the stack and scans `sys.modules` for each (`BehaviorFlagRendered._default_source`, called for
+    every flag of every adapter instance, even when the flag names its source): under Prefect's
+    deep stack that was 2.2 s of a one-day run's 12.0 s transform (cProfile, two flags, 139
+    `findsource` calls), in every invocation. The answer is the same: the module of the first frame
+    outside dbt_common.behavior_flags (tests/test_transform_startup.py compares both)."""
+    from dbt_common import behavior_flags
+
+    if getattr(behavior_flags.BehaviorFlagRendered._default_source, "asof_cheap", False):
+        return
+
+    def default_source() -> str:
+        frame = sys._getframe(1)
+        while frame is not None:
+            name = frame.f_globals.get("__name__")
+            if name and name != behavior_flags.__name__:
+                return name
+            frame = frame.f_back
+        return "Unknown"
+
+    default_source.asof_cheap = True  # type: ignore[attr-defined]
+    behavior_flags.BehaviorFlagRendered._default_source = staticmethod(default_source)
 
 
 def parse_project() -> None:
