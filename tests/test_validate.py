@@ -468,3 +468,28 @@ def test_a_contract_without_suites_names_the_cure(home):
     with pytest.raises(suites.SuitesMissingError, match=r"refunds\.rows.*expectations/build_suites\.py"):
         suites.checkpoint(suites.ge_context(), "refunds.rows")
     assert suites.checkpoint(suites.ge_context(), "transactions.rows").name == "transactions.rows"
+
+
+def test_freshness_is_checked_once_per_object_and_a_failed_check_again(home, monkeypatch):
+    """flows/validation/suites._check_freshness_once: a checkpoint found fresh is not compared with
+    its store again (GE re-read and compared it three times a run); one that is not fresh is checked
+    (and refused) every time."""
+    from great_expectations.checkpoint.checkpoint import Checkpoint
+
+    ctx = suites.ge_context()
+    assert getattr(Checkpoint.is_fresh, "asof_once", False)
+    cp = suites.checkpoint(ctx, "transactions.rows")
+    assert cp.is_fresh().success
+    store_type = type(ctx.checkpoint_store)
+
+    def read(*args, **kwargs):
+        raise AssertionError("the checkpoint store was read again")
+
+    monkeypatch.setattr(store_type, "get", read)
+    assert cp.is_fresh().success
+    for vd in cp.validation_definitions:
+        assert vd.is_fresh().success
+
+    unsaved = Checkpoint(name="asof-unsaved", validation_definitions=cp.validation_definitions)
+    assert not unsaved.is_fresh().success
+    assert not unsaved.is_fresh().success  # still not fresh: not remembered
