@@ -115,9 +115,10 @@ def profile(name: str) -> list[Pair]:
             pairs.append(end_to_end(30))
         pairs.append(
             Pair(
-                "daily run: one bench day end to end, fresh process, Prefect server up",
+                "daily run: one bench day end to end, Prefect server up: `asof run` through the warm "
+                "process (`asof warm`) vs a fresh process alone",
+                ("daily_one", {"warm": True}),
                 ("daily_one", {}),
-                None,
                 "<= 15 s (issue 17)",
                 days=30,  # the last day of the 30 just backfilled, so its history exists
                 seconds_goal=15.0,

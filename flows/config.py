@@ -688,6 +688,26 @@ class Settings:
         _flag,
         CLI,
     )
+    warm: Variable[bool] = Variable(
+        "ASOF_WARM",
+        "flag",
+        True,
+        "`asof run` and `asof backfill` run in the warm process (`asof warm`, started by `make "
+        "serve`) when it listens and runs the same code in the same environment; off: always in "
+        "the calling process (flows/orchestration/warm_process.py).",
+        _flag,
+        CLI,
+    )
+    warm_socket: Variable[Path] = Variable(
+        "ASOF_WARM_SOCKET",
+        "file",
+        Path(),
+        "The Unix socket of the warm process (its directory is made mode 0700).",
+        _path,
+        CLI,
+        shown_default="$ASOF_HOME/run/warm.sock",
+        default_from=lambda s: s.home / "run" / "warm.sock",
+    )
 
     # ------------------------------------------------------------ tests and benchmarks
 

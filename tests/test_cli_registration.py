@@ -34,6 +34,7 @@ COMMANDS = (
     "monitor",
     "quarantine",
     "lineage",
+    "warm",
 )
 HEAVY = ("great_expectations", "dbt", "feast", "pandas", "duckdb", "pyarrow", "yaml")
 

@@ -515,6 +515,22 @@ def status(
         raise typer.Exit(1)
 
 
+@app.command()
+def warm() -> None:
+    """Keep a process with the pipeline imported, so `asof run` and `asof backfill` start in a
+    fraction of a second instead of ~7 s (docs/operations.md). Runs in the foreground until Ctrl-C
+    or SIGTERM; `make serve` starts one. Listens on a Unix socket ($ASOF_WARM_SOCKET, default
+    $ASOF_HOME/run/warm.sock) for this user only; a command whose code or environment differs from
+    the warm process's runs in its own process, as it would without one."""
+    from flows.orchestration.warm_process import WarmProcessError, serve
+
+    _prefect_env()
+    try:
+        serve(lambda: usage.run(app))  # not main(): that would hand the command over again
+    except WarmProcessError as exc:
+        fail(str(exc))
+
+
 # Registered unconditionally: these modules import only typer and the light flows modules, and every
 # command imports its heavy dependencies in its body, where usage.guard_commands reports a failed import.
 cli_validation.register(app)
@@ -525,6 +541,14 @@ usage.guard_commands(app)
 
 
 def main() -> None:
+    from flows.orchestration import warm_process
+
+    argv = sys.argv[1:]
+    if warm_process.wanted(argv):
+        _prefect_env()  # the same defaults the command would set, so the environments compare
+        code = warm_process.run_warm(argv)
+        if code is not None:
+            sys.exit(code)
     usage.run(app)
 
 
