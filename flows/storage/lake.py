@@ -46,6 +46,10 @@ class LakeError(RuntimeError):
     pass
 
 
+# A function that starts a stream of record batches (again for each attempt of a commit).
+Batches = Callable[[], Iterable[pa.RecordBatch]]
+
+
 # ---------------------------------------------------------------- crash points (kill tests)
 #
 # `ASOF_CRASH_AT=<label>[:<n>]` makes this process SIGKILL itself the n-th time (default: the first)
@@ -456,14 +460,21 @@ def _with_retries(what: str, fn) -> None:
             time.sleep(delay)
 
 
-def _commit(layer: str, name: str, data: pa.Table, write) -> None:
-    """One Delta commit of `data` through `write(payload, **options)`, with retries and crash points."""
+def _commit(layer: str, name: str, data: pa.Table | Batches, write, schema: pa.Schema | None = None) -> None:
+    """One Delta commit of `data` through `write(payload, **options)`, with retries and crash points.
+
+    `data` is a table, or a function that starts a fresh stream of record batches of `schema` (a
+    retried commit reads the stream again, since a stream can be consumed once)."""
     what = f"{layer}/{name}"
     crash_point(f"before_commit:{what}")
     if _armed() and _hit(f"during_commit:{what}"):
+        whole = data if isinstance(data, pa.Table) else pa.Table.from_batches(list(data()), schema)
         # small target files: the writer flushes data files before it has read the whole stream
-        write(_dying_stream(data), target_file_size=1)
-    _with_retries(what, lambda: write(data))
+        write(_dying_stream(whole), target_file_size=1)
+    if isinstance(data, pa.Table):
+        _with_retries(what, lambda: write(data))
+    else:
+        _with_retries(what, lambda: write(pa.RecordBatchReader.from_batches(schema, data())))
     crash_point(f"after_commit:{what}")
 
 
@@ -520,13 +531,50 @@ def replace(
     what makes a rerun of a date unable to touch any other date. Returns the new table version.
     """
     data = _conform(data, schema)
+    return _replace(layer, name, data, predicate, partition_by, data.schema)
+
+
+def replace_stream(
+    layer: str,
+    name: str,
+    batches: Batches,
+    schema: pa.Schema,
+    predicate: str,
+    partition_by: list[str] | None = None,
+) -> int:
+    """`replace` from a stream of record batches, still in one Delta commit: delta-rs writes the
+    data files as the batches come and commits once at the end, so a date bigger than memory is
+    written without ever being one table, and a writer killed (or failing) mid-stream commits
+    nothing (its files are orphans, `vacuum`).
+
+    `batches()` starts the stream afresh (a commit conflict is retried from the start); each batch
+    is cast to `schema`."""
+
+    def conformed() -> Iterator[pa.RecordBatch]:
+        for batch in batches():
+            missing = [f.name for f in schema if f.name not in batch.schema.names]
+            if missing:
+                raise LakeError(f"data is missing columns {missing}")
+            yield batch.select(schema.names).cast(schema)
+
+    return _replace(layer, name, conformed, predicate, partition_by, schema)
+
+
+def _replace(
+    layer: str,
+    name: str,
+    data: pa.Table | Batches,
+    predicate: str,
+    partition_by: list[str] | None,
+    schema: pa.Schema,
+) -> int:
     target = uri(layer, name)
     if settings().is_local_lake:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
 
     write, written = _writer(layer, name, mode="overwrite", predicate=predicate, partition_by=partition_by)
     with lock(layer, name):
-        _commit(layer, name, data, write)
+        _commit(layer, name, data, write, schema)
         return written()
 
 
