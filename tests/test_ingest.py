@@ -247,14 +247,14 @@ def test_a_date_that_cannot_be_read_fails_alone(home: Path, monkeypatch: pytest.
     bad = land(home, "transactions", days[1], "a.csv", csv_text(2))
     ingest("transactions", days[1])
     bad.write_text(csv_text(6))
-    real = ingest_module.read_file
+    real = ingest_module.read_landed
 
     def broken(path: Path, source, check_cut: bool = True):
         if path == bad:
             raise OSError("device not ready")
         return real(path, source, check_cut)
 
-    monkeypatch.setattr(ingest_module, "read_file", broken)
+    monkeypatch.setattr(ingest_module, "read_landed", broken)
     out = ingest_dates("transactions", days)
     assert out[days[0]].status == "succeeded" and len(bronze("transactions", days[0])) == 3
     assert out[days[1]].status == "failed" and out[days[1]].message == "OSError: device not ready"

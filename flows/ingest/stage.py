@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import zlib
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -226,53 +227,48 @@ def _parse_csv(text: str, source: Source, rows: _Rows, rec: FileRecord) -> None:
         rec.message = rec.message or "file has no header line (empty or blank)"
 
 
-def _parse_csv_fast(data: bytes, source: Source, rec: FileRecord) -> pa.Table | None:
-    """pyarrow's C++ CSV reader for the common case: valid UTF-8, a sane header with no extra
-    columns, every line with the header's field count. Anything else returns None and the
-    line-by-line reader (which keeps broken lines raw, with reasons) takes the file. Both produce
-    identical rows for files the fast path accepts (tested)."""
-    head = data[:65536].lstrip(b"\xef\xbb\xbf")
-    first = head.split(b"\n", 1)[0].rstrip(b"\r")
+def _fast_header(head: bytes, source: Source) -> list[str] | None:
+    """The header pyarrow's fast path reads a file with (from its first bytes), or None when the
+    line-by-line reader must take the file: an unreadable or duplicate header, or extra columns."""
+    first = head[:65536].lstrip(b"\xef\xbb\xbf").split(b"\n", 1)[0].rstrip(b"\r")
     try:
         header = next(csv.reader([first.decode("utf-8")]))
     except (UnicodeDecodeError, StopIteration, csv.Error):
         return None
-    if not _is_utf8(data):
-        return None
     header = [h.strip() for h in header]
     if not header or len(set(header)) != len(header) or not set(header) <= set(source.column_names):
         return None
-    if b"\x00" in data:
-        return None
+    return header
 
-    broken: list[int] = []
 
-    def invalid(_row) -> str:
-        broken.append(1)
-        return "skip"
+def _csv_options(
+    header: list[str], invalid, block_size: int | None = None
+) -> tuple[pacsv.ReadOptions, pacsv.ParseOptions, pacsv.ConvertOptions]:
+    """pyarrow's options for the fast path: every column a string, blanks null, a row with the
+    wrong field count handed to `invalid` (the file then goes to the line-by-line reader)."""
+    read = pacsv.ReadOptions(column_names=header, skip_rows=1, use_threads=True)
+    if block_size:
+        read.block_size = block_size
+    return (
+        read,
+        pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
+        pacsv.ConvertOptions(
+            column_types={h: pa.string() for h in header},
+            strings_can_be_null=True,
+            null_values=[""],
+            quoted_strings_can_be_null=True,
+        ),
+    )
 
-    try:
-        table = pacsv.read_csv(
-            pa.py_buffer(data),
-            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, use_threads=True),
-            parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=invalid),
-            convert_options=pacsv.ConvertOptions(
-                column_types={h: pa.string() for h in header},
-                strings_can_be_null=True,
-                null_values=[""],
-                quoted_strings_can_be_null=True,
-            ),
-        )
-    except pa.ArrowInvalid:
-        return None
-    if broken:
-        return None
-    rec.header = header
+
+def _fast_columns(table: pa.Table | pa.RecordBatch, header: list[str], source: Source) -> pa.Table:
+    """The contract columns of rows pyarrow read (blank values null, absent columns null) and the
+    empty `_extra`, `_raw`, `_parse_error`."""
     n = table.num_rows
     cols = {}
     for name in source.column_names:
         if name in header:
-            col = table[name]
+            col = table.column(name)
             blank = pc.equal(pc.utf8_trim_whitespace(col), "")
             # a column without blanks stays as read: replacing it anyway held a second copy of
             # every column until the bronze write (5M rows: +0.45 GB)
@@ -283,6 +279,81 @@ def _parse_csv_fast(data: bytes, source: Source, rec: FileRecord) -> pa.Table | 
     for extra in ("_extra", "_raw", "_parse_error"):
         cols[extra] = pa.nulls(n, pa.string())
     return pa.table(cols)
+
+
+def _parse_csv_fast(data: bytes, source: Source, rec: FileRecord) -> pa.Table | None:
+    """pyarrow's C++ CSV reader for the common case: valid UTF-8, a sane header with no extra
+    columns, every line with the header's field count. Anything else returns None and the
+    line-by-line reader (which keeps broken lines raw, with reasons) takes the file. Both produce
+    identical rows for files the fast path accepts (tested)."""
+    header = _fast_header(data[:65536], source)
+    if header is None or not _is_utf8(data) or b"\x00" in data:
+        return None
+
+    broken: list[int] = []
+
+    def invalid(_row) -> str:
+        broken.append(1)
+        return "skip"
+
+    try:
+        table = pacsv.read_csv(pa.py_buffer(data), *_csv_options(header, invalid))
+    except pa.ArrowInvalid:
+        return None
+    if broken:
+        return None
+    rec.header = header
+    return _fast_columns(table, header, source)
+
+
+@dataclass(frozen=True)
+class CsvStream:
+    """A landed CSV file the fast path accepts, checked whole by `_scan` without being held:
+    its rows are read again, in record batches of about CSV_BLOCK_BYTES, while bronze is written,
+    so a date never sits in memory as one table (a 20M-row file: 1.3 GB landed, ~6.5 GB read
+    whole)."""
+
+    path: Path
+    header: list[str]
+    gzip: bool
+    rows: int = 0  # counted by `count`, checked again as the rows are written
+
+    def reader(self, invalid=None) -> pacsv.CSVStreamingReader:
+        compression = "gzip" if self.gzip else None
+        return pacsv.open_csv(
+            pa.input_stream(str(self.path), compression=compression),
+            *_csv_options(self.header, invalid, CSV_BLOCK_BYTES),
+        )
+
+    def tables(self, source: Source) -> Iterator[pa.Table]:
+        """The file's rows as `_fast_columns` tables, batch by batch."""
+        for batch in self.reader():
+            if batch.num_rows:
+                yield _fast_columns(batch, self.header, source)
+
+    def count(self) -> int | None:
+        """Rows of the file, or None when pyarrow cannot read every line (the line-by-line reader
+        takes it): one streaming pass, before anything is written, so a bad line is found before
+        any row of its date reaches the writer."""
+        broken: list[int] = []
+
+        def invalid(_row) -> str:
+            broken.append(1)
+            return "skip"
+
+        n = 0
+        try:
+            for batch in self.reader(invalid):
+                n += batch.num_rows
+                if broken:
+                    return None
+        except pa.ArrowInvalid:
+            return None
+        return None if broken else n
+
+
+# Bytes of CSV pyarrow parses into one record batch when a file is streamed (CsvStream).
+CSV_BLOCK_BYTES = 8 << 20
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -342,18 +413,123 @@ def read_file(path: Path, source: Source, check_cut: bool = True) -> tuple[FileR
     """Parse one landed file; file-level problems go into the returned record. With `check_cut`
     (no completion marker vouches for the file) a file that ends mid-record is noted, or
     `partial` under ASOF_PARTIAL_FILES=wait (flows.ingest.completeness)."""
+    rec, rows = read_landed(path, source, check_cut)
+    if isinstance(rows, CsvStream):
+        return rec, pa.concat_tables([_empty(source), *rows.tables(source)])
+    return rec, rows
+
+
+@dataclass
+class _Scan:
+    """What one pass over a landed file's bytes (never held whole) tells before its rows are read."""
+
+    bytes: int = 0
+    sha256: str = ""
+    gzip: bool = False
+    head: bytes = b""  # the first 64 KB of the content (decompressed)
+    tail: bytes = b""  # its last 40 bytes
+    size: int = 0  # content bytes
+    utf8: bool = True
+    nul: bool = False
+    quotes: int = 0  # '"' characters in the content
+
+
+def _scan(path: Path) -> _Scan | None:
+    """One pass over the file in 16 MB chunks; None when it cannot be read or decompressed (the
+    whole-file reader then says why, in its own words)."""
+    out = _Scan()
+    digest = hashlib.sha256()
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    step = 16 << 20
+    try:
+        with open(path, "rb") as raw:
+            out.gzip = raw.read(2) == GZIP_MAGIC
+            raw.seek(0)
+            while chunk := raw.read(step):
+                digest.update(chunk)
+                out.bytes += len(chunk)
+        with gzip.open(path, "rb") if out.gzip else open(path, "rb") as content:
+            while chunk := content.read(step):
+                if len(out.head) < 65536:
+                    out.head += chunk[: 65536 - len(out.head)]
+                out.tail = (out.tail + chunk)[-40:]
+                out.size += len(chunk)
+                out.nul = out.nul or b"\x00" in chunk
+                out.quotes += chunk.count(b'"')
+                if out.utf8:
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError:
+                        out.utf8 = False
+        if out.utf8:
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        out.utf8 = False
+    except (OSError, EOFError, zlib.error):
+        return None
+    out.sha256 = digest.hexdigest()
+    return out
+
+
+def _streamed(path: Path, source: Source, rec: FileRecord, check_cut: bool) -> CsvStream | _Rows | None:
+    """The file as a CsvStream when the fast path takes it (`rec` filled as `_read_file` fills
+    it), empty rows when the batch waits for it (ASOF_PARTIAL_FILES=wait), or None: the
+    whole-file reader takes it (damaged, not UTF-8, a cut quoted field... rare, and small)."""
+    scan = _scan(path)
+    if scan is None or not scan.size or not scan.utf8 or scan.nul:
+        return None
+    header = _fast_header(scan.head, source)
+    if header is None:
+        return None
+    cut = None
+    if check_cut:
+        if not scan.tail.endswith((b"\n", b"\r")):
+            cut = completeness.cut_short(scan.tail, source.fmt)  # the same words, from the tail
+        elif scan.quotes % 2:
+            return None  # only the csv module over the whole text can tell
+    notes = ["gzip-compressed content decompressed"] if scan.gzip else []
+    rec.bytes, rec.sha256 = scan.bytes, scan.sha256
+    if cut and completeness.cut_files_wait():
+        rec.status, rec.message = "partial", f"{rec.file} {cut}: a partial delivery"
+        return _Rows(source)
+    rows = CsvStream(path, header, scan.gzip).count()
+    if rows is None:
+        return None
+    stream = CsvStream(path, header, scan.gzip, rows)
+    if cut:
+        notes.append(f"{cut}: kept as delivered, its last record is judged as a row")
+    if scan.head.startswith(b"\xef\xbb\xbf"):
+        notes.append("UTF-8 byte-order mark stripped")
+    rec.header, rec.encoding, rec.rows, rec.message = header, "utf-8", rows, "; ".join(notes)
+    return stream
+
+
+def read_landed(
+    path: Path, source: Source, check_cut: bool = True
+) -> tuple[FileRecord, pa.Table | CsvStream]:
+    """`read_file`, except that a CSV the fast path takes comes back as a CsvStream (rows counted,
+    not held): what ingest writes bronze from."""
     rec, rows = _read_file(path, source, check_cut)
+    if isinstance(rows, CsvStream):
+        return rec, rows
     table = rows if isinstance(rows, pa.Table) else rows.to_table()
     rec.rows = table.num_rows
     return rec, table
 
 
-def _read_file(path: Path, source: Source, check_cut: bool) -> tuple[FileRecord, _Rows | pa.Table]:
+def _read_file(
+    path: Path, source: Source, check_cut: bool
+) -> tuple[FileRecord, _Rows | pa.Table | CsvStream]:
     rows = _Rows(source)
     rec = FileRecord(file=_relative(path), status="ok")
     if path.is_dir():
         rec.status, rec.message = "malformed", f"{rec.file} is a directory, not a file"
         return rec, rows
+    if source.fmt == "csv":
+        streamed = _streamed(path, source, rec, check_cut)
+        if streamed is not None:
+            return rec, streamed
+        rec = FileRecord(file=_relative(path), status="ok")
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -401,35 +577,57 @@ def _read_file(path: Path, source: Source, check_cut: bool) -> tuple[FileRecord,
     return rec, rows
 
 
-def _to_table(
-    rows: pa.Table, files: list[tuple[str, int]], source: Source, day: dt.date, now: dt.datetime
+def _bronze(
+    rows: pa.Table, file: str, first: int, source: Source, day: dt.date, now: dt.datetime
 ) -> pa.Table:
+    """Rows of one file (the first of them its row number `first`) with the bronze columns."""
     n = rows.num_rows
-    row_numbers = np.concatenate([np.arange(1, c + 1, dtype=np.int64) for _, c in files]) if files else []
-    file_col = pa.array(
-        np.repeat(np.array([f for f, _ in files], dtype=object), [c for _, c in files]) if files else [],
-        pa.string(),
-    )
     cols = {c: rows[c] for c in [*source.column_names, "_extra", "_raw", "_parse_error"]}
     cols["_batch_date"] = pa.array(np.full(n, np.datetime64(day.isoformat(), "D")), pa.date32())
     cols["_ingested_at"] = pa.array(
         np.full(n, np.datetime64(now.replace(tzinfo=None), "us")), pa.timestamp("us", tz="UTC")
     )
-    cols["_source_file"] = file_col
-    cols["_row_number"] = pa.array(row_numbers, pa.int64())
+    cols["_source_file"] = pa.array(np.full(n, file, dtype=object), pa.string())
+    cols["_row_number"] = pa.array(np.arange(first, first + n, dtype=np.int64), pa.int64())
     return pa.table(cols, schema=bronze_schema(source))
 
 
-def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcome, pa.Table]:
-    """Read batch `day` of `source` from the landing zone: its outcome and its bronze rows (nothing
-    written yet)."""
+@dataclass
+class Landed:
+    """One date's parsed files, not yet bronze: (file, its rows in memory or a CsvStream)."""
+
+    source: Source
+    day: dt.date
+    files: list[tuple[str, pa.Table | CsvStream]] = field(default_factory=list)
+
+    def batches(self, now: dt.datetime) -> Iterator[pa.RecordBatch]:
+        """The date's bronze rows, file after file, in record batches of at most WRITE_BATCH_ROWS
+        (a streamed file: as pyarrow reads it)."""
+        for file, rows in self.files:
+            parts = rows.tables(self.source) if isinstance(rows, CsvStream) else [rows]
+            first = 1
+            for part in parts:
+                yield from _bronze(part, file, first, self.source, self.day, now).to_batches(WRITE_BATCH_ROWS)
+                first += part.num_rows
+            if isinstance(rows, CsvStream) and first - 1 != rows.rows:
+                raise RuntimeError(
+                    f"{file} changed while it was ingested: {rows.rows} rows counted, {first - 1} read"
+                )
+
+
+# Rows per record batch handed to delta-rs from a file read whole (CsvStream reads its own blocks).
+WRITE_BATCH_ROWS = 65_536
+
+
+def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcome, Landed]:
+    """Read batch `day` of `source` from the landing zone: its outcome and its files (nothing
+    written yet; big CSV files are counted and checked, not held)."""
     folder = landing_dir(source.name, day)
     entries = (
         sorted(p for p in folder.iterdir() if not p.name.startswith((".", "_"))) if folder.is_dir() else []
     )
     outcome = IngestOutcome(source=source.name, day=day, status="succeeded", rows=0)
-    tables: list[pa.Table] = []
-    counts: list[tuple[str, int]] = []
+    landed = Landed(source, day)
     markers = completeness.read_markers(folder) if entries else completeness.Markers(False, None)
     if not entries:
         outcome.status = "not_delivered"
@@ -442,12 +640,10 @@ def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcom
         if escape:  # not read at all: a malformed file that contributes no rows
             outcome.files.append(FileRecord(file=_relative(path), status="malformed", message=escape))
             continue
-        rec, tbl = read_file(path, source, check_cut=not markers.vouched)
+        rec, rows = read_landed(path, source, check_cut=not markers.vouched)
         outcome.files.append(rec)
-        tables.append(tbl)
-        counts.append((rec.file, rec.rows))
-    rows = pa.concat_tables(tables) if tables else _empty(source)
-    outcome.rows = rows.num_rows
+        landed.files.append((rec.file, rows))
+    outcome.rows = sum(r.rows for r in outcome.files)
     waiting = _waiting(folder, entries, markers, outcome.files)
     if waiting:  # the batch waits whole: none of its rows are a batch yet
         outcome.status, outcome.rows = "partial", 0
@@ -456,7 +652,7 @@ def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcom
                 r.message = "; ".join(m for m in [r.message, "not ingested: the batch waits"] if m)
             r.status, r.rows = "partial", 0
         outcome.message = "partial delivery, waiting for the complete batch: " + "; ".join(waiting)
-        return outcome, _to_table(_empty(source), [], source, day, now)
+        return outcome, Landed(source, day)
     bad = [r for r in outcome.files if r.status == "malformed"]
     if bad:
         outcome.status = "malformed"
@@ -469,7 +665,7 @@ def _parse(source: Source, day: dt.date, now: dt.datetime) -> tuple[IngestOutcom
         notes = [f"{r.file}: {r.message}" for r in outcome.files if r.message]
         if notes:
             outcome.message += " (" + "; ".join(notes) + ")"
-    return outcome, _to_table(rows, counts, source, day, now)
+    return outcome, landed
 
 
 def _waiting(
@@ -507,31 +703,36 @@ def ingest_dates(source_name: str, days: list[dt.date]) -> dict[dt.date, IngestO
     source = get_source(source_name)
     now = dt.datetime.now(dt.UTC)
     outcomes: dict[dt.date, IngestOutcome] = {}
-    tables: list[pa.Table] = []
+    landed: list[Landed] = []
     for day in days:
         refused = _over_budget(source, day)
         if refused:  # read nothing of it: the kernel would kill the run mid-write instead
             outcomes[day] = IngestOutcome(source.name, day, "failed", 0, message=refused)
             continue
         try:
-            outcome, table = _parse(source, day, now)
+            outcome, parsed = _parse(source, day, now)
         except Exception as exc:  # reported for this date only
             outcomes[day] = IngestOutcome(
                 source.name, day, "failed", 0, message=f"{type(exc).__name__}: {exc}"
             )
             continue
         outcomes[day] = outcome
-        tables.append(table)
+        landed.append(parsed)
     written = [d for d in days if outcomes[d].status != "failed"]
     if not written:
         return outcomes
-    version = lake.replace(
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for one in landed:
+            yield from one.batches(now)
+
+    version = lake.replace_stream(
         "bronze",
         source.name,
-        pa.concat_tables(tables),
+        batches,
+        bronze_schema(source),
         predicate=lake.dates_predicate("_batch_date", written),
         partition_by=["_batch_date"],
-        schema=bronze_schema(source),
     )
     record_files(source, {d: outcomes[d].files for d in written}, now)
     landed = _bronze_counts(source, written)
