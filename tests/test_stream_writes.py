@@ -1,5 +1,5 @@
-"""A date is written to the lake as a stream of record batches in one commit (flows/lake.py
-`replace_stream`), and ingest reads a landed CSV batch by batch into it (flows/ingest.py
+"""A date is written to the lake as a stream of record batches in one commit (flows/storage/lake.py
+`replace_stream`), and ingest reads a landed CSV batch by batch into it (flows/ingest/stage.py
 `CsvStream`): issue 23 item 7, a day bigger than memory. The stream must change nothing: the same
 rows as one table, nothing committed when the stream breaks, a retried commit reads it afresh."""
 

@@ -9,10 +9,12 @@ and nothing of it is written.
 
 Within the budget, validation judges a date's rows with Great Expectations in row slices
 (`ge_slice_rows`): the rows suite is row-local once the helper columns are computed for the whole
-date, so only the frame GE copies per metric shrinks with the slice. The rest of validation holds
-the whole date (bronze rows, typed columns, helpers, the silver and quarantine tables and their
-Delta writes): that is `VALIDATE_BYTES_PER_ROW`, and why a big enough day is refused rather than
-sliced.
+date, so only the frame GE copies per metric shrinks with the slice. A date whose rows held whole
+(bronze rows, typed columns, helpers, the silver and quarantine tables: `VALIDATE_BYTES_PER_ROW`)
+do not fit is read back from bronze slice by slice (`streams`, flows/validation/streamed.py):
+only the key, reference and drift columns, batch dates and row numbers stay for every row
+(`STREAM_BYTES_PER_ROW`), and silver and quarantine are written as streams. A date that does not
+fit even so is refused.
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ VALIDATE_BYTES_PER_ROW = 600
 # GE's rows suite per row of a slice: the frame and GE's copies of it per metric (5M rows in one
 # frame: +0.7 GB, the suite's run +0.5 GB above it; 1.6M-row slices: +0.25-0.3 GB each).
 GE_BYTES_PER_ROW = 250
+# Validation read back slice by slice (flows/validation/streamed.py), per landed row: batch date,
+# row number and position key, the key, reference and drift columns typed (~160 B a transactions
+# row after the first pass: 5M rows +0.8 GB), then the key hashing of first delivery wins (pc.unique
+# and value_counts of every txn_id: +0.8-0.9 GB at 5M, +3.5 GB at 20M) beside the helper columns.
+# Measured: 20M transactions, GE in 100k-row slices, peak 6.31 GB from 0.17 (~295 B a row).
+STREAM_BYTES_PER_ROW = 300
+# One slice of bronze read back and parsed (STREAM_SLICE_ROWS rows) and its silver batches.
+STREAM_SLICE_BYTES = 256 * MB
 # A slice smaller than this costs more in GE's fixed cost per run than it saves.
 MIN_SLICE_ROWS = 100_000
 
@@ -134,7 +144,7 @@ def recorded_estimate(
 def fitting_rows(budget: int) -> int:
     """The most landed rows of one date whose validation estimate fits `budget` (the estimate
     never decreases with the rows: the slice shrinks until MIN_SLICE_ROWS, then grows)."""
-    lo, hi = 0, max(0, budget // VALIDATE_BYTES_PER_ROW)
+    lo, hi = 0, max(0, budget // min(VALIDATE_BYTES_PER_ROW, STREAM_BYTES_PER_ROW))
     while lo < hi:
         mid = (lo + hi + 1) // 2
         if validate_estimate(mid) <= budget:
@@ -145,16 +155,53 @@ def fitting_rows(budget: int) -> int:
 
 
 def validate_estimate(rows: int) -> int:
-    """Validation's estimate for `rows` landed rows validated together, GE in `ge_slice_rows` slices."""
-    return BASE_BYTES + VALIDATE_BYTES_PER_ROW * rows + GE_BYTES_PER_ROW * min(rows, ge_slice_rows(rows))
+    """Validation's estimate for `rows` landed rows validated together: held whole when that fits
+    the budget, else read back from bronze slice by slice (`streams`)."""
+    return min(whole_estimate(rows), streamed_estimate(rows))
+
+
+def streamed_estimate(rows: int) -> int:
+    """Validation's estimate for `rows` read back slice by slice: what every row keeps for the
+    whole run (STREAM_BYTES_PER_ROW) beside one GE slice and one slice of bronze read back."""
+    return (
+        BASE_BYTES
+        + STREAM_BYTES_PER_ROW * rows
+        + GE_BYTES_PER_ROW * min(rows, ge_slice_rows(rows))
+        + STREAM_SLICE_BYTES
+    )
+
+
+# Rows of bronze read back at once when a date is validated slice by slice (silver, quarantine).
+STREAM_SLICE_ROWS = 262_144
+
+
+def streams(rows: int) -> bool:
+    """Whether `rows` landed rows validated together are read from bronze slice by slice
+    (flows.validation.streamed) rather than held whole: when the whole-date estimate is over
+    the budget."""
+    return whole_estimate(rows) > budget_bytes()
+
+
+def whole_estimate(rows: int) -> int:
+    """Validation's estimate for `rows` held whole, GE in slices of what is left beside them."""
+    slice_rows = _slice_rows(rows, VALIDATE_BYTES_PER_ROW, 0, settings())
+    return BASE_BYTES + VALIDATE_BYTES_PER_ROW * rows + GE_BYTES_PER_ROW * min(rows, slice_rows)
 
 
 def ge_slice_rows(rows: int, s: Settings | None = None) -> int:
     """Rows GE judges at once when `rows` are validated together: ASOF_VALIDATION_MAX_ROWS, or fewer
-    when the budget left after the whole-date part cannot hold that frame (never below
-    MIN_SLICE_ROWS unless ASOF_VALIDATION_MAX_ROWS says so)."""
+    when the budget left after the whole-date part (held whole, or read back slice by slice when
+    that does not fit) cannot hold that frame (never below MIN_SLICE_ROWS unless
+    ASOF_VALIDATION_MAX_ROWS says so)."""
     s = s or settings()
+    whole = _slice_rows(rows, VALIDATE_BYTES_PER_ROW, 0, s)
+    if BASE_BYTES + VALIDATE_BYTES_PER_ROW * rows + GE_BYTES_PER_ROW * min(rows, whole) <= budget_bytes(s):
+        return whole
+    return _slice_rows(rows, STREAM_BYTES_PER_ROW, STREAM_SLICE_BYTES, s)
+
+
+def _slice_rows(rows: int, per_row: int, extra: int, s: Settings) -> int:
     cap = max(1, s.validation_max_rows)
-    left = budget_bytes(s) - BASE_BYTES - VALIDATE_BYTES_PER_ROW * rows
+    left = budget_bytes(s) - BASE_BYTES - per_row * rows - extra
     fits = max(MIN_SLICE_ROWS, left // GE_BYTES_PER_ROW)
     return int(min(cap, fits))

@@ -19,6 +19,7 @@ whose key occurs more than once (in these dates or in the earlier silver rows): 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -39,12 +40,14 @@ def deliveries(
     *,
     across_batches: bool = True,
     same_day_counts: bool = False,
+    rows_at: Callable[[np.ndarray], dict[str, pa.ChunkedArray]] | None = None,
 ) -> np.ndarray:
     """The `_delivery` verdict of every row (rows in delivery order; `codes[i]`: row i's batch date
     as days since 1970-01-01; `earlier`: silver rows of earlier batch dates in delivery order, None
     if none). `same_day_counts`: silver rows of a row's own batch date count as earlier deliveries
     (re-judging quarantined rows of a date whose other rows are in silver). Without
-    `across_batches` only rows of the same batch compare."""
+    `across_batches` only rows of the same batch compare. `rows_at(positions)`: every typed column
+    of those rows, when `typed` holds only the key columns (a date read slice by slice)."""
     n = len(codes)
     key = join_text([typed[k] for k in contract.key], None).combine_chunks()
     has_key = pc.is_valid(key).to_numpy(zero_copy_only=False)
@@ -67,7 +70,12 @@ def deliveries(
     if involved.size == 0:
         return out
     idx = pa.array(involved, pa.int64())
-    sub_key, sub_sig = key_and_signature({c: pc.take(typed[c], idx) for c in contract.column_names}, contract)
+    involved_rows = (
+        rows_at(involved)
+        if rows_at is not None
+        else {c: pc.take(typed[c], idx) for c in contract.column_names}
+    )
+    sub_key, sub_sig = key_and_signature(involved_rows, contract)
     lookback = dt.timedelta(days=lookback_days) if lookback_days else None
     accepted: dict[str, list[tuple[dt.date, str]]] = {}  # rows of these dates that reach silver
     first_in_batch: dict[tuple[str, dt.date], str] = {}

@@ -15,6 +15,7 @@ the row's line number in the delivered file, in 9 digits (20240105000003488 is l
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,9 +47,18 @@ def code_day(code: int) -> dt.date:
     return EPOCH + dt.timedelta(days=int(code))
 
 
+# Rows of the batches: a range of positions (the whole path), or positions in any order (a slice
+# read back from bronze, flows.validation.streamed).
+Where = slice | np.ndarray
+
+
 @dataclass
 class Batches:
-    """One source's rows of the dates validated together, in delivery order, parsed once."""
+    """One source's rows of the dates validated together, in delivery order, parsed once.
+
+    Read slice by slice (`reread` set, flows.validation.streamed: a date too big to hold), `rows`,
+    `typed` and `unparseable` hold only what every row's verdict needs at once (batch dates, row
+    numbers, the key, reference and drift columns); `slices` reads the rest back from bronze."""
 
     source: Source
     contract: Contract
@@ -56,6 +66,9 @@ class Batches:
     typed: dict[str, pa.ChunkedArray]
     unparseable: dict[str, pa.ChunkedArray]
     codes: np.ndarray  # per row: its batch date as days since 1970-01-01
+    # (rows per slice, parse) -> (positions, those rows with every column), each row once
+    reread: Callable[[int, bool], Iterator[tuple[np.ndarray, Batches]]] | None = None
+    unparseable_days: dict[str, dict[int, int]] | None = None  # column -> day code -> count
 
     @property
     def n(self) -> int:
@@ -75,7 +88,63 @@ class Batches:
         """The same batches without their rows' values (dates and row count kept): what the outcome
         of a validation still reads once its silver and quarantine tables are built. Dropping the
         bronze, typed and unparseable columns before the Delta writes frees ~0.4 KB a row."""
-        return Batches(self.source, self.contract, self.rows.select(["_batch_date"]), {}, {}, self.codes)
+        return Batches(
+            self.source, self.contract, self.rows.select(["_batch_date"]), {}, {}, self.codes, self.reread
+        )
+
+    def at(self, where: slice) -> Batches:
+        """Rows `where` (zero-copy)."""
+        lo, n = where.start, where.stop - where.start
+        return Batches(
+            self.source,
+            self.contract,
+            self.rows.slice(lo, n),
+            {c: v.slice(lo, n) for c, v in self.typed.items()},
+            {c: v.slice(lo, n) for c, v in self.unparseable.items()},
+            self.codes[where],
+        )
+
+    def slices(self, size: int, parse: bool = True) -> Iterator[tuple[Where, Batches]]:
+        """Every row once, in slices of at most `size` rows with all their columns (without typed
+        columns unless `parse`): ceil(n / size) slices, one empty slice when there is no row."""
+        if self.reread is not None:
+            yield from self.reread(size, parse)
+            return
+        size = max(1, size)
+        for lo in range(0, max(1, self.n), size):
+            where = slice(lo, min(self.n, lo + size))
+            yield where, self.at(where)
+
+    def typed_rows(self, idx: np.ndarray) -> dict[str, pa.ChunkedArray]:
+        """Every typed contract column of rows `idx` (in that order): a few rows (repeated keys)."""
+        if self.reread is None:
+            arr = pa.array(idx, pa.int64())
+            return {c.name: pc.take(self.typed[c.name], arr) for c in self.contract.columns}
+        wanted = np.asarray(idx, dtype=np.int64)
+        order = np.argsort(wanted, kind="stable")
+        found: list[tuple[np.ndarray, dict[str, pa.ChunkedArray]]] = []
+        for where, part in self.slices(1 << 18):
+            hit = np.isin(where, wanted)
+            if hit.any():
+                local = pa.array(np.flatnonzero(hit), pa.int64())
+                found.append((where[hit], {c: pc.take(v, local) for c, v in part.typed.items()}))
+        if not found:
+            return {c.name: pa.chunked_array([], self.typed_type(c.name)) for c in self.contract.columns}
+        positions = np.concatenate([p for p, _ in found])
+        columns = {
+            c.name: pa.chunked_array([chunk for _, cols in found for chunk in cols[c.name].chunks])
+            for c in self.contract.columns
+        }
+        # rows of `wanted` in its order: sort the found positions, then place
+        by_position = np.argsort(positions, kind="stable")
+        take = np.empty(len(wanted), dtype=np.int64)
+        take[order] = by_position[np.searchsorted(positions[by_position], wanted[order])]
+        arr = pa.array(take, pa.int64())
+        return {c: pc.take(v, arr) for c, v in columns.items()}
+
+    def typed_type(self, column: str) -> pa.DataType:
+        ctype = next(c.type for c in self.contract.columns if c.name == column)
+        return parse_column(pa.chunked_array([], pa.string()), ctype)[0].type
 
 
 def prepare(source: Source, contract: Contract, rows: pa.Table) -> Batches:
@@ -136,28 +205,25 @@ def rows_frame(
     needed: frozenset[str],
     helpers: dict[str, Any],
     regex: frozenset[str] = frozenset(),
-    part: slice | None = None,
+    where: Where | None = None,
     labels: pd.Index | None = None,
 ) -> pd.DataFrame:
     """The frame `<source>.rows` validates: the columns its expectations read, nothing more (GE copies
     the frame per metric). Text is Arrow-backed except in the `regex` columns (suites.regex_columns).
 
-    `part`: only these rows (a slice of a date too big for one frame, flows.ingest.memory_budget); the
-    helper columns were computed over all the rows, so each row's verdict is the same in any
-    slice. `labels`: `row_labels(b)`, when the caller computed them once for all the slices."""
-    lo, hi = (0, b.n) if part is None else (part.start, part.stop)
-
-    def cut(values: pa.ChunkedArray) -> pa.ChunkedArray:
-        return values if part is None else values.slice(lo, hi - lo)
+    `b`: every row, or (with `where`) the slice `Batches.slices` gave for positions `where` of a
+    date too big for one frame (flows.ingest.memory_budget); the helper columns and `labels`
+    (`row_labels` of every row) were computed over all the rows, so each row's verdict is the same
+    in any slice."""
 
     data: dict[str, Any] = {}
     for col in b.contract.columns:
         if col.name in needed:
-            data[col.name] = _text(cut(b.rows.column(col.name)), col.name in regex)
+            data[col.name] = _text(b.rows.column(col.name), col.name in regex)
         if unparseable_col(col.name) in needed:
-            data[unparseable_col(col.name)] = _text(cut(b.unparseable[col.name]), False)
+            data[unparseable_col(col.name)] = _text(b.unparseable[col.name], False)
         if parsed_col(col.name) in needed:
-            typed = cut(b.typed[col.name])
+            typed = b.typed[col.name]
             if col.type == "int":
                 data[parsed_col(col.name)] = typed.to_pandas(types_mapper={pa.int64(): pd.Int64Dtype()}.get)
             elif col.type == "date":
@@ -165,18 +231,18 @@ def rows_frame(
             else:
                 data[parsed_col(col.name)] = typed.to_pandas()
     if PARSE_ERROR_COL in needed:
-        data[PARSE_ERROR_COL] = _text(cut(b.rows.column("_parse_error")), False)
+        data[PARSE_ERROR_COL] = _text(b.rows.column("_parse_error"), False)
     for name, values in helpers.items():
         if name in needed:
-            if part is None:
+            if where is None:
                 data[name] = values
             elif isinstance(values, pd.Series):
-                data[name] = values.iloc[lo:hi].reset_index(drop=True)
+                data[name] = values.iloc[where].reset_index(drop=True)
             else:
-                data[name] = values[lo:hi]
+                data[name] = values[where]
     frame = pd.DataFrame(data)  # columns share the default 0..n-1 index: build, then relabel
     every = row_labels(b) if labels is None else labels
-    frame.index = every if part is None else every[lo:hi]
+    frame.index = every if where is None else every[where]
     return frame
 
 
@@ -196,5 +262,8 @@ def silver_median(values: np.ndarray) -> float | None:
 
 
 def unparseable_counts(b: Batches, column: str, days: list[dt.date]) -> dict[dt.date, int]:
+    if b.unparseable_days is not None:  # counted as the rows were read (a big date)
+        per_day = b.unparseable_days.get(column, {})
+        return {d: int(per_day.get(day_code(d), 0)) for d in days}
     bad = pc.is_valid(b.unparseable[column]).to_numpy(zero_copy_only=False)
     return {d: int(bad[b.span(d)].sum()) for d in days}

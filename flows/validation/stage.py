@@ -30,7 +30,7 @@ import datetime as dt
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ from flows.dates import date_range, span_label
 from flows.ingest import memory_budget
 from flows.sources import SOURCE_NAMES, Source, get_source, silver_schema
 from flows.storage import lake
-from flows.validation import history, storage, suites
+from flows.validation import history, storage, streamed, suites
 from flows.validation.contracts import (
     ADDED_COLUMNS_COL,
     AMOUNT_USD_COL,
@@ -534,6 +534,7 @@ def evaluate(
                 None if include_day_silver else lookback_days,
                 across_batches=bool(fd.get("across_batches")),
                 same_day_counts=include_day_silver,
+                rows_at=b.typed_rows if b.reread is not None else None,
             )
             helpers[DELIVERY_COL] = delivery
         if rows_results is None or not _same(delivery, last_delivery):
@@ -607,20 +608,25 @@ def _judge_rows(
     params = suites.expectation_parameters(fx)
     size = memory_budget.ge_slice_rows(b.n)
     parts = max(1, -(-b.n // size))
-    labels = row_labels(b) if parts > 1 else None
+    labels = row_labels(b) if parts > 1 or b.reread is not None else None
     results: list[tuple[Any, Any]] = []
     reasons: dict[int, list[str]] = {}
     errors: list[str] = []
-    for k in range(parts):
-        part = slice(k * size, min(b.n, (k + 1) * size)) if parts > 1 else None
-        frame = rows_frame(b, needed, helpers, regex, part, labels)
+    slices = b.slices(size) if parts > 1 or b.reread is not None else [(None, b)]
+    for k, (where, part) in enumerate(slices):
+        frame = rows_frame(part, needed, helpers, regex, where, labels)
         got = suites.run_suite(suite, frame, params, part_run_id(run_id, k + 1, parts), run_time)
         found, errs = row_reasons([vr for _, vr in got], frame.index)
         del frame
-        start = part.start if part is not None else 0
-        reasons.update({start + i: rs for i, rs in found.items()})
+        if where is None:
+            reasons.update(found)
+        else:
+            positions = np.arange(where.start, where.stop) if isinstance(where, slice) else where
+            reasons.update({int(positions[i]): rs for i, rs in found.items()})
         results += got
         errors += errs
+    if b.reread is not None:  # slices read back in bronze's file order: positions in order instead
+        reasons = dict(sorted(reasons.items()))
     return results, reasons, errors, (size if parts > 1 else 0)
 
 
@@ -670,6 +676,10 @@ def _evaluate_source(source: Source, ctx: _Context) -> _SourceRun:
         if refused:  # nothing read, nothing written: the dates fail with the reason
             run.error = refused
             return run
+    if landed and memory_budget.streams(sum(n for _, _, n in landed)):
+        streamed_run = _evaluate_streamed(source, contract, ctx, records, run)
+        if streamed_run is not None:
+            return streamed_run
     rows = history.bronze_rows(source, ctx.days)
     # rows are in delivery order, batch date first: a date's rows are a zero-copy slice (a filter
     # copied every date's rows, a second bronze table held for the whole evaluation)
@@ -692,6 +702,36 @@ def _evaluate_source(source: Source, ctx: _Context) -> _SourceRun:
     keep = pa.concat_tables([per_day[d] for d in days]) if len(days) != len(ctx.days) else rows
     b = prepare(source, contract, keep)
     run.evaluation = evaluate(b, days, deliveries_of, ctx)
+    return run
+
+
+def _evaluate_streamed(
+    source: Source, contract: Contract, ctx: _Context, records: dict[dt.date, list[dict]], run: _SourceRun
+) -> _SourceRun | None:
+    """`_evaluate_source` for dates too big to hold (memory_budget.streams): the rows are read
+    back from bronze slice by slice (flows.validation.streamed). None: the whole-date path takes
+    them (no row, rows it cannot place, or rows of a date that is not a batch)."""
+    b = streamed.read(source, contract, ctx.days)
+    if b is None:
+        return None
+    deliveries_of: dict[dt.date, Delivery] = {}
+    for d in ctx.days:
+        sl = b.span(d)
+        rows = (
+            streamed.extra_rows(source, d)
+            if not records[d]
+            else pa.table({"_extra": pa.nulls(0, pa.string())})
+        )
+        info = history.delivery_info(source, d, rows, records[d])
+        if info.delivered:
+            deliveries_of[d] = info
+        elif sl.stop > sl.start:
+            return None
+        else:
+            run.not_delivered[d] = info.message or "not delivered"
+    days = sorted(deliveries_of)
+    if days:
+        run.evaluation = evaluate(b, days, deliveries_of, ctx)
     return run
 
 
@@ -741,6 +781,9 @@ def _write(run: _SourceRun, release: bool = False) -> list[dt.date]:
     now = dt.datetime.now(dt.UTC)
     good = np.concatenate([ev.to_silver(d) for d in written])
     bad = np.concatenate([ev.to_quarantine(d) for d in written])
+    if b.reread is not None:
+        _write_streamed(ev, written, good, bad, now)
+        return written
     silver = storage.silver_rows(b.rows, b.typed, src, good, ev.run_id)
     quarantine = storage.quarantine_rows(b.rows, src, bad, ev.reasons_column(bad), ev.run_id, now)
     if release:
@@ -750,6 +793,44 @@ def _write(run: _SourceRun, release: bool = False) -> list[dt.date]:
     del silver
     storage.replace_partitions("quarantine", src, written, quarantine, storage.quarantine_schema(src))
     return written
+
+
+def _write_streamed(
+    ev: Evaluation, written: list[dt.date], good: np.ndarray, bad: np.ndarray, now: dt.datetime
+) -> None:
+    """`_write` of batches read slice by slice: silver and quarantine (one commit each) streamed
+    from bronze read back in slices, so neither table is ever whole in memory."""
+    b = ev.batches
+    src = b.source
+    to_silver = np.zeros(b.n, dtype=bool)
+    to_silver[good] = True
+    to_quarantine = np.zeros(b.n, dtype=bool)
+    to_quarantine[bad] = True
+    ev.batches = b.released()
+    del b, good, bad
+    size = memory_budget.STREAM_SLICE_ROWS
+
+    def silver() -> Iterator[pa.RecordBatch]:
+        for where, part in ev.batches.slices(size):
+            local = np.flatnonzero(to_silver[where])
+            if len(local):
+                rows = storage.silver_rows(part.rows, part.typed, src, local, ev.run_id)
+                yield from rows.to_batches(max_chunksize=storage.WRITE_BATCH_ROWS)
+
+    def quarantine() -> Iterator[pa.RecordBatch]:
+        for where, part in ev.batches.slices(size, parse=False):
+            local = np.flatnonzero(to_quarantine[where])
+            if len(local):
+                reasons = ev.reasons_column(np.asarray(where)[local])
+                rows = storage.quarantine_rows(part.rows, src, local, reasons, ev.run_id, now)
+                yield from rows.to_batches(max_chunksize=storage.WRITE_BATCH_ROWS)
+
+    storage.replace_partitions_stream(
+        "silver", src, written, silver, silver_schema(src), bool(to_silver.any())
+    )
+    storage.replace_partitions_stream(
+        "quarantine", src, written, quarantine, storage.quarantine_schema(src), bool(to_quarantine.any())
+    )
 
 
 def write_split(ev: Evaluation) -> list[dt.date]:

@@ -158,6 +158,22 @@ def replace_partitions(
     )
 
 
+def replace_partitions_stream(
+    layer: str, source: Source, days: Sequence[dt.date], batches: lake.Batches, schema: pa.Schema, rows: bool
+) -> None:
+    """`replace_partitions` from a stream of record batches (`rows`: it holds at least one)."""
+    if not days or (not rows and not lake.exists(layer, source.name)):
+        return
+    lake.replace_stream(
+        layer,
+        source.name,
+        batches,
+        schema,
+        predicate=lake.dates_predicate("_batch_date", days),
+        partition_by=["_batch_date"],
+    )
+
+
 def clear_partitions(source: Source, days: Sequence[dt.date]) -> None:
     """Drop the silver and quarantine rows of `days` (a batch no longer delivered: a stale split
     of an earlier delivery would no longer match bronze)."""
