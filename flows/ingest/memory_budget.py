@@ -32,10 +32,11 @@ GB = 2**30
 # A flow process before its first stage (Prefect, GE, dbt, Feast imported; measured 0.9-1.1 GB RSS
 # before validation in `asof run` and bench/stage_memory.py).
 BASE_BYTES = 1 * GB
-# Ingest of one CSV file, per landed byte: the file's bytes, pyarrow's table of strings, the bronze
-# columns added to it (~200 B a transactions row), delta-rs's write of it (5M rows, 327 MB: 0.12 GB
-# before, parse peak 1.07, bronze table 1.10, write peak 1.79: 5.1 bytes per landed byte).
-INGEST_BYTES_PER_BYTE = 5.5
+# Ingest of one CSV file, per landed byte: a CSV the fast path takes is streamed into bronze in 8 MB
+# blocks (flows/ingest.py CsvStream): 5M rows (327 MB) peak 0.89 GB, 20M rows (1.3 GB) 0.94 GB,
+# from 0.17. A file the line-by-line reader takes (damaged, not UTF-8, JSONL) is still read whole
+# (~5 bytes per landed byte): such big files are rare, and their validation is bigger anyway.
+INGEST_BYTES_PER_BYTE = 1.0
 # Validation per landed row, outside GE's frame: bronze rows read back and sorted (5M rows: +1.7
 # GB), typed columns, helper columns, first-delivery keys, then the silver table (+0.9 GB) and its
 # Delta write in 64k-row batches (+0.8 GB) once the rows' values are dropped, and the conservation
