@@ -14,8 +14,9 @@ import pyarrow as pa
 import pytest
 from deltalake.exceptions import CommitFailedError
 
-from flows import ingest, lake
-from flows.ingest import ingest_dates
+from flows.ingest import stage as ingest
+from flows.ingest.stage import ingest_dates
+from flows.storage import lake
 
 D = dt.date(2024, 3, 1)
 SCHEMA = pa.schema([pa.field("_batch_date", pa.date32()), pa.field("v", pa.int64())])
