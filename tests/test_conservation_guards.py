@@ -60,20 +60,32 @@ def corrupt_writes(
 
     Returns the list of row counts of `day` the callers asked to write (one per corrupted write), so
     a test can tell that the faulty writer was reached at all."""
-    real = lake.replace
+    real, real_stream = lake.replace, lake.replace_stream
     mutate = MUTATIONS[how]
     asked: list[int] = []
 
+    def corrupt(data: pa.Table) -> pa.Table:
+        of_day = pc.equal(data.column("_batch_date"), pa.scalar(day, pa.date32()))
+        mine = data.filter(of_day)
+        if not mine.num_rows:
+            return data
+        asked.append(mine.num_rows)
+        return pa.concat_tables([data.filter(pc.invert(of_day)), mutate(mine)])
+
     def replace(layer_: str, name: str, data: pa.Table, *args, **kwargs) -> int:
         if (layer_, name) == (layer, table) and data.num_rows:
-            of_day = pc.equal(data.column("_batch_date"), pa.scalar(day, pa.date32()))
-            mine = data.filter(of_day)
-            if mine.num_rows:
-                asked.append(mine.num_rows)
-                data = pa.concat_tables([data.filter(pc.invert(of_day)), mutate(mine)])
+            data = corrupt(data)
         return real(layer_, name, data, *args, **kwargs)
 
+    def replace_stream(layer_: str, name: str, batches, schema: pa.Schema, *args, **kwargs) -> int:
+        if (layer_, name) == (layer, table):
+            data = pa.Table.from_batches(list(batches()), schema)  # streamed writes: the same faults
+            data = corrupt(data).cast(schema) if data.num_rows else data
+            return real_stream(layer_, name, data.to_batches, schema, *args, **kwargs)
+        return real_stream(layer_, name, batches, schema, *args, **kwargs)
+
     monkeypatch.setattr(lake, "replace", replace)
+    monkeypatch.setattr(lake, "replace_stream", replace_stream)
     return asked
 
 
