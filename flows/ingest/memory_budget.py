@@ -33,7 +33,7 @@ GB = 2**30
 # before validation in `asof run` and bench/stage_memory.py).
 BASE_BYTES = 1 * GB
 # Ingest of one CSV file, per landed byte: a CSV the fast path takes is streamed into bronze in 8 MB
-# blocks (flows/ingest.py CsvStream): 5M rows (327 MB) peak 0.89 GB, 20M rows (1.3 GB) 0.94 GB,
+# blocks (flows/ingest/stage.py CsvStream): 5M rows (327 MB) peak 0.89 GB, 20M rows (1.3 GB) 0.94 GB,
 # from 0.17. A file the line-by-line reader takes (damaged, not UTF-8, JSONL) is still read whole
 # (~5 bytes per landed byte): such big files are rare, and their validation is bigger anyway.
 INGEST_BYTES_PER_BYTE = 1.0
