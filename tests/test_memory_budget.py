@@ -14,13 +14,16 @@ from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 
 from flows.ingest import memory_budget
 from flows.ingest import stage as ingest
+from flows.sources import get_source
 from flows.storage import lake
-from flows.validation import stage, streamed, suites
-from flows.validation.frames import code_day, day_code
+from flows.validation import frames, history, stage, streamed, suites
+from flows.validation.contracts import load_contract, load_fx_rates
+from flows.validation.frames import code_day, day_code, prepare
 from flows.validation.verdicts import DayVerdict
 from tests.conftest import data_root
 from tests.cross_date_batches import D, copy_lake, landed_home, snapshot
@@ -195,8 +198,8 @@ def test_dates_read_back_slice_by_slice_give_every_table_the_same_rows(
     read = streamed.read
     used: list[str] = []
 
-    def counted(source, contract, days):
-        got = read(source, contract, days)
+    def counted(source, contract, days, *rest):
+        got = read(source, contract, days, *rest)
         used.append(f"{source.name}:{got is not None}")
         return got
 
@@ -225,3 +228,78 @@ def test_dates_read_back_slice_by_slice_give_every_table_the_same_rows(
                 v.rejected_rule,
                 v.message,
             ), (d, source)
+
+
+def test_hash_collisions_and_keys_delivered_again_in_a_later_run_change_no_verdict(
+    landed: Path, unsliced: dict, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """First delivery wins compares 64-bit key hashes first (flows/validation/delivery.py). Forced
+    to collide (every key in one of three buckets), the verdicts are still the keys' own: the
+    first three dates validated whole, then the other seven read back slice by slice against
+    them (day 3 re-delivers day 1's keys, now in earlier silver; day 8 re-delivers rejected day
+    7's keys, which day 9's chargebacks reference), slices of 5 and 7 rows cutting through the
+    duplicates. Every table ends as the one ten-date run's."""
+    copy_lake(landed, home)
+    real = frames.hash_text
+    monkeypatch.setattr(frames, "hash_text", lambda values: real(values) % np.uint64(3))
+    first = stage.validate_dates(D[:3], build_docs=False)
+    monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "7")
+    monkeypatch.setattr(memory_budget, "streams", lambda rows: True)
+    monkeypatch.setattr(memory_budget, "STREAM_SLICE_ROWS", 5)
+    read = streamed.read
+    used: list[str] = []
+
+    def counted(source, contract, days, *rest):
+        got = read(source, contract, days, *rest)
+        used.append(f"{source.name}:{got is not None}")
+        return got
+
+    monkeypatch.setattr(streamed, "read", counted)
+    later = stage.validate_dates(D[3:], build_docs=False)
+    assert "transactions:True" in used and "chargebacks:True" in used, used
+    got = snapshot()
+    for table, rows in unsliced["tables"].items():
+        assert got[table] == rows, table
+    outs = {**first, **later}
+    for d in D:
+        for source, v in unsliced["outs"][d].items():
+            w = outs[d][source]
+            assert (w.status, w.rows_silver, w.rows_quarantined, w.reasons, w.message) == (
+                v.status,
+                v.rows_silver,
+                v.rows_quarantined,
+                v.reasons,
+                v.message,
+            ), (d, source)
+
+
+def test_read_back_keeps_what_the_whole_path_computes(landed: Path, home: Path) -> None:
+    """What the pass over bronze keeps of every row (batch dates, hashed keys, amount_usd, the
+    reference columns' distinct values) and the row labels computed slice by slice are the whole
+    path's, row for row."""
+    copy_lake(landed, home)
+    fx = load_fx_rates()
+    for name in ("merchants", "transactions", "chargebacks"):
+        source, contract = get_source(name), load_contract(name)
+        whole = prepare(source, contract, history.bronze_rows(source, D))
+        part = streamed.read(source, contract, D, fx)
+        assert part is not None, name
+        assert np.array_equal(part.codes, whole.codes), name
+        assert np.array_equal(part.key_hashes().hashes, whole.key_hashes().hashes), name
+        assert np.array_equal(part.key_hashes().present, whole.key_hashes().present), name
+        if "drift" in contract.batch:
+            assert np.array_equal(frames.amount_usd(part, fx), frames.amount_usd(whole, fx), equal_nan=True)
+        for column, values in (part.distinct or {}).items():
+            want = pc.unique(pc.drop_null(whole.typed[column].combine_chunks()))
+            assert sorted(values.to_pylist()) == sorted(want.to_pylist()), (name, column)
+        labels = frames.row_labels(whole)
+        for where, rows in part.slices(3):
+            assert list(frames.slice_labels(part, where, rows)) == list(labels[where]), name
+
+
+def test_row_labels_count_positions_where_two_files_share_line_numbers() -> None:
+    """`repeated_days` of a date read back: only a date whose files repeat a line number."""
+    base = day_code(dt.date(2024, 1, 1))
+    rows = [(0, 0, 1), (0, 0, 2), (0, 1, 1), (1, 0, 1), (1, 1, 2), (2, 0, 5)]  # (day, file, line)
+    key = np.array([(d << 48) | (f << 32) | n for d, f, n in rows], dtype=np.int64)
+    assert streamed.repeated_days(key, base).tolist() == [base]

@@ -15,6 +15,7 @@ the row's line number in the delivered file, in 9 digits (20240105000003488 is l
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +33,7 @@ from flows.validation.contracts import (
     parsed_col,
     unparseable_col,
 )
-from flows.validation.parsing import parse_column
+from flows.validation.parsing import join_text, parse_column
 
 EPOCH = dt.date(1970, 1, 1)
 US_PER_DAY = 86_400_000_000
@@ -52,6 +53,28 @@ def code_day(code: int) -> dt.date:
 Where = slice | np.ndarray
 
 
+@dataclass(frozen=True)
+class PerSlice:
+    """A helper column computed for the rows of one GE frame when it is built, from that frame's
+    rows (`compute(part, where)`: `part` the rows of positions `where`, every row when None).
+
+    Why: a helper held for every row of a big date (per-row time bounds, reference lookups as
+    Python objects) costs 8-16 bytes a row for the whole run, when it follows from the row alone
+    and a lookup computed once."""
+
+    compute: Callable[[Batches, Where | None], Any]
+
+
+@dataclass(frozen=True)
+class KeyHashes:
+    """Per row: a 64-bit hash of its key's text and whether the key is complete. Equal keys have
+    equal hashes; equal hashes are only candidates (flows.validation.delivery confirms them on the
+    rows' own values), so a collision costs a look, never a verdict."""
+
+    hashes: np.ndarray  # uint64
+    present: np.ndarray  # bool
+
+
 @dataclass
 class Batches:
     """One source's rows of the dates validated together, in delivery order, parsed once.
@@ -69,6 +92,11 @@ class Batches:
     # (rows per slice, parse) -> (positions, those rows with every column), each row once
     reread: Callable[[int, bool], Iterator[tuple[np.ndarray, Batches]]] | None = None
     unparseable_days: dict[str, dict[int, int]] | None = None  # column -> day code -> count
+    # Read slice by slice, computed in the pass over bronze instead of from `typed`:
+    keys: KeyHashes | None = None  # the key of every row, hashed
+    usd: np.ndarray | None = None  # amount_usd of every row (sources with a drift rule)
+    distinct: dict[str, pa.Array] | None = None  # reference column -> its distinct typed values
+    repeated_days: np.ndarray | None = None  # day codes whose line numbers repeat (row labels)
 
     @property
     def n(self) -> int:
@@ -91,6 +119,12 @@ class Batches:
         return Batches(
             self.source, self.contract, self.rows.select(["_batch_date"]), {}, {}, self.codes, self.reread
         )
+
+    def key_hashes(self) -> KeyHashes:
+        """`keys`, computed from the typed key columns when the rows are held whole."""
+        if self.keys is not None:
+            return self.keys
+        return key_hashes([self.typed[k] for k in self.contract.key])
 
     def at(self, where: slice) -> Batches:
         """Rows `where` (zero-copy)."""
@@ -115,32 +149,32 @@ class Batches:
             where = slice(lo, min(self.n, lo + size))
             yield where, self.at(where)
 
-    def typed_rows(self, idx: np.ndarray) -> dict[str, pa.ChunkedArray]:
-        """Every typed contract column of rows `idx` (in that order): a few rows (repeated keys)."""
+    def typed_rows(self, idx: np.ndarray, columns: list[str] | None = None) -> dict[str, pa.ChunkedArray]:
+        """Typed contract columns (every one, or `columns`) of rows `idx`, in that order: a few rows
+        (repeated keys, referenced values). Read slice by slice, only those rows are parsed."""
+        names = columns if columns is not None else [c.name for c in self.contract.columns]
         if self.reread is None:
             arr = pa.array(idx, pa.int64())
-            return {c.name: pc.take(self.typed[c.name], arr) for c in self.contract.columns}
-        wanted = np.asarray(idx, dtype=np.int64)
-        order = np.argsort(wanted, kind="stable")
+            return {c: pc.take(self.typed[c], arr) for c in names}
+        ctypes = {c.name: c.type for c in self.contract.columns}
+        wanted = np.unique(np.asarray(idx, dtype=np.int64))
         found: list[tuple[np.ndarray, dict[str, pa.ChunkedArray]]] = []
-        for where, part in self.slices(1 << 18):
-            hit = np.isin(where, wanted)
+        for where, part in self.slices(1 << 18, parse=False):
+            hit = in_sorted(np.asarray(where, dtype=np.int64), wanted)
             if hit.any():
                 local = pa.array(np.flatnonzero(hit), pa.int64())
-                found.append((where[hit], {c: pc.take(v, local) for c, v in part.typed.items()}))
+                cols = {c: parse_column(pc.take(part.rows.column(c), local), ctypes[c])[0] for c in names}
+                found.append((np.asarray(where)[hit], cols))
         if not found:
-            return {c.name: pa.chunked_array([], self.typed_type(c.name)) for c in self.contract.columns}
+            return {c: pa.chunked_array([], self.typed_type(c)) for c in names}
         positions = np.concatenate([p for p, _ in found])
-        columns = {
-            c.name: pa.chunked_array([chunk for _, cols in found for chunk in cols[c.name].chunks])
-            for c in self.contract.columns
-        }
-        # rows of `wanted` in its order: sort the found positions, then place
+        chunked = {c: pa.chunked_array([ch for _, cols in found for ch in cols[c].chunks]) for c in names}
+        # rows of `idx` in its order: positions are unique, so sort them and look each one up
         by_position = np.argsort(positions, kind="stable")
-        take = np.empty(len(wanted), dtype=np.int64)
-        take[order] = by_position[np.searchsorted(positions[by_position], wanted[order])]
+        want = np.asarray(idx, dtype=np.int64)
+        take = by_position[np.searchsorted(positions[by_position], want)]
         arr = pa.array(take, pa.int64())
-        return {c: pc.take(v, arr) for c, v in columns.items()}
+        return {c: pc.take(v, arr) for c, v in chunked.items()}
 
     def typed_type(self, column: str) -> pa.DataType:
         ctype = next(c.type for c in self.contract.columns if c.name == column)
@@ -156,15 +190,67 @@ def prepare(source: Source, contract: Contract, rows: pa.Table) -> Batches:
     return Batches(source, contract, rows, typed, unparseable, codes)
 
 
+def in_sorted(values: np.ndarray, sorted_set: np.ndarray, chunk: int = 1 << 20) -> np.ndarray:
+    """Per value: it is in `sorted_set` (ascending), by binary search in chunks of `values` (np.isin
+    sorts both arrays together: 16+ bytes a value at once for a big date)."""
+    out = np.zeros(len(values), dtype=bool)
+    if not len(sorted_set):
+        return out
+    last = len(sorted_set) - 1
+    for lo in range(0, len(values), chunk):
+        part = values[lo : lo + chunk]
+        out[lo : lo + chunk] = sorted_set[np.minimum(np.searchsorted(sorted_set, part), last)] == part
+    return out
+
+
+_HASH_LOCK = threading.Lock()
+_HASH_CON: list[Any] = []
+
+
+def hash_text(values: pa.Array) -> np.ndarray:
+    """DuckDB's 64-bit hash of each text value (nulls too: callers mask them). Tests replace it to
+    force collisions; nothing may depend on two different keys hashing differently."""
+    import duckdb
+
+    with _HASH_LOCK:
+        if not _HASH_CON:
+            con = duckdb.connect()
+            con.execute("SET threads TO 1")
+            _HASH_CON.append(con)
+        cur = _HASH_CON[0].cursor()
+    try:
+        cur.register("key_values", pa.table({"k": values}))
+        return cur.execute("SELECT hash(k) AS h FROM key_values").fetchnumpy()["h"].astype(np.uint64)
+    finally:
+        cur.close()
+
+
+def key_hashes(columns: list[pa.ChunkedArray]) -> KeyHashes:
+    """The hashed key of every row: the key columns' text joined as first delivery wins compares
+    them (flows.validation.parsing.join_text), so equal keys hash equal in both paths."""
+    text = join_text(columns, None)
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks() if text.num_chunks != 1 else text.chunk(0)
+    present = pc.is_valid(text).to_numpy(zero_copy_only=False)
+    hashes = hash_text(text) if len(text) else np.zeros(0, np.uint64)
+    return KeyHashes(hashes, present)
+
+
+def usd_of(amount: pa.ChunkedArray, currency: pa.ChunkedArray, fx: dict[str, float]) -> np.ndarray:
+    """amount * the currency's USD rate, per row (NaN where either is missing or unknown)."""
+    values = amount.to_numpy().astype(float, copy=False)
+    rate = currency.to_pandas().map(fx).to_numpy(dtype=float, na_value=np.nan)
+    return values * rate
+
+
 def amount_usd(b: Batches, fx: dict[str, float]) -> np.ndarray:
-    amount = b.typed["amount"].to_numpy().astype(float, copy=False)
-    currency = b.typed["currency"].to_pandas()
-    rate = currency.map(fx).to_numpy(dtype=float, na_value=np.nan)
-    return amount * rate
+    if b.usd is not None:  # computed as bronze was read (a date read slice by slice)
+        return b.usd
+    return usd_of(b.typed["amount"], b.typed["currency"], fx)
 
 
 def _midnights(codes: np.ndarray, offset_days: int) -> pd.Series:
-    us = (codes + offset_days) * US_PER_DAY
+    us = (codes.astype(np.int64) + offset_days) * US_PER_DAY
     return pa.array(us, pa.int64()).cast(pa.timestamp("us", tz="UTC")).to_pandas()
 
 
@@ -183,14 +269,29 @@ def row_labels(b: Batches) -> pd.Index:
     """yyyymmdd * 10^9 + line number (or position in the batch when line numbers repeat)."""
     if b.n == 0:
         return pd.RangeIndex(0)
-    days = pd.to_datetime(b.codes, unit="D")
-    ymd = (days.year * 10_000 + days.month * 100 + days.day).to_numpy().astype(np.int64)
     lines = b.rows.column("_row_number").to_numpy(zero_copy_only=False).astype(np.int64)
-    first_of_day = np.searchsorted(b.codes, b.codes, "left")
-    position = np.arange(b.n, dtype=np.int64) - first_of_day
     dup = pd.DataFrame({"c": b.codes, "l": lines}).duplicated(keep=False).to_numpy()
     repeated_days = np.unique(b.codes[dup])
-    use_position = np.isin(b.codes, repeated_days) | (lines >= LINE_DIGITS) | (lines < 0)
+    return _labels(b.codes, lines, np.arange(b.n, dtype=np.int64), b.codes, repeated_days)
+
+
+def slice_labels(b: Batches, where: np.ndarray, part: Batches) -> pd.Index:
+    """`row_labels(b)[where]` for the rows `part` of a date read slice by slice, without holding a
+    label per row (`b.repeated_days` found when bronze was read)."""
+    lines = part.rows.column("_row_number").to_numpy(zero_copy_only=False).astype(np.int64)
+    repeated = b.repeated_days if b.repeated_days is not None else np.zeros(0, np.int64)
+    return _labels(part.codes, lines, np.asarray(where, dtype=np.int64), b.codes, repeated)
+
+
+def _labels(
+    codes: np.ndarray, lines: np.ndarray, positions: np.ndarray, every: np.ndarray, repeated_days: np.ndarray
+) -> pd.Index:
+    """Labels of rows at `positions` (batch dates `codes`, line numbers `lines`) among the rows of
+    batch dates `every` (ascending)."""
+    days = pd.to_datetime(codes, unit="D")
+    ymd = (days.year * 10_000 + days.month * 100 + days.day).to_numpy().astype(np.int64)
+    position = positions - np.searchsorted(every, codes, "left")
+    use_position = np.isin(codes, repeated_days) | (lines >= LINE_DIGITS) | (lines < 0)
     return pd.Index(ymd * LINE_DIGITS + np.where(use_position, position, lines))
 
 
@@ -207,6 +308,7 @@ def rows_frame(
     regex: frozenset[str] = frozenset(),
     where: Where | None = None,
     labels: pd.Index | None = None,
+    part_labels: pd.Index | None = None,
 ) -> pd.DataFrame:
     """The frame `<source>.rows` validates: the columns its expectations read, nothing more (GE copies
     the frame per metric). Text is Arrow-backed except in the `regex` columns (suites.regex_columns).
@@ -214,7 +316,8 @@ def rows_frame(
     `b`: every row, or (with `where`) the slice `Batches.slices` gave for positions `where` of a
     date too big for one frame (flows.ingest.memory_budget); the helper columns and `labels`
     (`row_labels` of every row) were computed over all the rows, so each row's verdict is the same
-    in any slice."""
+    in any slice; `part_labels`: the slice's own labels instead (`slice_labels`). Helpers that are
+    `PerSlice` are computed here for the slice's rows."""
 
     data: dict[str, Any] = {}
     for col in b.contract.columns:
@@ -234,15 +337,20 @@ def rows_frame(
         data[PARSE_ERROR_COL] = _text(b.rows.column("_parse_error"), False)
     for name, values in helpers.items():
         if name in needed:
-            if where is None:
+            if isinstance(values, PerSlice):
+                data[name] = values.compute(b, where)
+            elif where is None:
                 data[name] = values
             elif isinstance(values, pd.Series):
                 data[name] = values.iloc[where].reset_index(drop=True)
             else:
                 data[name] = values[where]
     frame = pd.DataFrame(data)  # columns share the default 0..n-1 index: build, then relabel
-    every = row_labels(b) if labels is None else labels
-    frame.index = every if where is None else every[where]
+    if part_labels is not None:
+        frame.index = part_labels
+    else:
+        every = row_labels(b) if labels is None else labels
+        frame.index = every if where is None else every[where]
     return frame
 
 
@@ -257,8 +365,8 @@ def checked_median(values: np.ndarray) -> float | None:
 def silver_median(values: np.ndarray) -> float | None:
     """Median amount_usd of the rows a batch sent to silver (finite values): the drift rule's
     history, recorded per accepted batch in ops/validations."""
-    finite = values[np.isfinite(values)]
-    return float(np.median(finite)) if finite.size else None
+    finite = values[np.isfinite(values)]  # a copy: the median may reorder it in place
+    return float(np.median(finite, overwrite_input=True)) if finite.size else None
 
 
 def unparseable_counts(b: Batches, column: str, days: list[dt.date]) -> dict[dt.date, int]:

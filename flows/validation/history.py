@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -257,3 +257,33 @@ def earlier_deliveries(
     return ordered(
         dset.to_table(filter=ds.field("_batch_date").isin(dates) & ds.field(lead).isin(leads), columns=cols)
     )
+
+
+def earlier_leads(
+    source: Source,
+    key: Sequence[str],
+    matches: Callable[[list[pa.ChunkedArray]], np.ndarray],
+    start: dt.date | None,
+    before: dt.date,
+    also: Sequence[dt.date] = (),
+) -> pa.Array:
+    """The distinct lead key values (`key[0]`) of silver rows of `source` with batch date in
+    [start, before) or in `also` whose key columns `matches` says may be one of the run's keys:
+    what `earlier_deliveries` then reads whole. Read batch by batch, so a big date's keys are
+    compared (as hashes, flows.validation.stage) without collecting their text."""
+    window = between(start, before)
+    if also:
+        window = window | lake.date_filter("_batch_date", also)
+    last = max([before - dt.timedelta(days=1), *also])
+    dset = dataset("silver", source.name, (start, last))
+    found: list[pa.Array] = []
+    if dset is not None:
+        for batch in dset.to_batches(columns=list(key), filter=window):
+            if batch.num_rows:
+                hit = matches([pa.chunked_array([batch.column(k)]) for k in key])
+                if hit.any():
+                    found.append(batch.column(key[0]).filter(pa.array(hit)))
+    if not found:
+        lead_type = dset.schema.field(key[0]).type if dset is not None else pa.string()
+        return pa.array([], lead_type)
+    return pc.unique(pc.drop_null(pa.concat_arrays(found)))

@@ -65,17 +65,21 @@ from flows.validation.contracts import (
     rows_suite,
     unparseable_share_col,
 )
-from flows.validation.delivery import deliveries
+from flows.validation.delivery import deliveries, words
 from flows.validation.frames import (
     Batches,
+    PerSlice,
     amount_usd,
     checked_median,
     day_code,
+    in_sorted,
+    key_hashes,
     prepare,
     row_bounds,
     row_labels,
     rows_frame,
     silver_median,
+    slice_labels,
     unparseable_counts,
 )
 from flows.validation.history import Delivery
@@ -243,44 +247,83 @@ class _Context:
         return [d for d in span if d not in again]
 
 
-def _known(b: Batches, rule: dict, ctx: _Context) -> np.ndarray:
-    """`<column>__known`: True if the value is in silver `<table>` with `_batch_date <= D` (for the
-    run's dates: the referenced source's verdicts of this run), None for a missing value."""
-    col, table, key = rule["column"], rule["table"], rule["table_key"]
-    values = b.typed[col].combine_chunks()
-    out = np.full(b.n, None, dtype=object)
-    present = pc.is_valid(values).to_numpy(zero_copy_only=False)
-    if not present.any():
+@dataclass(frozen=True)
+class _Known:
+    """What a reference rule looks a value up in: the distinct values in silver before the run's
+    first date (`before`), and the day code from which each other known value counts
+    (`first_day`: later dates of silver the run keeps, this run's accepted rows)."""
+
+    before: pa.Array
+    first_day: dict[object, int]
+
+    def lookup(self, values: pa.ChunkedArray, codes: np.ndarray) -> np.ndarray:
+        """`<column>__known` of rows with these values and batch dates: True if known by the
+        row's date, False if not, None for a missing value."""
+        values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+        out = np.full(len(values), None, dtype=object)
+        present = pc.is_valid(values).to_numpy(zero_copy_only=False)
+        if not present.any():
+            return out
+        hit = pc.fill_null(pc.is_in(values, value_set=self.before.cast(values.type)), False).to_numpy(
+            zero_copy_only=False
+        )
+        if self.first_day:
+            keys = pa.array(list(self.first_day), values.type)
+            known = np.fromiter(self.first_day.values(), dtype=np.int64, count=len(self.first_day))
+            idx = pc.fill_null(pc.index_in(values, value_set=keys), -1).to_numpy(zero_copy_only=False)
+            known_from = np.where(idx >= 0, known[np.maximum(idx, 0)], np.iinfo(np.int64).max)
+            hit = hit | (known_from <= codes)
+        out[present] = hit[present]
         return out
-    distinct = pc.unique(pc.drop_null(values))
+
+
+def _known(b: Batches, rule: dict, ctx: _Context) -> PerSlice | None:
+    """`<column>__known` (True if the value is in silver `<table>` with `_batch_date <= D`; for the
+    run's dates: the referenced source's verdicts of this run), looked up per GE frame from the
+    distinct values' answers. None: no row has a value."""
+    col, table, key = rule["column"], rule["table"], rule["table_key"]
+    if b.distinct is not None:  # read slice by slice: the distinct values were kept
+        distinct = b.distinct[col]
+    else:
+        distinct = pc.unique(pc.drop_null(b.typed[col].combine_chunks()))
+    if len(distinct) == 0:
+        return None
     before = history.known_before(table, key, distinct, ctx.first)
     first_day = {
         v: day_code(d) for v, d in history.first_known_on(table, key, distinct, ctx.old_days(table)).items()
     }
     ref = ctx.done.get(table)
     if ref is not None:  # this run's accepted rows of the referenced source, earliest date per value
-        keep = pa.array(np.flatnonzero(ref.accepted()), pa.int64())
-        ref_values = pc.take(ref.batches.typed[key], keep)
+        keep, ref_values = _accepted_values(ref, key, distinct)
         wanted = pc.fill_null(pc.is_in(ref_values, value_set=distinct.cast(ref_values.type)), False)
         pairs = pa.table(
-            {"v": ref_values.filter(wanted), "c": pc.take(pa.array(ref.batches.codes), keep).filter(wanted)}
+            {"v": ref_values.filter(wanted), "c": pa.array(ref.batches.codes[keep]).filter(wanted)}
         )
         for row in pairs.group_by("v").aggregate([("c", "min")]).to_pylist():
             v, c = row["v"], row["c_min"]
             if v not in first_day or c < first_day[v]:
                 first_day[v] = c
-    in_before = pc.fill_null(pc.is_in(values, value_set=before.cast(values.type)), False).to_numpy(
-        zero_copy_only=False
-    )
-    hit = in_before
-    if first_day:
-        keys = pa.array(list(first_day), values.type)
-        codes = np.fromiter(first_day.values(), dtype=np.int64, count=len(first_day))
-        idx = pc.fill_null(pc.index_in(values, value_set=keys), -1).to_numpy(zero_copy_only=False)
-        known_from = np.where(idx >= 0, codes[np.maximum(idx, 0)], np.iinfo(np.int64).max)
-        hit = in_before | (known_from <= b.codes)
-    out[present] = hit[present]
-    return out
+    known = _Known(before, first_day)
+    return PerSlice(lambda part, where: known.lookup(part.typed[col], part.codes))
+
+
+def _accepted_values(ref: Evaluation, key: str, distinct: pa.Array) -> tuple[np.ndarray, pa.ChunkedArray]:
+    """(positions, typed `key` values) of the referenced source's rows that reach silver and may
+    hold one of `distinct`: all accepted rows when held whole; read slice by slice, only those whose
+    key hash is one of the values' (when `key` is its whole key), read back from bronze."""
+    b = ref.batches
+    accepted = ref.accepted()
+    if b.reread is None:
+        keep = np.flatnonzero(accepted)
+        return keep, pc.take(b.typed[key], pa.array(keep, pa.int64()))
+    if b.contract.key == [key]:
+        own = b.key_hashes()
+        wanted = key_hashes([pa.chunked_array([distinct.cast(b.typed_type(key))])])
+        accepted &= own.present & in_sorted(own.hashes, np.unique(wanted.hashes[wanted.present]))
+    keep = np.flatnonzero(accepted)
+    if not len(keep):
+        return keep, pa.chunked_array([], b.typed_type(key))
+    return keep, b.typed_rows(keep, [key])[key]
 
 
 def _earlier(b: Batches, rule: dict, ctx: _Context, *, include_day: bool = False) -> pa.Table | None:
@@ -292,10 +335,21 @@ def _earlier(b: Batches, rule: dict, ctx: _Context, *, include_day: bool = False
     if not rule.get("across_batches"):
         return None
     lead = contract.key[0]
-    wanted = pc.unique(pc.drop_null(b.typed[lead].combine_chunks()))
     start = ctx.first - dt.timedelta(days=int(lookback)) if lookback else None
     before = ctx.last + dt.timedelta(days=1) if include_day else ctx.first
     old = [d for d in ctx.old_days(b.source.name) if d < ctx.last]  # its own: processed
+    if b.reread is not None:  # no key text kept: silver's keys matched by hash first
+        keys = b.key_hashes()
+        ours = np.unique(keys.hashes[keys.present])
+
+        def matches(columns: list[pa.ChunkedArray]) -> np.ndarray:
+            got = key_hashes(columns)
+            return got.present & in_sorted(got.hashes, ours)
+
+        wanted = history.earlier_leads(b.source, contract.key, matches, start, before, also=old)
+        del ours
+    else:
+        wanted = pc.unique(pc.drop_null(b.typed[lead].combine_chunks()))
     return history.earlier_deliveries(b.source, contract.column_names, lead, wanted, start, before, also=old)
 
 
@@ -482,9 +536,15 @@ def evaluate(
     span = span_label(days)
     run_name = suites.result_run_name(span, source.name, run_label)
     run_id = f"{run_name}-{run_time:%Y%m%dT%H%M%S%fZ}"
-    helpers: dict[str, Any] = dict(row_bounds(b))
+    helpers: dict[str, Any] = {
+        name: PerSlice(lambda part, where, name=name: row_bounds(part)[name])
+        for name in row_bounds(b.at(slice(0, 0)))
+    }
     for rule in contract.rules_of("reference"):
-        helpers[known_col(rule["column"])] = _known(b, rule, ctx)
+        known = _known(b, rule, ctx)
+        helpers[known_col(rule["column"])] = (
+            known if known is not None else PerSlice(lambda part, where: np.full(part.n, None, dtype=object))
+        )
     usd = amount_usd(b, ctx.fx) if "drift" in contract.batch else None
     if usd is not None:
         helpers[AMOUNT_USD_COL] = usd
@@ -492,6 +552,7 @@ def evaluate(
     fd = fd_rules[0] if fd_rules else None
     lookback_days = int(fd["lookback_days"]) if fd is not None and fd.get("lookback_days") else None
     earlier = _earlier(b, fd, ctx, include_day=include_day_silver) if fd is not None else None
+    keys = b.key_hashes() if fd is not None else None
     needed = suites.suite_columns(rows_suite(source.name))
     landed: dict[dt.date, int] = {}
     drift_history = None
@@ -525,18 +586,22 @@ def evaluate(
     for iteration in range(len(days) + 2):
         delivery = None
         if fd is not None:
+            assert keys is not None
             delivery = deliveries(
                 contract,
-                b.typed,
+                keys,
                 b.codes,
                 earlier,
                 eligible,
                 None if include_day_silver else lookback_days,
+                b.typed_rows,
                 across_batches=bool(fd.get("across_batches")),
                 same_day_counts=include_day_silver,
-                rows_at=b.typed_rows if b.reread is not None else None,
             )
-            helpers[DELIVERY_COL] = delivery
+            codes = delivery
+            helpers[DELIVERY_COL] = PerSlice(
+                lambda part, where, codes=codes: words(codes if where is None else codes[where])
+            )
         if rows_results is None or not _same(delivery, last_delivery):
             if rows_results is not None:
                 suites.forget([k for k, _ in rows_results])
@@ -608,13 +673,15 @@ def _judge_rows(
     params = suites.expectation_parameters(fx)
     size = memory_budget.ge_slice_rows(b.n)
     parts = max(1, -(-b.n // size))
-    labels = row_labels(b) if parts > 1 or b.reread is not None else None
+    # read slice by slice: each slice's labels computed with it (a label per row: 8 bytes a row)
+    labels = row_labels(b) if parts > 1 and b.reread is None else None
     results: list[tuple[Any, Any]] = []
     reasons: dict[int, list[str]] = {}
     errors: list[str] = []
     slices = b.slices(size) if parts > 1 or b.reread is not None else [(None, b)]
     for k, (where, part) in enumerate(slices):
-        frame = rows_frame(part, needed, helpers, regex, where, labels)
+        own = slice_labels(b, np.asarray(where), part) if b.reread is not None else None
+        frame = rows_frame(part, needed, helpers, regex, where, labels, own)
         got = suites.run_suite(suite, frame, params, part_run_id(run_id, k + 1, parts), run_time)
         found, errs = row_reasons([vr for _, vr in got], frame.index)
         del frame
@@ -711,7 +778,7 @@ def _evaluate_streamed(
     """`_evaluate_source` for dates too big to hold (memory_budget.streams): the rows are read
     back from bronze slice by slice (flows.validation.streamed). None: the whole-date path takes
     them (no row, rows it cannot place, or rows of a date that is not a batch)."""
-    b = streamed.read(source, contract, ctx.days)
+    b = streamed.read(source, contract, ctx.days, ctx.fx)
     if b is None:
         return None
     deliveries_of: dict[dt.date, Delivery] = {}
@@ -779,11 +846,11 @@ def _write(run: _SourceRun, release: bool = False) -> list[dt.date]:
     if not written:
         return []
     now = dt.datetime.now(dt.UTC)
+    if b.reread is not None:
+        _write_streamed(ev, written, now)
+        return written
     good = np.concatenate([ev.to_silver(d) for d in written])
     bad = np.concatenate([ev.to_quarantine(d) for d in written])
-    if b.reread is not None:
-        _write_streamed(ev, written, good, bad, now)
-        return written
     silver = storage.silver_rows(b.rows, b.typed, src, good, ev.run_id)
     quarantine = storage.quarantine_rows(b.rows, src, bad, ev.reasons_column(bad), ev.run_id, now)
     if release:
@@ -795,19 +862,23 @@ def _write(run: _SourceRun, release: bool = False) -> list[dt.date]:
     return written
 
 
-def _write_streamed(
-    ev: Evaluation, written: list[dt.date], good: np.ndarray, bad: np.ndarray, now: dt.datetime
-) -> None:
+def _write_streamed(ev: Evaluation, written: list[dt.date], now: dt.datetime) -> None:
     """`_write` of batches read slice by slice: silver and quarantine (one commit each) streamed
-    from bronze read back in slices, so neither table is ever whole in memory."""
+    from bronze read back in slices, so neither table is ever whole in memory. Where rows go is
+    two masks (`to_silver` / `to_quarantine` of the written dates), not arrays of positions."""
     b = ev.batches
     src = b.source
     to_silver = np.zeros(b.n, dtype=bool)
-    to_silver[good] = True
     to_quarantine = np.zeros(b.n, dtype=bool)
-    to_quarantine[bad] = True
+    for d in written:
+        sl = b.span(d)
+        if ev.verdicts[d].status == "rejected":
+            to_quarantine[sl] = True
+        else:  # succeeded
+            to_silver[sl] = ~ev.failing[sl]
+            to_quarantine[sl] = ev.failing[sl]
     ev.batches = b.released()
-    del b, good, bad
+    del b
     size = memory_budget.STREAM_SLICE_ROWS
 
     def silver() -> Iterator[pa.RecordBatch]:

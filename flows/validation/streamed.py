@@ -3,12 +3,15 @@
 Validation judged a date's rows with every column in memory: bronze rows, typed and unparseable
 columns, helpers, then silver and quarantine tables (~0.5 KB a transactions row: a 20M-row day
 needed 10 GB). Most of that is row-local. What a row's verdict needs of the other rows is its key
-(first delivery wins), its reference columns (known merchants, customers, transactions), the
-amounts the drift rule takes the date's median of, its batch date and row number (row labels),
-and per date the count of unparseable values: one pass over bronze keeps those, in delivery
-order, and nothing else. GE's rows suite, the silver and the quarantine writes then read bronze
-again in slices (`Batches.slices`), each slice parsed on its own, each row at its delivery
-position, so every row gets the verdict (and reasons) the whole-date path gives it.
+(first delivery wins), the values its reference columns take (known merchants, customers,
+transactions), the amounts the drift rule takes the date's median of, its batch date and row
+number (row labels), and per date the count of unparseable values: one pass over bronze keeps
+those, in delivery order, and nothing else: the key as a 64-bit hash (its text cost ~60 bytes a
+row and twice that again to count), amount_usd, the reference columns' distinct values only
+(~35 bytes a row in all). GE's rows suite, the silver and the quarantine writes then read bronze
+again in slices (`Batches.slices`), each slice parsed on its own, its helper columns (time bounds,
+reference lookups, row labels) computed with it, each row at its delivery position, so every row
+gets the verdict (and reasons) the whole-date path gives it.
 
 Bronze files come back in no promised order (delta-rs reorders record batches within a file), so
 positions are found by key: (batch date, file, row number), unique in bronze, sorted once.
@@ -19,6 +22,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,7 +33,7 @@ from flows.sources import Source, bronze_schema
 from flows.storage import lake
 from flows.validation import history
 from flows.validation.contracts import TYPED, Contract
-from flows.validation.frames import Batches, prepare
+from flows.validation.frames import Batches, KeyHashes, key_hashes, prepare, usd_of
 from flows.validation.parsing import parse_column
 
 if TYPE_CHECKING:
@@ -39,12 +43,9 @@ MAX_FILES = 1 << 16
 MAX_LINE = 1 << 32
 
 
-def whole_columns(contract: Contract) -> list[str]:
-    """The contract columns every row's verdict needs for all the rows at once."""
-    names = [*contract.key, *(r["column"] for r in contract.rules_of("reference"))]
-    if "drift" in contract.batch:
-        names += ["amount", "currency"]
-    return list(dict.fromkeys(names))
+def reference_columns(contract: Contract) -> list[str]:
+    """The columns a reference rule looks up: their distinct values are kept, not every row's."""
+    return list(dict.fromkeys(r["column"] for r in contract.rules_of("reference")))
 
 
 def _keys(
@@ -69,67 +70,102 @@ def _combined(codes: np.ndarray, files: np.ndarray, lines: np.ndarray) -> np.nda
     return (codes << 48) | (files << 32) | lines
 
 
-def read(source: Source, contract: Contract, days: Sequence[dt.date]) -> Batches | None:
+@dataclass
+class _Pass:
+    """What the pass over bronze keeps of every row, in bronze's order, in arrays sized once from
+    the rows counted up front (lists of per-batch arrays and their concatenation held it twice)."""
+
+    n: int
+    codes: np.ndarray = field(init=False)  # int16: batch date - the first date
+    files: np.ndarray = field(init=False)  # uint16: file code
+    lines: np.ndarray = field(init=False)  # uint32: row number
+    hashes: np.ndarray = field(init=False)  # uint64: the key's hash
+    present: np.ndarray = field(init=False)  # bool: the key is complete
+    usd: np.ndarray | None = None  # float64: amount_usd
+    filled: int = 0
+
+    def __post_init__(self) -> None:
+        self.codes = np.empty(self.n, np.int16)
+        self.files = np.empty(self.n, np.uint16)
+        self.lines = np.empty(self.n, np.uint32)
+        self.hashes = np.empty(self.n, np.uint64)
+        self.present = np.empty(self.n, bool)
+
+
+def read(
+    source: Source, contract: Contract, days: Sequence[dt.date], fx: dict[str, float] | None = None
+) -> Batches | None:
     """The batches of `days` as `Batches` that read their rows back slice by slice; None when
     bronze has no row of them, or rows that cannot be placed by key (the whole-date path then
-    takes them)."""
+    takes them). Kept for every row: batch date, position key, the key's hash, amount_usd (a drift
+    rule; `fx`: the USD rates); of the reference columns only their distinct values."""
     schema = bronze_schema(source)
     dset = history.dataset("bronze", source.name, (min(days), max(days)))
     if dset is None:
         return None
     flt = lake.date_filter("_batch_date", days)
-    keep = whole_columns(contract)
+    n = dset.count_rows(filter=flt)
+    if n == 0:
+        return None
+    refs = reference_columns(contract)
+    drift = "drift" in contract.batch
     ctypes = {c.name: c.type for c in contract.columns}
     counted = (
         [c.name for c in contract.columns if c.type in TYPED] if contract.batch.get("type_change") else []
     )
     base = (min(days) - dt.date(1970, 1, 1)).days
+    if (max(days) - min(days)).days >= 1 << 15:
+        return None
     files: dict[str, int] = {}
-    parts: dict[str, list[np.ndarray]] = {"codes": [], "files": [], "lines": []}
-    typed_chunks: dict[str, list[pa.ChunkedArray]] = {c: [] for c in keep}
+    kept = _Pass(n)
+    if drift:
+        kept.usd = np.empty(n, np.float64)
+    distinct: dict[str, list[pa.Array]] = {c: [] for c in refs}
     unparseable: dict[str, Counter[int]] = {c: Counter() for c in counted}
     for batch in bronze_batches(dset, flt, schema):
         codes, file_codes, lines = _keys(batch, files, None, base)
-        parts["codes"].append(codes)
-        parts["files"].append(file_codes)
-        parts["lines"].append(lines)
-        for name in dict.fromkeys([*keep, *counted]):
-            typed, bad = parse_column(pa.chunked_array([batch.column(name)]), ctypes[name])
-            if name in typed_chunks:
-                typed_chunks[name].append(typed)
-            if name in unparseable:
-                hit = pc.is_valid(bad).to_numpy(zero_copy_only=False)
-                found, n = np.unique(codes[hit] + base, return_counts=True)
-                unparseable[name].update(dict(zip(found.tolist(), n.tolist(), strict=True)))
-    if not parts["codes"]:
-        return None
-    codes = np.concatenate(parts.pop("codes"))
-    names = sorted(files, key=lambda f: f)
+        lo, hi = kept.filled, kept.filled + batch.num_rows
+        if hi > n:
+            raise lake.LakeError(f"bronze {source.name} changed while it was validated")
+        if len(files) >= MAX_FILES or lines.min() < 0 or lines.max() >= MAX_LINE:
+            return None
+        kept.codes[lo:hi], kept.files[lo:hi], kept.lines[lo:hi] = codes, file_codes, lines
+        typed = {
+            name: parse_column(pa.chunked_array([batch.column(name)]), ctypes[name])
+            for name in dict.fromkeys(
+                [*contract.key, *refs, *counted, *(["amount", "currency"] if drift else [])]
+            )
+        }
+        got = key_hashes([typed[k][0] for k in contract.key])
+        kept.hashes[lo:hi], kept.present[lo:hi] = got.hashes, got.present
+        for name in refs:
+            distinct[name].append(pc.unique(pc.drop_null(typed[name][0].combine_chunks())))
+        if kept.usd is not None and fx is not None:
+            kept.usd[lo:hi] = usd_of(typed["amount"][0], typed["currency"][0], fx)
+        for name in counted:
+            hit = pc.is_valid(typed[name][1]).to_numpy(zero_copy_only=False)
+            found, count = np.unique(codes[hit] + base, return_counts=True)
+            unparseable[name].update(dict(zip(found.tolist(), count.tolist(), strict=True)))
+        kept.filled = hi
+    if kept.filled != n:
+        raise lake.LakeError(f"bronze {source.name} changed while it was validated")
+    names = sorted(files)
     ranks = np.empty(len(files), dtype=np.int64)
     for rank, name in enumerate(names):
         ranks[files[name]] = rank
-    file_ranks = ranks[np.concatenate(parts.pop("files"))]
-    lines = np.concatenate(parts.pop("lines"))
-    del parts
-    if len(files) >= MAX_FILES or lines.min() < 0 or lines.max() >= MAX_LINE or codes.max() >= 1 << 15:
-        return None
-    key = _combined(codes, file_ranks, lines)
-    del file_ranks, lines
+    key = _combined(kept.codes.astype(np.int64), ranks[kept.files], kept.lines.astype(np.int64))
+    del kept.codes, kept.files, kept.lines
     order = np.argsort(key, kind="stable")
     key = key[order]
     if len(key) > 1 and (key[1:] == key[:-1]).any():
         return None  # a row twice in bronze: only the whole-date path says what happens then
-    day_codes = codes[order] + base
-    del codes
-    take = pa.array(order, pa.int64())
-    typed = {c: pc.take(pa.chunked_array(ch, ch[0].type), take) for c, ch in typed_chunks.items()}
-    del typed_chunks, take, order
-    rows = pa.table(
-        {
-            "_batch_date": pa.array(day_codes.astype(np.int32), pa.int32()).cast(pa.date32()),
-            "_row_number": pa.array(key & (MAX_LINE - 1), pa.int64()),
-        }
-    )
+    hashes = kept.hashes[order]
+    del kept.hashes
+    present = kept.present[order]
+    usd = kept.usd[order] if kept.usd is not None else None
+    del kept, order
+    day_codes = ((key >> 48) + base).astype(np.int32)
+    dates = pa.Array.from_buffers(pa.date32(), len(day_codes), [None, pa.py_buffer(day_codes)])
 
     def reread(size: int, parse: bool) -> Iterator[tuple[np.ndarray, Batches]]:
         def emit(tbl: pa.Table) -> tuple[np.ndarray, Batches]:
@@ -159,13 +195,33 @@ def read(source: Source, contract: Contract, days: Sequence[dt.date]) -> Batches
     return Batches(
         source,
         contract,
-        rows,
-        typed,
+        pa.table({"_batch_date": dates}),
+        {},
         {},
         day_codes,
         reread,
         {c: dict(v) for c, v in unparseable.items()},
+        keys=KeyHashes(hashes, present),
+        usd=usd,
+        distinct={c: pc.unique(pa.concat_arrays(v)) if v else pa.array([]) for c, v in distinct.items()},
+        repeated_days=repeated_days(key, base),
     )
+
+
+def repeated_days(key: np.ndarray, base: int) -> np.ndarray:
+    """Day codes (since 1970) in which two files have rows of the same line number: there, row
+    labels count positions in the batch instead (frames.row_labels)."""
+    day_file = key >> 32
+    starts = np.flatnonzero(np.r_[True, day_file[1:] != day_file[:-1]])  # each (day, file) run
+    run_days = day_file[starts] >> 16
+    several = np.unique(run_days[1:][run_days[1:] == run_days[:-1]])
+    out = []
+    for d in several.tolist():
+        lo, hi = np.searchsorted(key, [d << 48, (d + 1) << 48])
+        lines = np.sort(key[lo:hi] & (MAX_LINE - 1))
+        if len(lines) > 1 and (lines[1:] == lines[:-1]).any():
+            out.append(d + base)
+    return np.array(out, dtype=np.int64)
 
 
 def bronze_batches(dset: ds.Dataset, flt: ds.Expression, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
