@@ -11,49 +11,68 @@
   Silver keeps only the first delivery of each txn_id; defensively, if a txn_id still appears twice
   among the batches read, the earliest batch (then row number) wins, before the event window is
   applied.
+
+  Cost: at a long history this reads ~120 days of silver (12M rows at bench scale) for a 31-day
+  chunk, so nothing here may hold or build on all of them at once. Silver is scanned (it is a lazily
+  read Arrow dataset, filtered to the batches above) instead of being kept in a materialized CTE;
+  the redelivered ids are found on 64-bit hashes of txn_id (any id whose hash is shared goes to the
+  exact ranking by txn_id, so a hash collision changes nothing); and the FX rate is a scalar lookup:
+  as a join, DuckDB built its hash table on the 12M transactions instead of the 3 rates
+  (profiled at 121 days of history: 22.7 s -> 4.9 s for this model).
 -#}
 {%- set r = asof_range() -%}
 {%- set lookback = merchant_window_days() - 1 -%}
-
-with deliveries as materialized (
-
-    select txn_id, customer_id, merchant_id, amount, currency, event_time, batch_date, source_row_number
-    from {{ ref('stg_silver__transactions') }}
-    where batch_date between date '{{ r.start }}' - {{ lookback }} and date '{{ r.end }}'
-
-),
+{%- set batches = "batch_date between date '" ~ r.start ~ "' - " ~ lookback ~ " and date '" ~ r.end ~ "'" -%}
 
 -- silver should hold none: find them with a cheap hash aggregate, rank only those
-redelivered_ids as (
+with redelivered_hashes as (
 
-    select txn_id
-    from deliveries
-    group by txn_id
+    select hash(txn_id) as txn_hash
+    from {{ ref('stg_silver__transactions') }}
+    where {{ batches }}
+      and txn_id is not null
+    group by 1
     having count(*) > 1
 
 ),
 
 first_deliveries as (
 
-    select deliveries.*
-    from deliveries
-    anti join redelivered_ids using (txn_id)
+    select
+        deliveries.txn_id,
+        deliveries.customer_id,
+        deliveries.merchant_id,
+        deliveries.amount,
+        deliveries.currency,
+        deliveries.event_time,
+        deliveries.batch_date,
+        deliveries.source_row_number
+    from {{ ref('stg_silver__transactions') }} as deliveries
+    anti join redelivered_hashes
+        on hash(deliveries.txn_id) = redelivered_hashes.txn_hash
+        and deliveries.txn_id is not null
+    where deliveries.{{ batches }}
 
     union all
 
     select *
     from (
-        select deliveries.*
-        from deliveries
-        semi join redelivered_ids using (txn_id)
+        select
+            deliveries.txn_id,
+            deliveries.customer_id,
+            deliveries.merchant_id,
+            deliveries.amount,
+            deliveries.currency,
+            deliveries.event_time,
+            deliveries.batch_date,
+            deliveries.source_row_number
+        from {{ ref('stg_silver__transactions') }} as deliveries
+        semi join redelivered_hashes
+            on hash(deliveries.txn_id) = redelivered_hashes.txn_hash
+            and deliveries.txn_id is not null
+        where deliveries.{{ batches }}
     ) as redelivered
     qualify row_number() over (partition by txn_id order by batch_date, source_row_number) = 1
-
-),
-
-fx_rates as (
-
-    select * from {{ ref('fx_rates') }}
 
 ),
 
@@ -63,12 +82,14 @@ with_days as (
         t.txn_id,
         t.customer_id,
         t.merchant_id,
-        t.amount * fx_rates.usd_rate as amount_usd,
+        -- one rate per currency (the seed's unique test runs before this model)
+        t.amount * (
+            select fx_rates.usd_rate from {{ ref('fx_rates') }} as fx_rates where fx_rates.currency = t.currency
+        ) as amount_usd,
         epoch_us(t.event_time) as event_time_us,
         {{ day_number('t.event_time') }} as event_day,
         {{ date_day_number('t.batch_date') }} as batch_day
     from first_deliveries as t
-    left join fx_rates on t.currency = fx_rates.currency
 
 )
 
