@@ -240,7 +240,8 @@ def _handle(
         if pid == 0:  # the child: never returns
             server.close()
             _run_child(conn, request, fds, run_command)
-    except (OSError, ValueError) as exc:
+        print(f"asof warm: process {pid}: asof {' '.join(request['argv'])}", flush=True)
+    except Exception as exc:  # a malformed request must not end the warm process
         with contextlib.suppress(OSError):
             _reply(conn, {"cold": f"{type(exc).__name__}: {exc}"})
     finally:
