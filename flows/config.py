@@ -306,8 +306,8 @@ class Settings:
         "ASOF_VALIDATION_MAX_ROWS",
         "integer",
         1_600_000,
-        "Landed rows validated together at most (GE judges them in one frame; memory grows with "
-        "it). Read once per process.",
+        "Landed rows of one source validated together at most (GE judges them in one frame; memory "
+        "grows with it). Read once per process.",
         _int,
         PIPELINE,
     )

@@ -106,5 +106,12 @@ def test_the_pipeline_validates_a_chunk_in_slices_of_bounded_rows(monkeypatch: p
         r.counts = {"transactions": {"landed": n - 5}, "merchants": {"landed": 5}}
         results[day] = r
     slices = pipeline.validation_slices(D[: len(landed)], results)
-    assert slices == [D[0:3], D[3:4], D[4:5], D[5:7]]
+    assert slices == [D[0:3], D[3:4], D[4:7]]
     assert [d for s in slices for d in s] == D[: len(landed)]
+    # the bound is per source (one GE frame holds one source's rows), not summed over the sources
+    both = {}
+    for day, (txns, merchants) in zip(D, [(60, 40), (30, 30), (20, 40)], strict=False):
+        r = pipeline.DateResult(day)
+        r.counts = {"transactions": {"landed": txns}, "merchants": {"landed": merchants}}
+        both[day] = r
+    assert pipeline.validation_slices(D[:3], both) == [D[0:2], D[2:3]]
