@@ -101,6 +101,7 @@ class _Context:
                     per_day[day][reason] += 1
             self.quarantine[source] = per_day
         self._profile = None
+        self._latest: dict[str, _LatestKnown] = {}
 
     def profile_frame(self, view: str):
         """The whole (change-log) view as a pandas frame sorted by time; small by construction."""
@@ -110,6 +111,63 @@ class _Context:
             order = "feature_timestamp" if "feature_timestamp" in frame else "as_of_date"
             self._profile = frame.sort_values(order, kind="stable").reset_index(drop=True)
         return self._profile
+
+    def complete_latest(self, view: str, entity: str, features: list[str], day: dt.date) -> np.ndarray:
+        """Entities of a change-log view whose latest row known by `day` has every feature (see
+        `_LatestKnown`)."""
+        if view not in self._latest:
+            self._latest[view] = _LatestKnown(self.profile_frame(view), entity, features)
+        return self._latest[view].complete_ids(day)
+
+
+class _LatestKnown:
+    """The latest row per entity among the rows of a change log with `as_of_date <= day`, for days
+    asked in increasing order: what `frame[frame.as_of_date <= day].drop_duplicates(entity,
+    keep="last")` selects (the frame is sorted by time), kept up to date row by row instead of
+    filtering and deduplicating the whole log again for every date (which grew with history: a
+    year's profile log is ~240k rows, filtered once per monitored date)."""
+
+    def __init__(self, frame, entity: str, features: list[str]) -> None:
+        import pandas as pd
+
+        n = len(frame)
+        codes, self.entities = pd.factorize(frame[entity], use_na_sentinel=False)
+        self.codes = np.asarray(codes, dtype=np.int64)
+        self.complete = _complete(frame, features).to_numpy(dtype=bool)
+        if "as_of_date" in frame:
+            # NaT compares false, as the frame's None did: such a row is never "known"
+            known_from = pd.to_datetime(frame["as_of_date"]).to_numpy(dtype="datetime64[D]")
+        else:  # every row counts from the start
+            known_from = np.full(n, np.datetime64("NaT"), dtype="datetime64[D]")
+        self.always = "as_of_date" not in frame
+        order = np.argsort(known_from, kind="stable")
+        valid = ~np.isnat(known_from[order]) if not self.always else np.ones(n, dtype=bool)
+        self.order = order[valid]
+        self.known_from = known_from[self.order]
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best = np.full(len(self.entities), -1, dtype=np.int64)  # newest row position per entity
+        self.cursor = 0
+        self.day: dt.date | None = None
+
+    def complete_ids(self, day: dt.date) -> np.ndarray:
+        if self.day is not None and day < self.day:
+            self._reset()
+        self.day = day
+        end = (
+            len(self.order)
+            if self.always
+            else int(np.searchsorted(self.known_from, np.datetime64(day, "D"), side="right"))
+        )
+        if end > self.cursor:
+            rows = self.order[self.cursor : end]
+            np.maximum.at(self.best, self.codes[rows], rows)
+            self.cursor = end
+        seen = self.best >= 0
+        ok = np.zeros(len(self.best), dtype=bool)
+        ok[seen] = self.complete[self.best[seen]]
+        return np.asarray(self.entities)[ok]
 
 
 # ------------------------------------------------------------------------------------- metrics
@@ -267,13 +325,10 @@ def _freshness(ctx: _Context, day: dt.date) -> list[Measurement]:
     out: list[Measurement] = []
     evaluated_at = feature_timestamp(day)
     t_eval = evaluated_at.timestamp()
+    oldest = day - dt.timedelta(days=FRESHNESS_LOOKBACK_DAYS)
     for name, v in ctx.views.items():
         dates = v.dates()
-        known = [
-            (d, ts)
-            for d, ts in dates.items()
-            if d <= day and d > day - dt.timedelta(days=FRESHNESS_LOOKBACK_DAYS)
-        ]
+        known = [(d, ts) for d, ts in dates.items() if oldest < d <= day]
         info: dict[str, Any] = {
             "evaluated_at": evaluated_at.isoformat(),
             "cadence": ctx.cfg.views[name].cadence,
@@ -300,6 +355,7 @@ def _psi(ctx: _Context, day: dt.date) -> list[Measurement]:
         if not v.view.psi or not v.exists or not v.numeric:
             continue
         first = v.first_day()
+        dates = v.dates()
         current = v.values(day)
         for feature in v.numeric:
             scope = f"{name}.{feature}"
@@ -324,7 +380,7 @@ def _psi(ctx: _Context, day: dt.date) -> list[Measurement]:
                 info["not_evaluated"] = f"warm-up: the {warmup}-day window is full from {full_from}"
                 out.append(Measurement(day, "psi", scope, None, info, evaluate=False))
                 continue
-            ref_days = [d for d in date_range(ref_lo, day - dt.timedelta(days=1)) if d in v.dates()]
+            ref_days = [d for d in date_range(ref_lo, day - dt.timedelta(days=1)) if d in dates]
             parts = [v.sample(d).get(feature) for d in ref_days]
             parts = [p for p in parts if p is not None]
             ref = np.concatenate(parts) if parts else np.array([], dtype=np.float64)
@@ -400,23 +456,22 @@ def _coverage(ctx: _Context, day: dt.date) -> list[Measurement]:
             tbl.filter(mask).select(["customer_id", "merchant_id"]).to_pandas().dropna().drop_duplicates()
         )
 
-    complete_ids: dict[str, set] = {}
+    # ids as arrays, not sets: `Series.isin(set)` turned ~100k Python ints into an object array for
+    # every service and view of every date (2.3 of 11.8 s of coverage over 88 bench days)
+    complete_ids: dict[str, np.ndarray] = {}
 
-    def complete_for(view: str) -> set:
+    def complete_for(view: str) -> np.ndarray:
         if view in complete_ids:
             return complete_ids[view]
         v = ctx.views[view]
-        ids: set = set()
+        ids: np.ndarray = np.array([])
         if v.exists and v.features:
             if v.view.cadence == "daily":
                 tbl = v.rows(day)
                 if tbl is not None:
-                    ids = set(_complete_ids(tbl, v.view.entity, v.features).tolist())
+                    ids = _complete_ids(tbl, v.view.entity, v.features)
             else:  # a change log: the latest row known by D per entity
-                frame = ctx.profile_frame(view)
-                known = frame[frame["as_of_date"] <= day] if "as_of_date" in frame else frame
-                latest = known.drop_duplicates(v.view.entity, keep="last")
-                ids = set(latest.loc[_complete(latest, v.features), v.view.entity].tolist())
+                ids = ctx.complete_latest(view, v.view.entity, v.features, day)
         complete_ids[view] = ids
         return ids
 

@@ -86,9 +86,22 @@ def online_mismatch(
         order = hash_order(ids_all, salt=day.toordinal())
         ids = [x.item() if isinstance(x, np.generic) else x for x in ids_all[order[: cfg.online_sample_size]]]
         key_type = v.schema.field(key).type if v.schema is not None else None
-        expected = lake.read(
-            "gold", name, filter=pc.field(key).isin(pa.array(ids, type=key_type))
-        ).to_pandas()
+        wanted = pc.field(key).isin(pa.array(ids, type=key_type))
+        src_rows = v.rows(src_day)
+        if "feature_timestamp" in src_rows.column_names:
+            # Every sampled entity has a row of src_day, so no row older than the oldest of those
+            # can be its newest (the stable sort below puts it before that row): reading only the
+            # newer rows selects the same ones, and lets the scan skip the older files by their
+            # statistics instead of reading the key column of the whole table (it grew with history).
+            sampled = src_rows.filter(
+                pc.is_in(src_rows[key], pa.array(ids, type=src_rows.schema.field(key).type))
+            )
+            oldest = pc.min(sampled["feature_timestamp"])
+            if oldest.is_valid:
+                # (a null time sorts last, so such a row stays a candidate)
+                newer = (pc.field("feature_timestamp") >= oldest) | pc.field("feature_timestamp").is_null()
+                wanted = wanted & newer
+        expected = lake.read("gold", name, filter=wanted).to_pandas()
         sort_col = "feature_timestamp" if "feature_timestamp" in expected else "as_of_date"
         expected = expected.sort_values(sort_col, kind="stable").drop_duplicates(key, keep="last")
         latest = {row[key]: row for row in expected.to_dict("records")}
