@@ -84,8 +84,29 @@ def test_slice_size_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     # rows that leave room for less than 1.6M rows of frame: the budget decides
     rows = int((3 * 2**30 - 1_000_000 * memory_budget.GE_BYTES_PER_ROW) / per_row)
     assert 100_000 < memory_budget.ge_slice_rows(rows) < 1_600_000
-    # nothing left: the floor (the date itself is refused at ingest)
-    assert memory_budget.ge_slice_rows(10_000_000) == memory_budget.MIN_SLICE_ROWS
+    # too many rows to hold whole: read back slice by slice, GE's slice from what that leaves
+    assert memory_budget.streams(10_000_000)
+    left = 4096 * 2**20 - memory_budget.BASE_BYTES - memory_budget.STREAM_BYTES_PER_ROW * 45_000_000
+    assert memory_budget.ge_slice_rows(45_000_000) == left // memory_budget.STREAM_GE_BYTES_PER_ROW
+    # nothing left: the floor (the date itself is refused)
+    assert memory_budget.ge_slice_rows(60_000_000) == memory_budget.MIN_SLICE_ROWS
+    assert memory_budget.validate_estimate(60_000_000) > memory_budget.budget_bytes()
+
+
+def test_a_20m_row_day_is_admitted_under_4_gb_and_a_far_bigger_one_refused_in_one_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 23 item 7: a 20M-row transactions day (1.3 GB landed) validates under a 4096 MB
+    budget, read back slice by slice; 80M rows are refused before anything is read."""
+    monkeypatch.setenv("ASOF_MEMORY_BUDGET", "4096")
+    budget = memory_budget.budget_bytes()
+    day = [("landing/transactions/2024-01-01/transactions.csv", 1_322_000_000, 20_000_000)]
+    assert memory_budget.streams(20_000_000)
+    assert memory_budget.recorded_estimate("transactions", "2024-01-01", day).refusal(budget) is None
+    big = [("landing/transactions/2024-01-01/transactions.csv", 5_288_000_000, 80_000_000)]
+    refused = memory_budget.recorded_estimate("transactions", "2024-01-01", big).refusal(budget)
+    assert refused is not None and "\n" not in refused
+    assert "80,000,000 rows" in refused and "ASOF_MEMORY_BUDGET" in refused, refused
 
 
 def test_a_date_over_the_budget_is_refused_before_anything_is_read(

@@ -47,13 +47,18 @@ VALIDATE_BYTES_PER_ROW = 600
 # GE's rows suite per row of a slice: the frame and GE's copies of it per metric (5M rows in one
 # frame: +0.7 GB, the suite's run +0.5 GB above it; 1.6M-row slices: +0.25-0.3 GB each).
 GE_BYTES_PER_ROW = 250
-# Validation read back slice by slice (flows/validation/streamed.py), per landed row: batch date,
-# row number and position key, the key, reference and drift columns typed (~160 B a transactions
-# row after the first pass: 5M rows +0.8 GB), then the key hashing of first delivery wins (pc.unique
-# and value_counts of every txn_id: +0.8-0.9 GB at 5M, +3.5 GB at 20M) beside the helper columns.
-# Measured: 20M transactions, GE in 100k-row slices, peak 6.31 GB from 0.17 (~295 B a row).
-STREAM_BYTES_PER_ROW = 300
-# One slice of bronze read back and parsed (STREAM_SLICE_ROWS rows) and its silver batches.
+# Validation read back slice by slice (flows/validation/streamed.py), per landed row, for the whole
+# run: batch date, position key, the key's 64-bit hash, amount_usd (~35 B) and, at the pass's end,
+# the sort that puts them in delivery order (~25 B more at once). Time bounds, reference lookups
+# and row labels are computed per GE slice, repeated keys found by sorting hashes (was ~300 B a
+# row: txn_id strings kept, collected and counted; 20M rows peaked at 6.31 GB).
+STREAM_BYTES_PER_ROW = 60
+# A GE slice of a date read back, per row: the slice's bronze rows read back with every column,
+# parsed, the frame (regex columns as Python strings) and GE's copies per metric (5M rows in
+# 1.6M-row slices: +1.5 GB over the whole-run part).
+STREAM_GE_BYTES_PER_ROW = 1000
+# One slice of bronze read back and parsed (STREAM_SLICE_ROWS rows) and its silver batches: the
+# writes, after GE (never beside a GE slice).
 STREAM_SLICE_BYTES = 256 * MB
 # A slice smaller than this costs more in GE's fixed cost per run than it saves.
 MIN_SLICE_ROWS = 100_000
@@ -163,13 +168,10 @@ def validate_estimate(rows: int) -> int:
 
 def streamed_estimate(rows: int) -> int:
     """Validation's estimate for `rows` read back slice by slice: what every row keeps for the
-    whole run (STREAM_BYTES_PER_ROW) beside one GE slice and one slice of bronze read back."""
-    return (
-        BASE_BYTES
-        + STREAM_BYTES_PER_ROW * rows
-        + GE_BYTES_PER_ROW * min(rows, ge_slice_rows(rows))
-        + STREAM_SLICE_BYTES
-    )
+    whole run (STREAM_BYTES_PER_ROW) beside one GE slice, or one slice of bronze read back for the
+    writes, whichever is bigger."""
+    ge = STREAM_GE_BYTES_PER_ROW * min(rows, ge_slice_rows(rows))
+    return BASE_BYTES + STREAM_BYTES_PER_ROW * rows + max(ge, STREAM_SLICE_BYTES)
 
 
 # Rows of bronze read back at once when a date is validated slice by slice (silver, quarantine).
@@ -198,11 +200,11 @@ def ge_slice_rows(rows: int, s: Settings | None = None) -> int:
     whole = _slice_rows(rows, VALIDATE_BYTES_PER_ROW, 0, s)
     if BASE_BYTES + VALIDATE_BYTES_PER_ROW * rows + GE_BYTES_PER_ROW * min(rows, whole) <= budget_bytes(s):
         return whole
-    return _slice_rows(rows, STREAM_BYTES_PER_ROW, STREAM_SLICE_BYTES, s)
+    return _slice_rows(rows, STREAM_BYTES_PER_ROW, 0, s, STREAM_GE_BYTES_PER_ROW)
 
 
-def _slice_rows(rows: int, per_row: int, extra: int, s: Settings) -> int:
+def _slice_rows(rows: int, per_row: int, extra: int, s: Settings, ge_per_row: int = GE_BYTES_PER_ROW) -> int:
     cap = max(1, s.validation_max_rows)
     left = budget_bytes(s) - BASE_BYTES - per_row * rows - extra
-    fits = max(MIN_SLICE_ROWS, left // GE_BYTES_PER_ROW)
+    fits = max(MIN_SLICE_ROWS, left // ge_per_row)
     return int(min(cap, fits))

@@ -319,7 +319,7 @@ def _accepted_values(ref: Evaluation, key: str, distinct: pa.Array) -> tuple[np.
     if b.contract.key == [key]:
         own = b.key_hashes()
         wanted = key_hashes([pa.chunked_array([distinct.cast(b.typed_type(key))])])
-        accepted &= own.present & in_sorted(own.hashes, np.unique(wanted.hashes[wanted.present]))
+        accepted &= own.present & in_sorted(own.hashes, np.sort(wanted.hashes[wanted.present]))
     keep = np.flatnonzero(accepted)
     if not len(keep):
         return keep, pa.chunked_array([], b.typed_type(key))
@@ -340,7 +340,7 @@ def _earlier(b: Batches, rule: dict, ctx: _Context, *, include_day: bool = False
     old = [d for d in ctx.old_days(b.source.name) if d < ctx.last]  # its own: processed
     if b.reread is not None:  # no key text kept: silver's keys matched by hash first
         keys = b.key_hashes()
-        ours = np.unique(keys.hashes[keys.present])
+        ours = np.sort(keys.hashes[keys.present])  # in_sorted needs order, not distinct values
 
         def matches(columns: list[pa.ChunkedArray]) -> np.ndarray:
             got = key_hashes(columns)

@@ -144,8 +144,10 @@ def read(
             kept.usd[lo:hi] = usd_of(typed["amount"][0], typed["currency"][0], fx)
         for name in counted:
             hit = pc.is_valid(typed[name][1]).to_numpy(zero_copy_only=False)
-            found, count = np.unique(codes[hit] + base, return_counts=True)
-            unparseable[name].update(dict(zip(found.tolist(), count.tolist(), strict=True)))
+            per_code = np.bincount(codes[hit])  # codes: days since the first date, small
+            found = np.flatnonzero(per_code)
+            counts = per_code[found].tolist()
+            unparseable[name].update(dict(zip((found + base).tolist(), counts, strict=True)))
         kept.filled = hi
     if kept.filled != n:
         raise lake.LakeError(f"bronze {source.name} changed while it was validated")
