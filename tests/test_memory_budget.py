@@ -88,6 +88,7 @@ def test_slice_size_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert memory_budget.streams(10_000_000)
     left = 4096 * 2**20 - memory_budget.BASE_BYTES - memory_budget.STREAM_BYTES_PER_ROW * 45_000_000
     assert memory_budget.ge_slice_rows(45_000_000) == left // memory_budget.STREAM_GE_BYTES_PER_ROW
+    assert memory_budget.ge_slice_rows(20_000_000) == memory_budget.STREAM_GE_MAX_ROWS  # room left
     # nothing left: the floor (the date itself is refused)
     assert memory_budget.ge_slice_rows(60_000_000) == memory_budget.MIN_SLICE_ROWS
     assert memory_budget.validate_estimate(60_000_000) > memory_budget.budget_bytes()

@@ -54,9 +54,13 @@ GE_BYTES_PER_ROW = 250
 # row: txn_id strings kept, collected and counted; 20M rows peaked at 6.31 GB).
 STREAM_BYTES_PER_ROW = 60
 # A GE slice of a date read back, per row: the slice's bronze rows read back with every column,
-# parsed, the frame (regex columns as Python strings) and GE's copies per metric (5M rows in
-# 1.6M-row slices: +1.5 GB over the whole-run part).
-STREAM_GE_BYTES_PER_ROW = 1000
+# parsed, the frame (regex columns as Python strings) and GE's copies per metric (20M rows in
+# 1.6M-row slices: +1.95 GB over the whole-run part).
+STREAM_GE_BYTES_PER_ROW = 1200
+# At most this many rows in a GE slice of a date read back: its ~0.4 s of GE framework per slice
+# is <5% of the ~10 s such a slice costs anyway (bronze read back, parsed, judged), while
+# 1.6M-row slices held ~1 GB more than these.
+STREAM_GE_MAX_ROWS = 800_000
 # One slice of bronze read back and parsed (STREAM_SLICE_ROWS rows) and its silver batches: the
 # writes, after GE (never beside a GE slice).
 STREAM_SLICE_BYTES = 256 * MB
@@ -200,7 +204,9 @@ def ge_slice_rows(rows: int, s: Settings | None = None) -> int:
     whole = _slice_rows(rows, VALIDATE_BYTES_PER_ROW, 0, s)
     if BASE_BYTES + VALIDATE_BYTES_PER_ROW * rows + GE_BYTES_PER_ROW * min(rows, whole) <= budget_bytes(s):
         return whole
-    return _slice_rows(rows, STREAM_BYTES_PER_ROW, 0, s, STREAM_GE_BYTES_PER_ROW)
+    return min(
+        _slice_rows(rows, STREAM_BYTES_PER_ROW, 0, s, STREAM_GE_BYTES_PER_ROW), max(1, STREAM_GE_MAX_ROWS)
+    )
 
 
 def _slice_rows(rows: int, per_row: int, extra: int, s: Settings, ge_per_row: int = GE_BYTES_PER_ROW) -> int:

@@ -211,7 +211,10 @@ def _row_keys(
     keys: list[np.ndarray] = []
     if dset is not None:
         columns = ["_batch_date", "_source_file", "_row_number"]
-        for batch in dset.to_batches(columns=columns, filter=lake.date_filter("_batch_date", days)):
+        flt = lake.date_filter("_batch_date", days)
+        # one file at a time: the default readahead (4 files x 16 batches) held a big date's
+        # file-name strings many times over
+        for batch in dset.to_batches(columns=columns, filter=flt, batch_readahead=4, fragment_readahead=1):
             if not batch.num_rows:
                 continue
             enc = pc.dictionary_encode(pc.fill_null(batch.column("_source_file"), ""))
