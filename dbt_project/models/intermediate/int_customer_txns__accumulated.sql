@@ -29,6 +29,9 @@ merchant_spans as (
 
 ),
 
+{%- set opening_day = r.start_day - 7 %}
+
+-- The changes after the opening day (7 days before the chunk), one row each.
 deltas as (
 
     select
@@ -43,60 +46,128 @@ deltas as (
         case when known_day = event_day then amount_usd_max end as on_time_amount_usd_max,
         last_event_time_us
     from cells
+    where known_day > {{ opening_day }}
 
     union all
 
     select customer_id, event_day + 1, -txn_count, 0, 0, 0, 0, 0, null, null
     from cells
     where known_day = event_day
+      and event_day + 1 > {{ opening_day }}
 
     union all
 
     select customer_id, event_day + 7, 0, -txn_count, 0, -amount_usd_sum_exact, 0, 0, null, null
     from cells
     where known_day <= event_day + 6
+      and event_day + 7 > {{ opening_day }}
 
     union all
 
     select customer_id, event_day + 30, 0, 0, -txn_count, 0, -amount_usd_sum_exact, 0, null, null
     from cells
+    where event_day + 30 > {{ opening_day }}
 
     union all
 
     select customer_id, active_from_day, 0, 0, 0, 0, 0, 1, null, null
     from merchant_spans
+    where active_from_day > {{ opening_day }}
 
     union all
 
     select customer_id, active_to_day + 1, 0, 0, 0, 0, 0, -1, null, null
     from merchant_spans
+    where active_to_day + 1 > {{ opening_day }}
 
 ),
 
--- Every change 7 or more days before the chunk is folded into one opening row 7 days before its
--- first day: the running sums and the running maximum of the chunk's days are the same. Its on-time
+-- Every change on or before the opening day is folded into one opening row per customer on that
+-- day: the running sums and the running maximum of the chunk's days are the same. Its on-time
 -- maximum is its own day's only: an older day is in the 7-day range window of no row that covers a
 -- day of the chunk (an on-time transaction of day e adds a row on day e + 7, which ends the row
 -- before it, so a row that reaches the chunk has no on-time day in the 7 days before it). The
 -- windows below then sort (customers x the chunk's change days and the 7 before) instead of the
 -- whole 30-day look-back.
-timeline as (
+--
+-- The opening row sums, per cell, the changes above that fall on or before the opening day,
+-- without making a row of each (they were ~40% of the rows sorted at a long history: a cell of
+-- the look-back made four). A change on or before the opening day implies its cell was known by
+-- then (known_day <= event_day + 29), so the customers with an opening row are those with such a
+-- cell. Sums are exact (integers, DECIMAL), so their order does not matter.
+opening_cells as (
 
     select
         customer_id,
-        greatest(deltas.day, {{ r.start_day - 7 }}) as day,
+        sum(case when known_day = event_day then txn_count else 0 end)
+            - sum(case when known_day = event_day and event_day + 1 <= {{ opening_day }} then txn_count else 0 end)
+            as d_txn_count_1d,
+        sum(case when known_day <= event_day + 6 then txn_count else 0 end)
+            - sum(case when known_day <= event_day + 6 and event_day + 7 <= {{ opening_day }} then txn_count else 0 end)
+            as d_txn_count_7d,
+        sum(txn_count)
+            - sum(case when event_day + 30 <= {{ opening_day }} then txn_count else 0 end)
+            as d_txn_count_30d,
+        sum(case when known_day <= event_day + 6 then amount_usd_sum_exact else 0 end)
+            - sum(case when known_day <= event_day + 6 and event_day + 7 <= {{ opening_day }} then amount_usd_sum_exact else 0 end)
+            as d_amount_usd_sum_7d,
+        sum(amount_usd_sum_exact)
+            - sum(case when event_day + 30 <= {{ opening_day }} then amount_usd_sum_exact else 0 end)
+            as d_amount_usd_sum_30d,
+        max(case when known_day = event_day then amount_usd_max end)
+            filter (where known_day = {{ opening_day }}) as on_time_amount_usd_max,
+        max(last_event_time_us) as last_event_time_us
+    from cells
+    where known_day <= {{ opening_day }}
+    group by customer_id
+
+),
+
+opening_spans as (
+
+    select
+        customer_id,
+        sum(case when active_from_day <= {{ opening_day }} then 1 else 0 end)
+            - sum(case when active_to_day + 1 <= {{ opening_day }} then 1 else 0 end)
+            as d_distinct_merchants_30d
+    from merchant_spans
+    where active_from_day <= {{ opening_day }}
+    group by customer_id
+
+),
+
+timeline as (
+
+    select
+        opening_cells.customer_id,
+        {{ opening_day }} as day,
+        opening_cells.d_txn_count_1d,
+        opening_cells.d_txn_count_7d,
+        opening_cells.d_txn_count_30d,
+        opening_cells.d_amount_usd_sum_7d,
+        opening_cells.d_amount_usd_sum_30d,
+        coalesce(opening_spans.d_distinct_merchants_30d, 0) as d_distinct_merchants_30d,
+        opening_cells.on_time_amount_usd_max,
+        opening_cells.last_event_time_us
+    from opening_cells
+    left join opening_spans on opening_cells.customer_id = opening_spans.customer_id
+
+    union all
+
+    select
+        customer_id,
+        day,
         sum(d_txn_count_1d) as d_txn_count_1d,
         sum(d_txn_count_7d) as d_txn_count_7d,
         sum(d_txn_count_30d) as d_txn_count_30d,
         sum(d_amount_usd_sum_7d) as d_amount_usd_sum_7d,
         sum(d_amount_usd_sum_30d) as d_amount_usd_sum_30d,
         sum(d_distinct_merchants_30d) as d_distinct_merchants_30d,
-        -- the opening row keeps only its own day's maximum: older ones are out of every window
-        max(on_time_amount_usd_max) filter (where deltas.day >= {{ r.start_day - 7 }}) as on_time_amount_usd_max,
+        max(on_time_amount_usd_max) as on_time_amount_usd_max,
         max(last_event_time_us) as last_event_time_us
     from deltas
-    where deltas.day <= {{ r.end_day }}
-    group by customer_id, greatest(deltas.day, {{ r.start_day - 7 }})
+    where day <= {{ r.end_day }}
+    group by customer_id, day
 
 ),
 
