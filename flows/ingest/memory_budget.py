@@ -8,13 +8,13 @@ ingest fails with one line naming the file, its size, the estimate, the budget a
 and nothing of it is written.
 
 Within the budget, validation judges a date's rows with Great Expectations in row slices
-(`ge_slice_rows`): the rows suite is row-local once the helper columns are computed for the whole
-date, so only the frame GE copies per metric shrinks with the slice. A date whose rows held whole
-(bronze rows, typed columns, helpers, the silver and quarantine tables: `VALIDATE_BYTES_PER_ROW`)
-do not fit is read back from bronze slice by slice (`streams`, flows/validation/streamed.py):
-only the key, reference and drift columns, batch dates and row numbers stay for every row
-(`STREAM_BYTES_PER_ROW`), and silver and quarantine are written as streams. A date that does not
-fit even so is refused.
+(`ge_slice_rows`): the rows suite is row-local once what needs every row (first delivery wins,
+the reference lookups' answers) is known, so only the frame GE copies per metric shrinks with the
+slice. A date whose rows held whole (bronze rows, typed columns, the silver and quarantine tables:
+`VALIDATE_BYTES_PER_ROW`) do not fit is read back from bronze slice by slice (`streams`,
+flows/validation/streamed.py): only batch dates, position keys, key hashes and amount_usd stay
+for every row (`STREAM_BYTES_PER_ROW`), and silver and quarantine are written as streams. A date
+that does not fit even so is refused.
 """
 
 from __future__ import annotations
