@@ -69,6 +69,7 @@ from flows.validation.delivery import deliveries, words
 from flows.validation.frames import (
     Batches,
     PerSlice,
+    Where,
     amount_usd,
     checked_median,
     day_code,
@@ -536,10 +537,7 @@ def evaluate(
     span = span_label(days)
     run_name = suites.result_run_name(span, source.name, run_label)
     run_id = f"{run_name}-{run_time:%Y%m%dT%H%M%S%fZ}"
-    helpers: dict[str, Any] = {
-        name: PerSlice(lambda part, where, name=name: row_bounds(part)[name])
-        for name in row_bounds(b.at(slice(0, 0)))
-    }
+    helpers: dict[str, Any] = {name: _bound(name) for name in row_bounds(b.at(slice(0, 0)))}
     for rule in contract.rules_of("reference"):
         known = _known(b, rule, ctx)
         helpers[known_col(rule["column"])] = (
@@ -598,10 +596,7 @@ def evaluate(
                 across_batches=bool(fd.get("across_batches")),
                 same_day_counts=include_day_silver,
             )
-            codes = delivery
-            helpers[DELIVERY_COL] = PerSlice(
-                lambda part, where, codes=codes: words(codes if where is None else codes[where])
-            )
+            helpers[DELIVERY_COL] = _delivery_words(delivery)
         if rows_results is None or not _same(delivery, last_delivery):
             if rows_results is not None:
                 suites.forget([k for k, _ in rows_results])
@@ -648,6 +643,24 @@ def evaluate(
     return Evaluation(
         b, days, run_id, run_time, failing, reasons, verdicts, usd, results, iteration + 1, part_rows
     )
+
+
+def _bound(name: str) -> PerSlice:
+    """The time rules' bound `name` of a frame's rows, from their batch dates."""
+
+    def compute(part: Batches, where: Where | None) -> pd.Series:
+        return row_bounds(part)[name]
+
+    return PerSlice(compute)
+
+
+def _delivery_words(codes: np.ndarray) -> PerSlice:
+    """`_delivery` of a frame's rows, as GE reads it, from every row's verdict codes."""
+
+    def compute(part: Batches, where: Where | None) -> np.ndarray:
+        return words(codes if where is None else codes[where])
+
+    return PerSlice(compute)
 
 
 def part_run_id(run_id: str, part: int, parts: int) -> str:
