@@ -71,3 +71,21 @@ def copy_lake(landed: Path, home: Path) -> None:
     """`home`'s lake made a copy of the landed one: each run starts from the same bronze."""
     shutil.rmtree(home / "lake", ignore_errors=True)
     shutil.copytree(landed / "lake", home / "lake")
+
+
+VERDICT_FIELDS = ("status", "rows_silver", "rows_quarantined", "reasons", "rejected_rule", "message")
+
+
+def assert_same_validation(
+    outs: dict, expected: dict, fields: tuple[str, ...] = VERDICT_FIELDS
+) -> dict[str, list[tuple]]:
+    """The lake's tables (`snapshot()`) and every date's verdict per source, on `fields`, equal
+    `expected` (a reference run's {"tables": snapshot(), "outs": its outcomes}). Returns the snapshot."""
+    got = snapshot()
+    for table, rows in expected["tables"].items():
+        assert got[table] == rows, table
+    for day, per_source in expected["outs"].items():
+        for source, want in per_source.items():
+            have = outs[day][source]
+            assert [getattr(have, f) for f in fields] == [getattr(want, f) for f in fields], (day, source)
+    return got

@@ -26,7 +26,14 @@ from flows.validation.contracts import load_contract, load_fx_rates
 from flows.validation.frames import code_day, day_code, prepare
 from flows.validation.verdicts import DayVerdict
 from tests.conftest import data_root
-from tests.cross_date_batches import D, copy_lake, landed_home, snapshot
+from tests.cross_date_batches import (
+    VERDICT_FIELDS,
+    D,
+    assert_same_validation,
+    copy_lake,
+    landed_home,
+    snapshot,
+)
 
 
 @pytest.fixture(scope="module")
@@ -41,6 +48,24 @@ def unsliced(landed: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     with data_root(home):
         outs = stage.validate_dates(D, build_docs=False)
         return {"tables": snapshot(), "outs": outs}
+
+
+def force_read_back(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Validate every date as too big to hold: bronze read back in 5-row slices, GE in 7-row slices.
+    Returns the list `streamed.read` appends `source:read back?` to."""
+    monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "7")
+    monkeypatch.setattr(memory_budget, "streams", lambda rows: True)
+    monkeypatch.setattr(memory_budget, "STREAM_SLICE_ROWS", 5)
+    read = streamed.read
+    used: list[str] = []
+
+    def counted(source, contract, days, *rest):
+        got = read(source, contract, days, *rest)
+        used.append(f"{source.name}:{got is not None}")
+        return got
+
+    monkeypatch.setattr(streamed, "read", counted)
+    return used
 
 
 def test_slices_of_seven_rows_give_every_row_the_same_verdict(
@@ -59,20 +84,9 @@ def test_slices_of_seven_rows_give_every_row_the_same_verdict(
     monkeypatch.setattr(suites, "run_suite", counted)
     outs = stage.validate_dates(D, build_docs=False)
     assert any("-part2of" in c for c in calls), calls  # it did slice
-    got = snapshot()
+    # silver, quarantine (with reasons) and ops/validations
+    got = assert_same_validation(outs, unsliced, VERDICT_FIELDS[:-1])
     assert got["quarantine/transactions"], "the data has quarantined rows"
-    for table, rows in unsliced["tables"].items():
-        assert got[table] == rows, table  # silver, quarantine (with reasons) and ops/validations
-    for d in D:
-        for source, v in unsliced["outs"][d].items():
-            w = outs[d][source]
-            assert (w.status, w.rows_silver, w.rows_quarantined, w.reasons, w.rejected_rule) == (
-                v.status,
-                v.rows_silver,
-                v.rows_quarantined,
-                v.reasons,
-                v.rejected_rule,
-            ), (d, source)
 
 
 def test_slice_size_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -214,18 +228,7 @@ def test_dates_read_back_slice_by_slice_give_every_table_the_same_rows(
     keeps no row order within a file), positions found by key.
     Silver, quarantine (with reasons) and ops/validations are the whole-date run's, row for row."""
     copy_lake(landed, home)
-    monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "7")
-    monkeypatch.setattr(memory_budget, "streams", lambda rows: True)
-    monkeypatch.setattr(memory_budget, "STREAM_SLICE_ROWS", 5)
-    read = streamed.read
-    used: list[str] = []
-
-    def counted(source, contract, days, *rest):
-        got = read(source, contract, days, *rest)
-        used.append(f"{source.name}:{got is not None}")
-        return got
-
-    monkeypatch.setattr(streamed, "read", counted)
+    used = force_read_back(monkeypatch)
     batches = streamed.bronze_batches
 
     def scrambled(dset, flt, schema):  # bronze read back in no particular order, 3-row batches
@@ -235,21 +238,8 @@ def test_dates_read_back_slice_by_slice_give_every_table_the_same_rows(
     monkeypatch.setattr(streamed, "bronze_batches", scrambled)
     outs = stage.validate_dates(D, build_docs=False)
     assert "transactions:True" in used and "chargebacks:True" in used, used
-    got = snapshot()
+    got = assert_same_validation(outs, unsliced)
     assert got["quarantine/transactions"], "the data has quarantined rows"
-    for table, rows in unsliced["tables"].items():
-        assert got[table] == rows, table
-    for d in D:
-        for source, v in unsliced["outs"][d].items():
-            w = outs[d][source]
-            assert (w.status, w.rows_silver, w.rows_quarantined, w.reasons, w.rejected_rule, w.message) == (
-                v.status,
-                v.rows_silver,
-                v.rows_quarantined,
-                v.reasons,
-                v.rejected_rule,
-                v.message,
-            ), (d, source)
 
 
 def test_hash_collisions_and_keys_delivered_again_in_a_later_run_change_no_verdict(
@@ -265,34 +255,12 @@ def test_hash_collisions_and_keys_delivered_again_in_a_later_run_change_no_verdi
     real = frames.hash_text
     monkeypatch.setattr(frames, "hash_text", lambda values: real(values) % np.uint64(3))
     first = stage.validate_dates(D[:3], build_docs=False)
-    monkeypatch.setenv("ASOF_VALIDATION_MAX_ROWS", "7")
-    monkeypatch.setattr(memory_budget, "streams", lambda rows: True)
-    monkeypatch.setattr(memory_budget, "STREAM_SLICE_ROWS", 5)
-    read = streamed.read
-    used: list[str] = []
-
-    def counted(source, contract, days, *rest):
-        got = read(source, contract, days, *rest)
-        used.append(f"{source.name}:{got is not None}")
-        return got
-
-    monkeypatch.setattr(streamed, "read", counted)
+    used = force_read_back(monkeypatch)
     later = stage.validate_dates(D[3:], build_docs=False)
     assert "transactions:True" in used and "chargebacks:True" in used, used
-    got = snapshot()
-    for table, rows in unsliced["tables"].items():
-        assert got[table] == rows, table
-    outs = {**first, **later}
-    for d in D:
-        for source, v in unsliced["outs"][d].items():
-            w = outs[d][source]
-            assert (w.status, w.rows_silver, w.rows_quarantined, w.reasons, w.message) == (
-                v.status,
-                v.rows_silver,
-                v.rows_quarantined,
-                v.reasons,
-                v.message,
-            ), (d, source)
+    assert_same_validation(
+        {**first, **later}, unsliced, ("status", "rows_silver", "rows_quarantined", "reasons", "message")
+    )
 
 
 def test_read_back_keeps_what_the_whole_path_computes(landed: Path, home: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 from flows.storage import lake
 from flows.validation import stage
 from tests.conftest import data_root
-from tests.cross_date_batches import LAYERS, D, copy_lake, landed_home, snapshot
+from tests.cross_date_batches import LAYERS, D, assert_same_validation, copy_lake, landed_home, snapshot
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +65,9 @@ def test_validating_together_equals_one_by_one(
     outs: dict[dt.date, dict] = {}
     for chunk in chunks:
         outs.update(stage.validate_dates(chunk, build_docs=False))
-    got = snapshot()
-    for table, rows in one_by_one["tables"].items():
-        assert got[table] == rows, table
-    for d in D:
-        for source, v in one_by_one["outs"][d].items():
-            w = outs[d][source]
-            assert (w.status, w.rows_silver, w.rows_quarantined, w.reasons, w.message) == (
-                v.status,
-                v.rows_silver,
-                v.rows_quarantined,
-                v.reasons,
-                v.message,
-            ), (d, source)
+    assert_same_validation(
+        outs, one_by_one, ("status", "rows_silver", "rows_quarantined", "reasons", "message")
+    )
 
 
 def test_stopping_at_the_first_failed_date_validates_nothing_after_it(landed: Path, home: Path) -> None:
