@@ -230,28 +230,19 @@ def daily_loop(args) -> dict:
 
 
 @contextlib.contextmanager
-def _warm_process(asof: str, env: dict[str, str], home: Path):
+def _warm_process(env: dict[str, str], home: Path):
     """`asof warm` for `home`, listening before the clock starts; stopped afterwards."""
     import signal
-    import subprocess
 
-    log = open(home / "warm.log", "w")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(
-        [asof, "warm"], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-    )
-    sock = home / "run" / "warm.sock"
+    from flows.orchestration import warm_process
+
+    proc = warm_process.start(env, home / "warm.log")
     try:
-        deadline = time.monotonic() + 300
-        while not sock.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise SystemExit(f"asof warm did not start: {(home / 'warm.log').read_text()[-1500:]}")
-            time.sleep(0.2)
         yield
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
             proc.wait(timeout=60)
-        log.close()
 
 
 @measurement("daily_one")
@@ -278,7 +269,7 @@ def daily_one(args) -> dict:
                 raise SystemExit(f"backfill of the history before {day} failed: {failed[:2]}")
         env = dict(os.environ)  # ASOF_HOME (the fresh home) and the log level are set above
         asof = str(Path(sys.executable).parent / "asof")
-        with _warm_process(asof, env, home) if warm else contextlib.nullcontext():
+        with _warm_process(env, home) if warm else contextlib.nullcontext():
             t = time.perf_counter()
             proc = subprocess.run(
                 [asof, "run", "--date", day.isoformat()], env=env, capture_output=True, text=True

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -64,27 +63,14 @@ def homes(tmp_path_factory: pytest.TempPathFactory, prefect_server):
     )
     assert gen.returncode == 0, gen.stderr
     shutil.copytree(warm / "landing", cold / "landing")
-    log = open(root / "warm.log", "w")  # noqa: SIM115 - closed below
-    daemon = subprocess.Popen(
-        [*ASOF, "warm"],
-        env=_env(warm, prefect_server),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    daemon = warm_process.start(_env(warm, prefect_server), root / "warm.log", timeout_s=180)
     sock = warm / "run" / "warm.sock"
-    deadline = time.monotonic() + 180
-    while not sock.exists():
-        assert daemon.poll() is None, (root / "warm.log").read_text()
-        assert time.monotonic() < deadline, "the warm process did not start listening"
-        time.sleep(0.2)
     try:
         yield {"warm": warm, "cold": cold, "daemon": daemon, "socket": sock, "prefect": prefect_server}
     finally:
         if daemon.poll() is None:
             os.killpg(daemon.pid, signal.SIGTERM)
             daemon.wait(timeout=30)
-        log.close()
 
 
 def _run_records(home: Path) -> list[dict]:

@@ -136,6 +136,33 @@ def _lines(conn: socket.socket):
             yield json.loads(line)
 
 
+# ------------------------------------------------------------------------ starting one (a service)
+
+
+def start(env: Mapping[str, str], log_path: Path, timeout_s: float = 300.0):
+    """Start `asof warm` in its own session with `env` (its ASOF_HOME decides the socket) and wait
+    until it listens: how a service manager, the bench and the tests run one. Returns the Popen;
+    stop it with SIGTERM to its process group. Raises WarmProcessError with the log's tail if it
+    exits or does not listen within `timeout_s`."""
+    import subprocess
+
+    home = Path(env.get("ASOF_HOME") or "data")
+    sock = Path(env["ASOF_WARM_SOCKET"]) if env.get("ASOF_WARM_SOCKET") else home / "run" / "warm.sock"
+    asof = str(Path(sys.executable).parent / "asof")
+    with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [asof, "warm"], env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    deadline = time.monotonic() + timeout_s
+    while not sock.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            raise WarmProcessError(f"asof warm did not start listening: {log_path.read_text()[-1500:]}")
+        time.sleep(0.2)
+    return proc
+
+
 # ----------------------------------------------------------------------------- the warm process
 
 
