@@ -403,11 +403,12 @@ class Settings:
 
     partial_files: Variable[str] = Variable(
         "ASOF_PARTIAL_FILES",
-        "ingest or wait",
-        "ingest",
-        "A file cut short: `ingest` it and judge its last record as a row, or make the date `wait` "
-        "as partial (docs/operations.md section 6).",
-        _choice("ingest", "wait"),
+        "auto, wait or ingest",
+        "auto",
+        "A file without a final line terminator: `auto` makes its date wait as partial when its last "
+        "record cannot be whole (and ingests a whole one), `wait` whenever it lacks the terminator, "
+        "`ingest` never (its last record is judged as a row). docs/operations.md section 6.",
+        _choice("auto", "wait", "ingest"),
         INGEST,
     )
     require_completion_marker: Variable[bool] = Variable(

@@ -164,10 +164,11 @@ def test_values_are_read_when_used_not_at_import(monkeypatch: pytest.MonkeyPatch
     assert key_index._limit_bytes() == 2 * 2**20
     monkeypatch.setenv("ASOF_KEY_INDEX_MB", "3")
     assert key_index._limit_bytes() == 3 * 2**20
+    whole = completeness.Cut("has no line terminator after its last record", certain=False)
     monkeypatch.delenv("ASOF_PARTIAL_FILES", raising=False)
-    assert not completeness.cut_files_wait()
+    assert not whole.waits()
     monkeypatch.setenv("ASOF_PARTIAL_FILES", "wait")
-    assert completeness.cut_files_wait()
+    assert whole.waits()
     page = tmp_path / "docs" / "index.html"
     monkeypatch.delenv("ASOF_DOCS_URL", raising=False)
     assert links.docs_url(page).startswith("file://")

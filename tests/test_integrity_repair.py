@@ -121,3 +121,29 @@ def test_an_emptied_online_store_is_reported_and_rematerialized_by_a_backfill(re
     assert date_statuses(home, D1, D3) == DATES
     assert h.asof(home, "status").rc == 0
     assert diff(reference[1], snapshot(home)) == ""
+
+
+def test_a_half_written_landing_file_makes_its_date_wait_until_it_is_whole(reference) -> None:
+    """Issue 23 item 2: a transactions file cut mid-record (a transfer that failed, a producer
+    still writing) is not a smaller batch. Its date waits as `partial` naming the file, a backfill
+    stops there, and once the whole file lands the same backfill converges to the clean run."""
+    h = harness()
+    home = h.new_home("partial_delivery", landing=h.landing(D1, D3, SCALE, SEED))
+    landed = home / "landing" / "transactions" / D2.isoformat() / "transactions.csv"
+    whole = landed.read_bytes()
+    lines = whole.splitlines(keepends=True)
+    cut = b"".join(lines[: len(lines) * 3 // 5]) + lines[len(lines) * 3 // 5][:-12]  # `...T16:` style
+    landed.write_bytes(cut)
+
+    first = h.asof(home, *BACKFILL)
+    assert first.rc != 0, first.output()[-3000:]
+    statuses = date_statuses(home, D1, D3)
+    assert statuses[D1] == "succeeded" and statuses[D2] == "partial", statuses
+    status = h.asof(home, "status")
+    assert f"landing/transactions/{D2}/transactions.csv ends mid-record" in status.output()
+
+    landed.write_bytes(whole)  # the complete delivery
+    again = h.asof(home, *BACKFILL)
+    assert again.rc == 0, again.output()[-3000:]
+    assert date_statuses(home, D1, D3) == DATES
+    assert diff(reference[1], snapshot(home)) == ""

@@ -412,7 +412,7 @@ def _empty(source: Source) -> pa.Table:
 def read_file(path: Path, source: Source, check_cut: bool = True) -> tuple[FileRecord, pa.Table]:
     """Parse one landed file; file-level problems go into the returned record. With `check_cut`
     (no completion marker vouches for the file) a file that ends mid-record is noted, or
-    `partial` under ASOF_PARTIAL_FILES=wait (flows.ingest.completeness)."""
+    `partial` when it is cut short (ASOF_PARTIAL_FILES, flows.ingest.completeness)."""
     rec, rows = read_landed(path, source, check_cut)
     if isinstance(rows, CsvStream):
         return rec, pa.concat_tables([_empty(source), *rows.tables(source)])
@@ -427,11 +427,16 @@ class _Scan:
     sha256: str = ""
     gzip: bool = False
     head: bytes = b""  # the first 64 KB of the content (decompressed)
-    tail: bytes = b""  # its last 40 bytes
+    tail: bytes = b""  # its last TAIL_BYTES (where a cut record is judged)
     size: int = 0  # content bytes
     utf8: bool = True
     nul: bool = False
     quotes: int = 0  # '"' characters in the content
+
+
+# The last bytes of a file kept by the scan: a cut record is judged from them (a longer last record
+# than this, without its line terminator, is taken as cut).
+TAIL_BYTES = 65_536
 
 
 def _scan(path: Path) -> _Scan | None:
@@ -452,7 +457,7 @@ def _scan(path: Path) -> _Scan | None:
             while chunk := content.read(step):
                 if len(out.head) < 65536:
                     out.head += chunk[: 65536 - len(out.head)]
-                out.tail = (out.tail + chunk)[-40:]
+                out.tail = (out.tail + chunk)[-TAIL_BYTES:]
                 out.size += len(chunk)
                 out.nul = out.nul or b"\x00" in chunk
                 out.quotes += chunk.count(b'"')
@@ -473,7 +478,7 @@ def _scan(path: Path) -> _Scan | None:
 
 def _streamed(path: Path, source: Source, rec: FileRecord, check_cut: bool) -> CsvStream | _Rows | None:
     """The file as a CsvStream when the fast path takes it (`rec` filled as `_read_file` fills
-    it), empty rows when the batch waits for it (ASOF_PARTIAL_FILES=wait), or None: the
+    it), empty rows when the batch waits for it (a cut file, ASOF_PARTIAL_FILES), or None: the
     whole-file reader takes it (damaged, not UTF-8, a cut quoted field... rare, and small)."""
     scan = _scan(path)
     if scan is None or not scan.size or not scan.utf8 or scan.nul:
@@ -484,20 +489,22 @@ def _streamed(path: Path, source: Source, rec: FileRecord, check_cut: bool) -> C
     cut = None
     if check_cut:
         if not scan.tail.endswith((b"\n", b"\r")):
-            cut = completeness.cut_short(scan.tail, source.fmt)  # the same words, from the tail
+            # the same judgement as over the whole content, from the last bytes
+            whole = scan.size <= len(scan.tail)
+            cut = completeness.cut_short(scan.tail, source, None if whole else header)
         elif scan.quotes % 2:
             return None  # only the csv module over the whole text can tell
     notes = ["gzip-compressed content decompressed"] if scan.gzip else []
     rec.bytes, rec.sha256 = scan.bytes, scan.sha256
-    if cut and completeness.cut_files_wait():
-        rec.status, rec.message = "partial", f"{rec.file} {cut}: a partial delivery"
+    if cut and cut.waits():
+        rec.status, rec.message = "partial", f"{rec.file} {cut.reason}: a partial delivery"
         return _Rows(source)
     rows = CsvStream(path, header, scan.gzip).count()
     if rows is None:
         return None
     stream = CsvStream(path, header, scan.gzip, rows)
     if cut:
-        notes.append(f"{cut}: kept as delivered, its last record is judged as a row")
+        notes.append(f"{cut.reason}: kept as delivered, its last record is judged as a row")
     if scan.head.startswith(b"\xef\xbb\xbf"):
         notes.append("UTF-8 byte-order mark stripped")
     rec.header, rec.encoding, rec.rows, rec.message = header, "utf-8", rows, "; ".join(notes)
@@ -552,12 +559,12 @@ def _read_file(
         rec.status = "malformed"
         rec.message = f"{rec.file} is empty (0 bytes): no header, cannot tell an empty batch from a lost one"
         return rec, rows
-    cut = completeness.cut_short(data, source.fmt) if check_cut else None
-    if cut and completeness.cut_files_wait():
-        rec.status, rec.message = "partial", f"{rec.file} {cut}: a partial delivery"
+    cut = completeness.cut_short(data, source) if check_cut else None
+    if cut and cut.waits():
+        rec.status, rec.message = "partial", f"{rec.file} {cut.reason}: a partial delivery"
         return rec, rows
     if cut:
-        notes.append(f"{cut}: kept as delivered, its last record is judged as a row")
+        notes.append(f"{cut.reason}: kept as delivered, its last record is judged as a row")
     if source.fmt == "csv":
         fast = _parse_csv_fast(data, source, rec)
         if fast is not None:

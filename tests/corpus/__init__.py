@@ -159,6 +159,18 @@ def truncated_last_line(folder: Path, ctx: Ctx) -> int:
     data = ctx.clean["transactions"].rstrip(b"\n")
     last = data.rsplit(b"\n", 1)[1]
     write(folder, "transactions.csv", data[: len(data) - len(last) // 2])  # cut mid-row, no newline
+    return 0  # a partial delivery: nothing of it is a batch yet
+
+
+def truncated_cdc_line(folder: Path, ctx: Ctx) -> int:
+    data = ctx.clean["customers"].rstrip(b"\n")
+    write(folder, "customers.jsonl", data[:-7])  # the last change cut inside its JSON object
+    return 0
+
+
+def no_final_newline(folder: Path, ctx: Ctx) -> int:
+    """A whole export whose last record lacks its line terminator (common, and not a cut)."""
+    write(folder, "transactions.csv", ctx.clean["transactions"].rstrip(b"\n"))
     return len(rows_of(ctx.clean["transactions"])) - 1
 
 
@@ -291,8 +303,12 @@ HANDMADE = [
          rule="contract_broken", message=("transactions.csv", "no header")),
     Case("utf8_bom", "transactions", utf8_bom, message=("byte-order mark",)),
     Case("latin1_bytes", "merchants", latin1, message=("Latin-1",)),
-    Case("truncated_last_line", "transactions", truncated_last_line, reasons={"malformed_row": 1},
-         quarantined=1),
+    Case("truncated_last_line", "transactions", truncated_last_line, ingest="partial",
+         validate="not_delivered", message=("transactions.csv ends mid-record", "partial delivery")),
+    Case("truncated_cdc_line", "customers", truncated_cdc_line, ingest="partial",
+         validate="not_delivered", message=("customers.jsonl ends mid-record", "partial delivery")),
+    Case("no_final_newline", "transactions", no_final_newline,
+         message=("no line terminator after its last record",)),
     Case("quoted_newlines", "merchants", quoted_newlines),
     Case("header_only_transactions", "transactions", header_only_transactions, validate="rejected",
          rule="volume"),
