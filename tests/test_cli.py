@@ -119,6 +119,89 @@ def test_a_run_without_a_server_starts_one_temporary_server_and_stops_it(tmp_pat
         assert sock.connect_ex(("127.0.0.1", int(started[0]))) != 0, "the temporary server outlived the run"
 
 
+_TEMPORARY_SERVER = """
+import os, sys
+from flows.orchestration import prefect_api
+wait = prefect_api.start_in_background()
+print("IMPORTED", "prefect.server.api.server" in sys.modules)
+wait()
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:
+    client.hello().raise_for_status()
+print("API", os.environ["PREFECT_API_URL"])
+print("IMPORTED", "prefect.server.api.server" in sys.modules)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_temporary_server_starts_without_importing_the_server_here(tmp_path: Path) -> None:
+    """The CLI starts the process Prefect's SubprocessASGIServer would, without importing Prefect's
+    server application itself (flows/orchestration/prefect_api.py); once it answers, its URL is the
+    process's Prefect API (a client finds it), and it is stopped when the process exits."""
+    import re
+    import socket
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update({"PREFECT_HOME": str(tmp_path / "prefect"), "PREFECT_LOGGING_LEVEL": "INFO"})
+    env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    res = subprocess.run(
+        [sys.executable, "-c", _TEMPORARY_SERVER], capture_output=True, text=True, env=env, timeout=280
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.count("IMPORTED False") == 2, res.stdout
+    url = next(line.split()[1] for line in res.stdout.splitlines() if line.startswith("API "))
+    started = re.findall(r"Starting temporary server on (http://127\.0\.0\.1:\d+)", res.stderr)
+    stopped = re.findall(r"Stopping temporary server on http://127\.0\.0\.1:(\d+)", res.stderr)
+    assert started == [url.removesuffix("/api")] and len(stopped) == 1, res.stderr[-3000:]
+    assert (tmp_path / "prefect" / "prefect.db").is_file()
+    with socket.socket() as sock:
+        assert sock.connect_ex(("127.0.0.1", int(stopped[0]))) != 0, (
+            "the temporary server outlived the process"
+        )
+
+
+_FAST_EXIT = """
+import atexit, os, sys
+from flows.cli import main as cli, usage
+
+class Teardown:
+    def __del__(self, write=os.write):
+        write(2, b"interpreter teardown ran\\n")
+
+kept = Teardown()  # freed only by the interpreter's teardown
+
+def command(app):
+    atexit.register(lambda: os.write(2, b"a later exit handler ran\\n"))
+    sys.stdout.write("x" * 200_000)  # buffered, never flushed by the command
+    if sys.argv[1] == "crash":
+        raise RuntimeError("not a SystemExit")
+    sys.exit(int(sys.argv[1]))
+
+usage.run = command
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("code", ["0", "5"])
+def test_the_process_ends_without_the_interpreters_teardown(code: str) -> None:
+    """After a command (flows.cli.usage.skip_interpreter_teardown): its exit status, every exit
+    handler registered after main() started, all of its buffered output, and no teardown."""
+    res = subprocess.run([sys.executable, "-c", _FAST_EXIT, code], capture_output=True, text=True)
+    assert res.returncode == int(code)
+    assert res.stdout == "x" * 200_000
+    assert "a later exit handler ran" in res.stderr
+    assert "interpreter teardown ran" not in res.stderr
+
+
+def test_an_uncaught_exception_ends_the_process_the_ordinary_way() -> None:
+    res = subprocess.run([sys.executable, "-c", _FAST_EXIT, "crash"], capture_output=True, text=True)
+    assert res.returncode == 1 and "RuntimeError: not a SystemExit" in res.stderr
+    assert res.stdout == "x" * 200_000
+    assert "a later exit handler ran" in res.stderr
+    assert "interpreter teardown ran" in res.stderr  # the control: the probe does see a teardown
+
+
 def test_a_configured_server_is_used_as_is() -> None:
     """With PREFECT_API_URL set nothing is started and nothing preloaded."""
     from prefect.settings import PREFECT_API_URL, temporary_settings

@@ -543,13 +543,18 @@ usage.guard_commands(app)
 def main() -> None:
     from flows.orchestration import warm_process
 
+    done = usage.skip_interpreter_teardown()
     argv = sys.argv[1:]
-    if warm_process.wanted(argv):
-        _prefect_env()  # the same defaults the command would set, so the environments compare
-        code = warm_process.run_warm(argv)
-        if code is not None:
-            sys.exit(code)
-    usage.run(app)
+    try:
+        if warm_process.wanted(argv):
+            _prefect_env()  # the same defaults the command would set, so the environments compare
+            code = warm_process.run_warm(argv)
+            if code is not None:
+                sys.exit(code)
+        usage.run(app)
+    except SystemExit as exc:
+        done(exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1))
+        raise
 
 
 if __name__ == "__main__":

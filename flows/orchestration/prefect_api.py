@@ -2,19 +2,36 @@
 
 Without `PREFECT_API_URL`, Prefect starts a temporary server (a `prefect.server` subprocess on
 127.0.0.1) the first time a flow needs its API, and the flow waits for it: 8-14 s of a 30-day demo
-backfill, most of it the server importing itself, one core busy while the other idles. The stages'
-own imports (GE, dbt, Feast: 5-8 s) came only after that, one after the other. `start_in_background`
-starts the same server (Prefect's process-wide `SubprocessASGIServer`, the instance its client would
-have started) on a thread, so `preload` can import the stages on the other core meanwhile; the flow
-then finds the server running. With a server configured nothing changes and nothing is preloaded:
-a run against a live server pays each import only if it gets to that stage.
+backfill, most of it the server importing itself and, in a fresh home, creating its database, one
+core busy while the other idles. The stages' own imports (GE, dbt, Feast: 5-8 s) came only after
+that, one after the other. `start_in_background` starts that same server process (the command,
+environment and port range of Prefect's `SubprocessASGIServer`) and returns at once, so `preload`
+imports the stages on the other core meanwhile; when it answers, its URL becomes the run's
+`PREFECT_API_URL` (the process's environment and Prefect's global settings, which threads and
+worker processes read), and the flow talks to it as to any configured server. It is stopped when
+the process exits.
+
+Prefect's own `SubprocessASGIServer` would do the same but lives in `prefect.server.api.server`,
+whose import (the server's whole application: 1.7 s quiet, 2.5-5.3 s at load 3-6, profiled) this
+process paid only to start a subprocess that imports it again; the process started later too.
+With a server configured nothing changes and nothing is preloaded: a run against a live server
+pays each import only if it gets to that stage.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
-import threading
+import logging
+import os
+import random
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 
 # What the stages import when they first run (the heavy part of a fresh process; the flows modules
@@ -31,34 +48,127 @@ STAGE_MODULES = (
     "flows.features.featurestore",
 )
 
+PORTS = range(8000, 9000)  # Prefect's choice for its temporary server
+PORT_IN_USE = 3  # uvicorn's exit status when its port was taken in the meantime
+
+
+def _logger() -> logging.Logger:
+    """Prefect's logger `prefect.temporary_server`, with Prefect's logging set up (as `import prefect`
+    does), so PREFECT_LOGGING_LEVEL decides what is shown."""
+    from prefect.logging import get_logger
+    from prefect.logging.configuration import ensure_logging_setup
+
+    ensure_logging_setup()
+    return get_logger("temporary_server")
+
+
+def _free_port() -> int:
+    for _ in range(50):
+        port = random.choice(PORTS)
+        with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port for Prefect's temporary server in {PORTS.start}-{PORTS.stop - 1}")
+
+
+class TemporaryServer:
+    """Prefect's temporary server process (what `SubprocessASGIServer.start` runs): started at
+    once, waited for by `wait`, stopped at exit."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.process = self._spawn()
+        atexit.register(self.stop)
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/api"
+
+    def _spawn(self) -> subprocess.Popen:
+        import prefect
+        from prefect.settings import get_current_settings
+
+        _logger().info("Starting temporary server on http://127.0.0.1:%d", self.port)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--app-dir",
+                str(prefect.__module_path__.parent),
+                "--factory",
+                "prefect.server.api.server:create_app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--log-level",
+                "error",
+                "--lifespan",
+                "on",
+            ],
+            env={
+                **os.environ,
+                "PREFECT_UI_ENABLED": "0",
+                "PREFECT__SERVER_EPHEMERAL": "1",
+                "PREFECT__SERVER_FINAL": "1",
+                **get_current_settings().to_environment_variables(exclude_unset=True),
+            },
+        )
+
+    def wait(self) -> None:
+        """Return when the server answers; then its URL is the process's Prefect API."""
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        deadline = time.monotonic() + float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value())
+        while time.monotonic() < deadline:
+            code = self.process.poll()
+            if code == PORT_IN_USE:  # taken since it was found free: another port, as Prefect does
+                self.port = _free_port()
+                self.process = self._spawn()
+                continue
+            if code is not None:
+                raise RuntimeError(f"Prefect's temporary server exited with status {code} before it answered")
+            try:
+                with urllib.request.urlopen(f"{self.api_url}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (OSError, urllib.error.URLError):
+                pass
+            time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError("Timed out while attempting to connect to ephemeral Prefect API server.")
+        from prefect.context import refresh_global_settings_context
+
+        os.environ["PREFECT_API_URL"] = self.api_url
+        refresh_global_settings_context()  # threads without a settings context read the global one
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        _logger().info("Stopping temporary server on http://127.0.0.1:%d", self.port)
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
 
 def start_in_background() -> Callable[[], None] | None:
-    """Start Prefect's temporary server on a thread when the run would need one; returns a function
-    that waits until it answers (re-raising what went wrong), or None when a server is configured
-    or temporary servers are disabled (then Prefect behaves exactly as before)."""
+    """Start Prefect's temporary server when the run would need one; returns a function that waits
+    until it answers (raising what went wrong) and makes it the run's API, or None when a server is
+    configured or temporary servers are disabled (then Prefect behaves exactly as before)."""
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_ENABLED
 
     if PREFECT_API_URL.value() or not PREFECT_SERVER_EPHEMERAL_ENABLED.value():
         return None
-    from prefect.server.api.server import SubprocessASGIServer
-
-    errors: list[BaseException] = []
-
-    def start() -> None:
-        try:
-            SubprocessASGIServer().start()
-        except BaseException as exc:  # handed to the caller's thread by wait()
-            errors.append(exc)
-
-    thread = threading.Thread(target=start, name="prefect-temporary-server", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if errors:
-            raise errors[0]
-
-    return wait
+    return TemporaryServer().wait
 
 
 def preload() -> None:
