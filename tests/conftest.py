@@ -17,6 +17,19 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The cache homes share (flows/transform/manifest_cache.py: `$XDG_CACHE_HOME/asof`) is the
+    session's, never the user's: the tests' homes share a parsed dbt manifest with each other only."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    yield Path(os.environ["XDG_CACHE_HOME"])
+    if before is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 def _missing(what: str) -> NoReturn:
     """Skip a test whose requirement is missing, except in CI (ASOF_REQUIRE_SERVICES=1, set by
     .ci/run, which installs everything): there a missing requirement fails, never skips."""

@@ -33,6 +33,7 @@ from typing import Any
 from flows.config import REPO_ROOT, settings
 from flows.dates import parse_range
 from flows.storage import lake
+from flows.transform import manifest_cache
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +177,8 @@ class _Dbt:
 
         fp = self.fingerprint(DBT_PROJECT_DIR)
         if self._manifest is not None and fp == self._fingerprint:
-            if not _manifest_file(fp).exists():  # a process that moved to another home
+            kept = _manifest_file(fp).exists() or manifest_cache.shared_file(DBT_PROJECT_DIR, fp).exists()
+            if not kept:  # a process that moved to another home
                 store_manifest(fp, self._manifest)
             return self._manifest, False
         cached = load_manifest(fp)
@@ -266,88 +268,36 @@ def _reset_compiled_state(manifest) -> None:
 
 
 def _manifest_file(fingerprint: str) -> Path:
-    """The parsed manifest of one state of the project, for this dbt and Python version: another
-    version pickles other classes, so it gets its own file and parses once. The project's path is in
-    the key too: the manifest holds absolute paths, and two checkouts may share one ASOF_HOME."""
-    import sys
-
-    from dbt.version import __version__ as dbt_version
-
-    key = f"{DBT_PROJECT_DIR.resolve()}:{fingerprint}:{dbt_version}:{sys.version}"
-    key = hashlib.sha256(key.encode()).hexdigest()[:20]
-    return dbt_cache_dir() / f"manifest-{key}.pickle"
+    """This home's copy of the parsed manifest of one state of the project (manifest_cache)."""
+    return manifest_cache.home_file(dbt_cache_dir(), DBT_PROJECT_DIR, fingerprint)
 
 
 def load_manifest(fingerprint: str) -> Any | None:
-    """The manifest a process of this home parsed for the same project files, if still valid.
+    """The manifest parsed for the same project files, if still valid: this home's copy, else the one
+    homes share (flows/transform/manifest_cache.py says what valid means).
 
     Each process used to parse the project again (dbt's partial parse still costs 1.2 s after
     2.2 s of imports; 2.6 s from scratch): profiled as the largest fixed cost of a daily run after
-    the imports. Valid means: same project files (size and mtime of each), same dbt and Python, and
-    the same values of the environment variables the project read while parsing (dbt records them in
-    `manifest.env_vars`); anything else parses afresh. The file lives under the home's cache, which
-    only this pipeline writes; an unreadable file is ignored and replaced.
+    the imports; a fresh home's first run (the demo) parsed in 8-14 s at load 2-6.
     """
-    import pickle
-
-    path = _manifest_file(fingerprint)
-    try:
-        with path.open("rb") as fh:
-            manifest = _manifest_from_state(pickle.load(fh))
-    except FileNotFoundError:
-        return None
-    except Exception as exc:  # truncated or from an incompatible dbt: parse again
-        log.info("ignoring the cached dbt manifest %s: %s", path, exc)
-        return None
-    used = getattr(manifest, "env_vars", None) or {}
-    if any(os.environ.get(name) != value for name, value in used.items()):
-        return None
+    manifest = manifest_cache.load(_manifest_file(fingerprint))
+    if manifest is None:
+        manifest = manifest_cache.load(manifest_cache.shared_file(DBT_PROJECT_DIR, fingerprint))
     return manifest
 
 
 def store_manifest(fingerprint: str, manifest: Any) -> None:
-    """Keep the manifest just parsed for the next process (atomic rename; older states removed)."""
-    import pickle
-
-    path = _manifest_file(fingerprint)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Keep the manifest just parsed for the next process: in this home (older states removed), and
+    for other homes unless it holds a path of this one."""
     try:
-        with tmp.open("wb") as fh:
-            pickle.dump(_manifest_state(manifest), fh, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, path)
+        data = manifest_cache.dumps(manifest)
     except Exception as exc:  # a cache: failing to write it must not fail the transform
-        log.info("could not cache the dbt manifest at %s: %s", path, exc)
-        tmp.unlink(missing_ok=True)
+        log.info("could not pickle the dbt manifest: %s", exc)
         return
-    for old in path.parent.glob("manifest-*.pickle"):
-        if old != path:
-            old.unlink(missing_ok=True)
-
-
-# Kept without dbt's private lookups (rebuilt on first use) and not through `Manifest.__reduce_ex__`:
-# in dbt 1.11 its positional arguments skip `fixtures`, so every lookup after it lands one field off
-# and the next run fails with "RefableLookup.find() missing 1 required positional argument".
-_MANIFEST_MAPS = ("parent_map", "child_map", "group_map")
-
-
-def _manifest_state(manifest: Any) -> dict[str, Any]:
-    import dataclasses
-
-    state = {
-        f.name: getattr(manifest, f.name) for f in dataclasses.fields(manifest) if not f.name.startswith("_")
-    }
-    state.update({m: getattr(manifest, m) for m in _MANIFEST_MAPS if hasattr(manifest, m)})
-    return state
-
-
-def _manifest_from_state(state: dict[str, Any]) -> Any:
-    from dbt.contracts.graph.manifest import Manifest
-
-    maps = {m: state.pop(m) for m in _MANIFEST_MAPS if m in state}
-    manifest = Manifest(**state)
-    for name, value in maps.items():
-        setattr(manifest, name, value)
-    return manifest
+    manifest_cache.write(_manifest_file(fingerprint), data)
+    if manifest_cache.shareable(data, manifest_cache.home_paths()):
+        shared = manifest_cache.shared_file(DBT_PROJECT_DIR, fingerprint)
+        manifest_cache.write(shared, data, keep=manifest_cache.SHARED_KEEP)
 
 
 def dbt_cache_dir() -> Path:
