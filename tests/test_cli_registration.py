@@ -208,6 +208,43 @@ def test_help_imports_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
     assert json.loads(line.removeprefix("PROBE ")) == {"code": 0, "heavy": []}, res.stderr
 
 
+STATUS_PROBE = """
+import json, sys
+sys.argv = ["asof", "status"]
+from flows.cli import main as cli
+try:
+    cli.main()
+except SystemExit as exc:
+    code = exc.code
+names = ("great_expectations", "dbt", "feast", "pandas", "duckdb", "prefect")
+names += ("pyarrow.compute", "pyarrow.dataset")
+print("PROBE", json.dumps({"code": code, "heavy": sorted(n for n in names if n in sys.modules)}))
+"""
+
+
+def test_status_reads_run_records_without_heavy_imports(home: Path) -> None:
+    """`asof status` over recorded dates (dates and timestamps included) imports none of the stages'
+    packages, nor pandas, DuckDB, Prefect or pyarrow's compute and dataset modules (docs/scaling.md:
+    the 1 s target of `asof status`)."""
+    import datetime as dt
+
+    from flows.operations import runs
+
+    day = dt.date(2024, 1, 1)
+    runs.append("r1", None, [runs.StageRecord(day, s, runs.ALL_SOURCES, "succeeded") for s in runs.STAGES])
+    res = subprocess.run(
+        [sys.executable, "-c", STATUS_PROBE],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ASOF_HOME": str(home)},
+        cwd=REPO,
+        timeout=180,
+    )
+    [line] = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")]
+    assert json.loads(line.removeprefix("PROBE ")) == {"code": 0, "heavy": []}, res.stderr
+    assert "2024-01-01" in res.stdout and "succeeded" in res.stdout
+
+
 # ---------------------------------------------------------------- exit codes
 
 

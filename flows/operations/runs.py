@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from flows.operations import integrity
 from flows.storage import diskfull, lake
@@ -347,6 +346,8 @@ def newest_succeeded(on_or_before: dt.date) -> dt.date | None:
     """The newest date (<= the given one) whose newest records all succeeded."""
     if not lake.exists("ops", "runs"):
         return None
+    import pyarrow.compute as pc  # here, not at the top: `asof status` never needs it (0.1-0.2 s)
+
     days = pc.unique(
         lake.read(
             "ops",
