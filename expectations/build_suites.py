@@ -42,7 +42,6 @@ sys.path.insert(0, str(HERE.parent))
 from flows.sources import SILVER_LINEAGE_DESCRIPTIONS, SOURCE_NAMES, silver_schema  # noqa: E402
 from flows.validation import contracts as V  # noqa: E402
 from flows.validation import suites as S  # noqa: E402
-from flows.validation.parsing import NAIVE_TIMESTAMP_RE  # noqa: E402
 
 NAMESPACE = uuid.UUID("6f1c3a52-8d7e-4b8a-9a53-0c1f7e2b5a10")
 GENERATED = ("great_expectations.yml", "expectations", "validation_definitions", "checkpoints")
@@ -96,10 +95,9 @@ def rows_expectations(contract: V.Contract) -> list[tuple[str, dict]]:
         if col.type == "timestamp":
             out.append(
                 (
-                    "ExpectColumnValuesToNotMatchRegex",
+                    "ExpectColumnValuesToBeNull",
                     {
-                        "column": c,
-                        "regex": NAIVE_TIMESTAMP_RE,
+                        "column": V.naive_col(c),
                         **_row(
                             f"naive_timestamp:{c}",
                             f"`{c}` must carry a time zone (`Z` or an offset); a naive time is ambiguous.",

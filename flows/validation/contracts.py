@@ -63,6 +63,11 @@ def unparseable_col(column: str) -> str:
     return f"{column}__unparseable"
 
 
+def naive_col(column: str) -> str:
+    """The raw text of a timestamp written without a zone, else null (judged as `naive_timestamp`)."""
+    return f"{column}__naive"
+
+
 def unparseable_share_col(column: str) -> str:
     return f"{column}__unparseable_share"
 

@@ -30,10 +30,11 @@ from flows.validation.contracts import (
     PARSE_ERROR_COL,
     Contract,
     bound_col,
+    naive_col,
     parsed_col,
     unparseable_col,
 )
-from flows.validation.parsing import join_text, parse_column
+from flows.validation.parsing import join_text, naive_text, parse_column
 
 EPOCH = dt.date(1970, 1, 1)
 US_PER_DAY = 86_400_000_000
@@ -337,6 +338,8 @@ def rows_frame(
             data[col.name] = _text(b.rows.column(col.name), col.name in regex)
         if unparseable_col(col.name) in needed:
             data[unparseable_col(col.name)] = _text(b.unparseable[col.name], False)
+        if naive_col(col.name) in needed:
+            data[naive_col(col.name)] = _text(naive_text(b.rows.column(col.name)), False)
         if parsed_col(col.name) in needed:
             typed = b.typed[col.name]
             if col.type == "int":

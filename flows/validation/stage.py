@@ -65,7 +65,7 @@ from flows.validation.contracts import (
     rows_suite,
     unparseable_share_col,
 )
-from flows.validation.delivery import deliveries, words
+from flows.validation.delivery import deliveries, words_text
 from flows.validation.frames import (
     Batches,
     PerSlice,
@@ -257,14 +257,14 @@ class _Known:
     before: pa.Array
     first_day: dict[object, int]
 
-    def lookup(self, values: pa.ChunkedArray, codes: np.ndarray) -> np.ndarray:
+    def lookup(self, values: pa.ChunkedArray, codes: np.ndarray) -> pd.arrays.BooleanArray:
         """`<column>__known` of rows with these values and batch dates: True if known by the
-        row's date, False if not, None for a missing value."""
+        row's date, False if not, missing (NA) for a missing value. A nullable boolean, not an
+        object array: GE's null checks over Python objects cost ~10 ms per 1.6M rows each."""
         values = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
-        out = np.full(len(values), None, dtype=object)
         present = pc.is_valid(values).to_numpy(zero_copy_only=False)
         if not present.any():
-            return out
+            return unknown(len(values))
         hit = pc.fill_null(pc.is_in(values, value_set=self.before.cast(values.type)), False).to_numpy(
             zero_copy_only=False
         )
@@ -274,8 +274,12 @@ class _Known:
             idx = pc.fill_null(pc.index_in(values, value_set=keys), -1).to_numpy(zero_copy_only=False)
             known_from = np.where(idx >= 0, known[np.maximum(idx, 0)], np.iinfo(np.int64).max)
             hit = hit | (known_from <= codes)
-        out[present] = hit[present]
-        return out
+        return pd.arrays.BooleanArray(hit & present, ~present)
+
+
+def unknown(n: int) -> pd.arrays.BooleanArray:
+    """`<column>__known` of `n` rows without a value."""
+    return pd.arrays.BooleanArray(np.zeros(n, dtype=bool), np.ones(n, dtype=bool))
 
 
 def _known(b: Batches, rule: dict, ctx: _Context) -> PerSlice | None:
@@ -541,7 +545,7 @@ def evaluate(
     for rule in contract.rules_of("reference"):
         known = _known(b, rule, ctx)
         helpers[known_col(rule["column"])] = (
-            known if known is not None else PerSlice(lambda part, where: np.full(part.n, None, dtype=object))
+            known if known is not None else PerSlice(lambda part, where: unknown(part.n))
         )
     usd = amount_usd(b, ctx.fx) if "drift" in contract.batch else None
     if usd is not None:
@@ -657,8 +661,8 @@ def _bound(name: str) -> PerSlice:
 def _delivery_words(codes: np.ndarray) -> PerSlice:
     """`_delivery` of a frame's rows, as GE reads it, from every row's verdict codes."""
 
-    def compute(part: Batches, where: Where | None) -> np.ndarray:
-        return words(codes if where is None else codes[where])
+    def compute(part: Batches, where: Where | None) -> pd.arrays.ArrowStringArray:
+        return pd.arrays.ArrowStringArray(words_text(codes if where is None else codes[where]))
 
     return PerSlice(compute)
 

@@ -342,6 +342,8 @@ def helper_column_note(column: str, contract_columns: frozenset[str] | set[str])
             text = f"`{base}` converted to its contract type (null when blank or unparseable)"
         elif column == V.unparseable_col(base):
             text = f"the raw text of `{base}` when it does not parse as its contract type, else null"
+        elif column == V.naive_col(base):
+            text = f"the raw text of `{base}` when it is a time without a zone, else null"
         elif column == V.unparseable_share_col(base):
             text = f"share of the batch's non-blank `{base}` values that do not parse as its type"
         elif column == V.known_col(base):
