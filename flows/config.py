@@ -316,7 +316,8 @@ class Settings:
         "megabytes",
         0.0,
         "Memory one date's ingest and validation may use: a bigger day is validated in row slices "
-        "that fit, a day that cannot fit even so is refused up front (flows/ingest/memory_budget.py).",
+        "that fit, a day that cannot fit even so is refused up front (flows/ingest/memory_budget.py). "
+        "The transform's DuckDB limit is derived from it unless ASOF_DUCKDB_MEMORY_LIMIT is set.",
         _float,
         PIPELINE,
         shown_default="half of physical memory",
@@ -454,11 +455,24 @@ class Settings:
     duckdb_memory_limit: Variable[str] = Variable(
         "ASOF_DUCKDB_MEMORY_LIMIT",
         "DuckDB size, e.g. 2GB",
-        "2GB",
-        "DuckDB's memory limit for dbt (dbt_project/profiles.yml).",
+        "",
+        "DuckDB's memory limit for dbt; beyond it DuckDB spills to ASOF_DUCKDB_TEMP. Unset: half of "
+        "ASOF_MEMORY_BUDGET beyond 1 GB, at least 256MiB, at most 2GB (a budget of 4096 -> "
+        "1536MiB; flows/ingest/memory_budget.py).",
         _text,
         DBT,
-        read_by="dbt",
+        shown_default="from ASOF_MEMORY_BUDGET",
+    )
+    duckdb_memory_limit_resolved: Variable[str] = Variable(
+        "ASOF_DUCKDB_MEMORY_LIMIT_RESOLVED",
+        "DuckDB size",
+        "2GB",
+        "Set by asof before each dbt invocation: ASOF_DUCKDB_MEMORY_LIMIT, or the limit derived from "
+        "ASOF_MEMORY_BUDGET (dbt_project/profiles.yml reads it; its default is for dbt run by hand). "
+        "Not for users.",
+        _text,
+        DBT,
+        read_by="dbt (set by asof)",
     )
     duckdb_temp: Variable[Path] = Variable(
         "ASOF_DUCKDB_TEMP",

@@ -15,6 +15,10 @@ slice. A date whose rows held whole (bronze rows, typed columns, the silver and 
 flows/validation/streamed.py): only batch dates, position keys, key hashes and amount_usd stay
 for every row (`STREAM_BYTES_PER_ROW`), and silver and quarantine are written as streams. A date
 that does not fit even so is refused.
+
+The transform's DuckDB takes its memory limit from the same budget unless ASOF_DUCKDB_MEMORY_LIMIT
+says otherwise (`duckdb_memory_limit`): beyond it DuckDB spills to disk, so a date that validated
+within the budget is transformed within it too.
 """
 
 from __future__ import annotations
@@ -66,10 +70,39 @@ STREAM_GE_MAX_ROWS = 800_000
 STREAM_SLICE_BYTES = 256 * MB
 # A slice smaller than this costs more in GE's fixed cost per run than it saves.
 MIN_SLICE_ROWS = 100_000
+# The transform's DuckDB (dbt) when ASOF_DUCKDB_MEMORY_LIMIT is not set: this share of what the
+# budget leaves beside the process's base (BASE_BYTES); the rest is for what DuckDB does not count:
+# the silver batches the Arrow scans hand it (flows/transform/lake_io.py bounds their readahead),
+# the marts fetched back for the gold writes, and what the allocators kept of the stages before.
+# A 20M-row day's `int_transactions__deduplicated` alone: limit 2 GB +2.3 GB over the process,
+# limit 1 GB +1.65 GB (the table itself 1.3 GB, spilled in part to temp_directory, as fast).
+DUCKDB_BUDGET_SHARE = 0.5
+# Never below this (DuckDB needs some memory per thread) ...
+DUCKDB_MIN_BYTES = 256 * MB
+# ... nor above DuckDB's limit before it followed the budget ("2GB": DuckDB's GB is 10^9 bytes):
+# the in-memory database lives as long as the process, and what its allocator keeps grows with the
+# limit (a year's backfill held 8 GB with DuckDB's own default, 80% of RAM); beyond it DuckDB
+# spills under $ASOF_HOME/cache/duckdb.
+DUCKDB_MAX = "2GB"
+DUCKDB_MAX_BYTES = 2 * 10**9
 
 
 def budget_bytes(s: Settings | None = None) -> int:
     return int((s or settings()).memory_budget_mb * MB)
+
+
+def duckdb_memory_limit(s: Settings | None = None) -> str:
+    """DuckDB's memory_limit for the transform, as DuckDB reads it: ASOF_DUCKDB_MEMORY_LIMIT as
+    given, else DUCKDB_BUDGET_SHARE of the budget beyond BASE_BYTES in MiB, at least
+    DUCKDB_MIN_BYTES and at most DUCKDB_MAX: a budget of 4096 MB -> 1536MiB, 2048 -> 512MiB,
+    1024 -> 256MiB, 4839 or more -> 2GB."""
+    s = s or settings()
+    if s.duckdb_memory_limit:
+        return s.duckdb_memory_limit
+    share = int(DUCKDB_BUDGET_SHARE * (budget_bytes(s) - BASE_BYTES))
+    if share >= DUCKDB_MAX_BYTES:
+        return DUCKDB_MAX
+    return f"{max(DUCKDB_MIN_BYTES, share) // MB}MiB"
 
 
 def size_text(n: float) -> str:

@@ -4,7 +4,9 @@
   table (`lake.dataset`), registered as a view. DuckDB scans it lazily with projection and filter
   pushdown, so a model filtering on `_batch_date` reads only those partitions. No DuckDB extension
   is involved (the `delta` extension downloads at run time and fails offline). A table that does not
-  exist yet reads as an empty table of its silver schema.
+  exist yet reads as an empty table of its silver schema. The scans read ahead at most
+  SCAN_FRAGMENT_READAHEAD files and SCAN_BATCH_READAHEAD batches (`BoundedScanDataset`): what
+  pyarrow decodes ahead is outside DuckDB's memory limit.
 * `store()`: called by the project's `publish_gold` on-run-end hook (macros/publish_gold.sql) once
   every model and test of the invocation passed. It fetches the mart relation from DuckDB as Arrow
   and replaces exactly the as-of dates computed (`lake.replace` with an `as_of_date` range
@@ -22,6 +24,7 @@ import time
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 from dbt.adapters.duckdb.plugins import BasePlugin
 from dbt.adapters.duckdb.utils import SourceConfig, TargetConfig
 
@@ -38,6 +41,33 @@ LAST_RUN: dict[str, Any] = {"sources": {}, "published": {}}
 # datasets opened during the current invocation: every model of a run sees the same silver version
 # (dbt-duckdb calls load() again for each reference), and each Delta log is read once per run
 _DATASETS: dict[tuple[str, str], Any] = {}
+
+
+# pyarrow's scanner reads ahead 4 files x 16 batches by default, each batch decoded from a
+# ~1M-row row group: on a 20M-row day (4 silver files) `int_transactions__deduplicated` peaked at
+# 3.85 GB with DuckDB's limit at 2 GB, 2.51 GB with these (and in 22 s instead of 28: less to
+# allocate). DuckDB consumes one scan stream at a time anyway; pyarrow still decodes a batch's
+# columns on its own threads.
+SCAN_FRAGMENT_READAHEAD = 1
+SCAN_BATCH_READAHEAD = 2
+
+
+class BoundedScanDataset(ds.FileSystemDataset):
+    """A FileSystemDataset whose scanners read ahead at most SCAN_FRAGMENT_READAHEAD files and
+    SCAN_BATCH_READAHEAD batches. DuckDB calls `scanner(columns=..., filter=...)` on the dataset it
+    scans, so projection, filter and partition pruning still reach pyarrow."""
+
+    def scanner(self, *args: Any, **kwargs: Any) -> ds.Scanner:
+        kwargs.setdefault("fragment_readahead", SCAN_FRAGMENT_READAHEAD)
+        kwargs.setdefault("batch_readahead", SCAN_BATCH_READAHEAD)
+        return super().scanner(*args, **kwargs)
+
+
+def bounded_scans(data: ds.FileSystemDataset) -> BoundedScanDataset:
+    """The same files, schema, format and filesystem, scanned with bounded readahead."""
+    return BoundedScanDataset(
+        list(data.get_fragments()), data.schema, data.format, data.filesystem, data.partition_expression
+    )
 
 
 def reset_run_record() -> None:
@@ -82,7 +112,7 @@ class Plugin(BasePlugin):
         if lake.exists(layer, name):
             table = lake.table(layer, name)
             version = table.version()
-            data = table.to_pyarrow_dataset()
+            data = bounded_scans(table.to_pyarrow_dataset())
         else:
             version = None
             data = silver_schema(get_source(name)).empty_table()

@@ -160,6 +160,11 @@ class _Dbt:
         cache = dbt_cache_dir()
         # read by profiles.yml: DuckDB spills here (its default, ".tmp", is the working directory)
         os.environ["ASOF_DUCKDB_TEMP"] = str(cache.parent / "duckdb")
+        # read by profiles.yml: ASOF_DUCKDB_MEMORY_LIMIT, or a limit derived from ASOF_MEMORY_BUDGET;
+        # a changed value opens a new DuckDB (dbt-duckdb compares the credentials)
+        from flows.ingest.memory_budget import duckdb_memory_limit
+
+        os.environ["ASOF_DUCKDB_MEMORY_LIMIT_RESOLVED"] = duckdb_memory_limit()
         return [
             "--project-dir",
             str(DBT_PROJECT_DIR),
