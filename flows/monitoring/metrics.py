@@ -433,6 +433,47 @@ def _complete_ids(tbl: pa.Table, entity: str, features: list[str]) -> np.ndarray
     return tbl[entity].filter(mask).to_numpy(zero_copy_only=False)
 
 
+# A day's active entities are collected from silver batches of this many rows; the distinct pairs
+# held are merged again each time they have grown by _ACTIVE_MERGE_ROWS.
+_ACTIVE_BATCH_ROWS = 1 << 17
+_ACTIVE_MERGE_ROWS = 1 << 20
+
+
+def _active_pairs(day: dt.date):
+    """The distinct (customer_id, merchant_id) of batch D's silver transactions whose event falls
+    on D, neither null, as a pandas frame: read batch by batch (a little readahead), only each
+    batch's distinct pairs kept. Read whole, filtered and deduplicated in pandas, a 20M-row day
+    took the monitor stage +1.4 GB and 36 s; what is held now grows with the pairs, not the rows."""
+    import pyarrow.dataset as ds
+
+    keys = ["customer_id", "merchant_id"]
+    data = lake.dataset("silver", "transactions", dates=(day, day))
+    ts = data.schema.field("event_time").type
+    lo = pa.scalar(day_start_utc(day), ts)
+    hi = pa.scalar(day_start_utc(day + dt.timedelta(days=1)), ts)
+    wanted = (
+        lake.date_filter("_batch_date", [day])
+        & (ds.field("event_time") >= lo)
+        & (ds.field("event_time") < hi)
+        & ds.field("customer_id").is_valid()
+        & ds.field("merchant_id").is_valid()
+    )
+    parts: list[pa.Table] = []
+    held, merged = 0, 0
+    batches = data.to_batches(
+        columns=keys, filter=wanted, batch_size=_ACTIVE_BATCH_ROWS, batch_readahead=2, fragment_readahead=1
+    )
+    for batch in batches:
+        if batch.num_rows:
+            parts.append(pa.Table.from_batches([batch]).group_by(keys).aggregate([]))
+            held += parts[-1].num_rows
+        if held > merged + _ACTIVE_MERGE_ROWS:  # merged again when what is held has grown by as much
+            parts = [pa.concat_tables(parts).group_by(keys).aggregate([])]
+            held = merged = parts[0].num_rows
+    pairs = pa.concat_tables(parts) if parts else data.schema.empty_table().select(keys)
+    return pairs.group_by(keys).aggregate([]).select(keys).to_pandas()
+
+
 def _coverage(ctx: _Context, day: dt.date) -> list[Measurement]:
     import pandas as pd
 
@@ -443,18 +484,7 @@ def _coverage(ctx: _Context, day: dt.date) -> list[Measurement]:
     if not lake.exists("silver", "transactions"):
         active = pd.DataFrame({"customer_id": [], "merchant_id": []})
     else:
-        tbl = lake.read(
-            "silver",
-            "transactions",
-            days=[day],
-            columns=["customer_id", "merchant_id", "event_time"],
-        )
-        lo = pa.scalar(day_start_utc(day), tbl.schema.field("event_time").type)
-        hi = pa.scalar(day_start_utc(day + dt.timedelta(days=1)), tbl.schema.field("event_time").type)
-        mask = pc.and_(pc.greater_equal(tbl["event_time"], lo), pc.less(tbl["event_time"], hi))
-        active = (
-            tbl.filter(mask).select(["customer_id", "merchant_id"]).to_pandas().dropna().drop_duplicates()
-        )
+        active = _active_pairs(day)
 
     # ids as arrays, not sets: `Series.isin(set)` turned ~100k Python ints into an object array for
     # every service and view of every date (2.3 of 11.8 s of coverage over 88 bench days)
