@@ -21,8 +21,8 @@ def homes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Path]:
         "ASOF_DBT_CACHE",
         "ASOF_DUCKDB_TEMP",
         "ASOF_LAKE_URI",
-        "MANIFEST_TEST_MODEL_VAR",
-        "MANIFEST_TEST_SCHEMA",
+        "MF_TEST_MODEL_VAR",
+        "MF_TEST_SCHEMA",
     ):
         monkeypatch.delenv(name, raising=False)
     return {"a": tmp_path / "home-a", "b": tmp_path / "home-b"}
@@ -70,12 +70,12 @@ def test_a_manifest_holding_a_path_of_its_home_stays_in_that_home(homes, monkeyp
 
 
 def test_a_manifest_is_not_used_when_a_variable_the_project_read_changed(homes, monkeypatch) -> None:
-    monkeypatch.setenv("MANIFEST_TEST_MODEL_VAR", "one")
+    monkeypatch.setenv("MF_TEST_MODEL_VAR", "one")
     manifest = _manifest()
-    manifest.env_vars = {"MANIFEST_TEST_MODEL_VAR": "one"}  # what dbt records for env_var() in a model
+    manifest.env_vars = {"MF_TEST_MODEL_VAR": "one"}  # what dbt records for env_var() in a model
     _store_in(homes["a"], manifest, monkeypatch)
     assert _load_in(homes["b"], monkeypatch) is not None
-    monkeypatch.setenv("MANIFEST_TEST_MODEL_VAR", "two")
+    monkeypatch.setenv("MF_TEST_MODEL_VAR", "two")
     assert _load_in(homes["b"], monkeypatch) is None
     assert _load_in(homes["a"], monkeypatch) is None
 
@@ -84,7 +84,7 @@ def _project(tmp_path: Path, profile: str) -> Path:
     project = tmp_path / "project"
     project.mkdir(exist_ok=True)
     (project / "dbt_project.yml").write_text(
-        "name: p\nvars:\n  region: \"{{ env_var('MANIFEST_TEST_REGION', 'eu') }}\"\n"
+        "name: p\nvars:\n  region: \"{{ env_var('MF_TEST_REGION', 'eu') }}\"\n"
     )
     (project / "profiles.yml").write_text(profile)
     return project
@@ -92,20 +92,20 @@ def _project(tmp_path: Path, profile: str) -> Path:
 
 PROFILE = """
 p:
-  target: "{{ env_var('MANIFEST_TEST_TARGET', 'local') }}"
+  target: "{{ env_var('MF_TEST_TARGET', 'local') }}"
   outputs:
     local:
       type: duckdb
       path: ":memory:"
-      schema: "{{ env_var('MANIFEST_TEST_SCHEMA', 'main') }}"
-      threads: "{{ env_var('MANIFEST_TEST_THREADS', '4') | int }}"
+      schema: "{{ env_var('MF_TEST_SCHEMA', 'main') }}"
+      threads: "{{ env_var('MF_TEST_THREADS', '4') | int }}"
       settings:
-        TimeZone: "{{ env_var('MANIFEST_TEST_TZ', 'UTC') }}"
+        TimeZone: "{{ env_var('MF_TEST_TZ', 'UTC') }}"
       config_options:
-        memory_limit: "{{ env_var('MANIFEST_TEST_MEMORY', '2GB') }}"
-        temp_directory: "{{ env_var('MANIFEST_TEST_TEMP', env_var('ASOF_HOME', '../data') ~ '/cache/duckdb') }}"
+        memory_limit: "{{ env_var('MF_TEST_MEMORY', '2GB') }}"
+        temp_directory: "{{ env_var('MF_TEST_TEMP', env_var('ASOF_HOME', '../data') ~ '/cache/duckdb') }}"
       plugins:
-        - module: "{{ env_var('MANIFEST_TEST_PLUGIN', 'x') }}"
+        - module: "{{ env_var('MF_TEST_PLUGIN', 'x') }}"
 """
 
 
@@ -116,23 +116,23 @@ def test_variables_that_shape_the_parse_are_in_the_shared_key(tmp_path, monkeypa
     home-specific spill directory does not stop the sharing."""
     project = _project(tmp_path, PROFILE)
     assert manifest_cache.shaping_env_names(project) == {
-        "MANIFEST_TEST_REGION",
-        "MANIFEST_TEST_TARGET",
-        "MANIFEST_TEST_SCHEMA",
+        "MF_TEST_REGION",
+        "MF_TEST_TARGET",
+        "MF_TEST_SCHEMA",
     }
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     first = manifest_cache.shared_file(project, "fp")
-    for name in ("MANIFEST_TEST_THREADS", "MANIFEST_TEST_TZ", "MANIFEST_TEST_MEMORY", "MANIFEST_TEST_TEMP", "ASOF_HOME"):
+    for name in ("MF_TEST_THREADS", "MF_TEST_TZ", "MF_TEST_MEMORY", "MF_TEST_TEMP", "ASOF_HOME"):
         monkeypatch.setenv(name, "/elsewhere/1")
     assert manifest_cache.shared_file(project, "fp") == first
-    for name in ("MANIFEST_TEST_SCHEMA", "MANIFEST_TEST_TARGET", "MANIFEST_TEST_REGION"):
+    for name in ("MF_TEST_SCHEMA", "MF_TEST_TARGET", "MF_TEST_REGION"):
         monkeypatch.setenv(name, "other")
         assert manifest_cache.shared_file(project, "fp") != first, name
         monkeypatch.delenv(name)
     assert manifest_cache.shared_file(project, "fp") == first
     # a profile that does not parse as YAML: every variable it names counts
     (project / "profiles.yml").write_text(PROFILE + "\n  bad: [\n")
-    assert "MANIFEST_TEST_THREADS" in manifest_cache.shaping_env_names(project)
+    assert "MF_TEST_THREADS" in manifest_cache.shaping_env_names(project)
 
 
 def test_the_shared_cache_keeps_the_newest_manifests(tmp_path) -> None:
