@@ -178,16 +178,29 @@ def test_an_import_error_of_asof_itself_stays_a_bug(monkeypatch, capsys) -> None
 
 PROBE = """
 import json, sys
-argv, heavy = json.loads(sys.argv[1]), set(json.loads(sys.argv[2]))
+argv, heavy = json.loads(sys.argv[1]), json.loads(sys.argv[2])
 sys.argv = ["asof", *argv]
 from flows.cli import main as cli
 try:
     cli.main()
 except SystemExit as exc:
     code = exc.code
-loaded = sorted({m.split(".")[0] for m in sys.modules} & heavy)
-print("PROBE", json.dumps({"code": code, "heavy": loaded}))
+print("PROBE", json.dumps({"code": code, "heavy": sorted(n for n in heavy if n in sys.modules)}))
 """
+
+
+def _probe(argv: list[str], heavy: list[str], home: Path) -> tuple[dict, subprocess.CompletedProcess]:
+    """`asof *argv` in a fresh interpreter: its exit code and which of the modules `heavy` it loaded."""
+    res = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(heavy)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "ASOF_HOME": str(home)},
+        cwd=REPO,
+        timeout=180,
+    )
+    [line] = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")]
+    return json.loads(line.removeprefix("PROBE ")), res
 
 
 @pytest.mark.parametrize(
@@ -196,30 +209,12 @@ print("PROBE", json.dumps({"code": code, "heavy": loaded}))
     ids=" ".join,
 )
 def test_help_imports_nothing_heavy(tmp_path: Path, argv: list[str]) -> None:
-    res = subprocess.run(
-        [sys.executable, "-c", PROBE, json.dumps(argv), json.dumps(HEAVY)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ASOF_HOME": str(tmp_path)},
-        cwd=REPO,
-        timeout=180,
-    )
-    [line] = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")]
-    assert json.loads(line.removeprefix("PROBE ")) == {"code": 0, "heavy": []}, res.stderr
+    got, res = _probe(argv, list(HEAVY), tmp_path)
+    assert got == {"code": 0, "heavy": []}, res.stderr
 
 
-STATUS_PROBE = """
-import json, sys
-sys.argv = ["asof", "status"]
-from flows.cli import main as cli
-try:
-    cli.main()
-except SystemExit as exc:
-    code = exc.code
-names = ("great_expectations", "dbt", "feast", "pandas", "duckdb", "prefect")
-names += ("pyarrow.compute", "pyarrow.dataset")
-print("PROBE", json.dumps({"code": code, "heavy": sorted(n for n in names if n in sys.modules)}))
-"""
+STATUS_HEAVY = ["great_expectations", "dbt", "feast", "pandas", "duckdb", "prefect"]
+STATUS_HEAVY += ["pyarrow.compute", "pyarrow.dataset"]
 
 
 def test_status_reads_run_records_without_heavy_imports(home: Path) -> None:
@@ -232,16 +227,8 @@ def test_status_reads_run_records_without_heavy_imports(home: Path) -> None:
 
     day = dt.date(2024, 1, 1)
     runs.append("r1", None, [runs.StageRecord(day, s, runs.ALL_SOURCES, "succeeded") for s in runs.STAGES])
-    res = subprocess.run(
-        [sys.executable, "-c", STATUS_PROBE],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "ASOF_HOME": str(home)},
-        cwd=REPO,
-        timeout=180,
-    )
-    [line] = [ln for ln in res.stdout.splitlines() if ln.startswith("PROBE ")]
-    assert json.loads(line.removeprefix("PROBE ")) == {"code": 0, "heavy": []}, res.stderr
+    got, res = _probe(["status"], STATUS_HEAVY, home)
+    assert got == {"code": 0, "heavy": []}, res.stderr
     assert "2024-01-01" in res.stdout and "succeeded" in res.stdout
 
 
