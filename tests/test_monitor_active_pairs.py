@@ -51,9 +51,9 @@ def test_active_pairs_in_small_batches_equal_the_whole_day_deduplicated(
     want = _read_whole(day)
     monkeypatch.setattr(metrics, "_ACTIVE_BATCH_ROWS", 7)  # many batches, merged again and again
     monkeypatch.setattr(metrics, "_ACTIVE_MERGE_ROWS", 5)
-    got = metrics._active_pairs(day)
+    got = metrics._active_pairs(lake.dataset("silver", "transactions"), day)
     assert list(got.columns) == ["customer_id", "merchant_id"]
     assert len(got) == len(want) and set(got.itertuples(index=False, name=None)) == want
     assert got.notna().all().all()
     # a day with no batch: no pair
-    assert metrics._active_pairs(START + dt.timedelta(days=30)).empty
+    assert metrics._active_pairs(lake.dataset("silver", "transactions"), START + dt.timedelta(days=30)).empty
