@@ -35,6 +35,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.config import settings
 from flows.dates import date_range, parse_date, parse_range, span_label
+from flows.ingest.memory_budget import return_free_memory
 from flows.ingest.stage import IngestOutcome, ingest_dates
 from flows.lineage.openlineage_events import observed
 from flows.monitoring import alerts, metrics, notify
@@ -534,6 +535,7 @@ def _process_chunks(
                     break
             with timed("validate"):
                 good = _validate_stage(todo, results, records, stop_on_failure=not continue_on_failure)
+                return_free_memory()  # before DuckDB's working memory stacks on what validation kept
             for day in todo:
                 _progress(day, "validated" if day in good else "failed")
             failed = [d for d in chunk if d not in good and results[d].stages.get("validate") is not None]
@@ -546,6 +548,7 @@ def _process_chunks(
             _refresh_docs_index(chunk)
             with timed("transform"):
                 _transform_stage(good, results, records)
+                return_free_memory()
             transformed = [d for d in good if results[d].stages.get("transform") == "succeeded"]
             pending += transformed
             last = i + chunk_days >= len(days) or stop

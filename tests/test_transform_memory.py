@@ -13,7 +13,7 @@ import pytest
 
 from flows.ingest import memory_budget
 from flows.storage import lake
-from flows.transform import lake_io
+from flows.transform import lake_io, stage
 from flows.transform.stage import transform_range
 from tests import reference_features as rf
 
@@ -60,6 +60,7 @@ def test_the_transforms_duckdb_follows_the_budget_and_an_explicit_limit(
     rf.write_silver(rf.generate_silver(START, 12, quarantined_days=()))
     day = START + dt.timedelta(days=10)
     monkeypatch.delenv("ASOF_DUCKDB_MEMORY_LIMIT", raising=False)
+    monkeypatch.setattr(stage, "close_duckdb", lambda: None)  # kept open to read its setting
     gold = {}
     for budget, expected in (("4096", "1536MiB"), ("2048", "512MiB")):
         monkeypatch.setenv("ASOF_MEMORY_BUDGET", budget)
@@ -123,3 +124,31 @@ def test_the_plugin_hands_duckdb_bounded_scans_of_silver(home: Path) -> None:
     data = plugin.load(source)
     assert isinstance(data, lake_io.BoundedScanDataset)
     assert data.to_table().sort_by("txn_id").equals(lake.read("silver", "transactions").sort_by("txn_id"))
+
+
+def test_the_transforms_duckdb_is_closed_after_each_invocation(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-memory database (and the memory DuckDB kept for it) does not outlive its invocation;
+    the next one opens another and computes the same gold."""
+    rf.write_silver(rf.generate_silver(START, 12, quarantined_days=()))
+    day = START + dt.timedelta(days=10)
+    opened: list[duckdb.DuckDBPyConnection] = []
+    close = stage.close_duckdb
+
+    def remember_then_close() -> None:
+        from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+        opened.append(DuckDBConnectionManager.env().conn)
+        close()
+
+    monkeypatch.setattr(stage, "close_duckdb", remember_then_close)
+    first = transform_range(day, day)
+    gold = lake.read("gold", "customer_txn_features_daily")
+    second = transform_range(day, day)
+    assert first.succeeded and second.succeeded, (first.message, second.message)
+    assert len(opened) == 2 and opened[0] is not opened[1]
+    for conn in opened:
+        with pytest.raises(duckdb.ConnectionException):
+            conn.execute("select 1")
+    assert lake.read("gold", "customer_txn_features_daily").equals(gold)

@@ -23,6 +23,7 @@ within the budget is transformed within it too.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -103,6 +104,22 @@ def duckdb_memory_limit(s: Settings | None = None) -> str:
     if share >= DUCKDB_MAX_BYTES:
         return DUCKDB_MAX
     return f"{max(DUCKDB_MIN_BYTES, share) // MB}MiB"
+
+
+def return_free_memory() -> None:
+    """Hand back to the system the memory a finished stage freed but its allocators kept.
+
+    glibc keeps freed heap pages for the process and pyarrow's pool keeps its own, so a backfill's
+    resident size after a chunk's validation stayed ~300 MB above what was still alive (30 bench
+    days: 1259 MB -> 931 MB), and the next stage's peak (DuckDB's working memory) stacked on top.
+    Best effort: a libc without malloc_trim keeps its pages."""
+    import ctypes
+
+    import pyarrow as pa
+
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def size_text(n: float) -> str:

@@ -210,10 +210,25 @@ class _Dbt:
         # run_results/manifest JSON are not needed (results come back in process): --no-write-json
         # saves ~0.5 s per invocation; `docs generate` writes its own files.
         write_json = [] if args[:1] == ["docs"] else ["--no-write-json"]
-        res = runner.invoke(
-            ["--quiet", "--no-use-colors", *write_json, *args, *self.common_args(target_path)]
-        )
+        try:
+            res = runner.invoke(
+                ["--quiet", "--no-use-colors", *write_json, *args, *self.common_args(target_path)]
+            )
+        finally:
+            close_duckdb()
         return res, parsed, list(self._events)
+
+
+def close_duckdb() -> None:
+    """Close the in-memory DuckDB of the invocation that just ended.
+
+    dbt-duckdb keeps an in-memory database open for the process, and DuckDB keeps the memory its
+    last queries grew to even with every table dropped: 400-900 MB after a chunk's transform (30
+    bench days: 1,175 -> 802 MB once closed), held through the next chunk's ingest and validation
+    and stacked under the next transform's peak. The next invocation opens a new one (~0.2 s)."""
+    from dbt.adapters.duckdb.connections import DuckDBConnectionManager
+
+    DuckDBConnectionManager.close_all_connections()
 
 
 _DBT = _Dbt()

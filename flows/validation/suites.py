@@ -242,12 +242,30 @@ def run_suite(
     (result key, ExpectationSuiteValidationResult) pairs."""
     from great_expectations.core.run_identifier import RunIdentifier
 
-    out = checkpoint(ge_context(), suite_name).run(
-        batch_parameters={"dataframe": frame},
-        expectation_parameters=params,
-        run_id=RunIdentifier(run_name=run_name, run_time=run_time),
-    )
+    cp = checkpoint(ge_context(), suite_name)
+    try:
+        out = cp.run(
+            batch_parameters={"dataframe": frame},
+            expectation_parameters=params,
+            run_id=RunIdentifier(run_name=run_name, run_time=run_time),
+        )
+    finally:
+        release_frames(cp)
     return list(out.run_results.items())
+
+
+def release_frames(cp: Any) -> None:
+    """Let go of the frames a checkpoint run left in its execution engine.
+
+    GE's datasource keeps one execution engine, whose batch manager keeps every batch it loaded
+    (the frame of each suite's last run) until a batch of the same name replaces it: after a
+    chunk's validation ~480 MB of frames (30 bench days) stayed alive through the transform, on
+    top of DuckDB's working memory. The results are complete by then; nothing reads the frames."""
+    for vd in getattr(cp, "validation_definitions", None) or []:
+        with contextlib.suppress(Exception):  # a GE without these attributes keeps its frames
+            manager = vd.data.data_asset.datasource.get_execution_engine().batch_manager
+            manager.reset_batch_cache()
+            manager.batch_data_cache.clear()
 
 
 def forget(keys: list[Any]) -> None:
