@@ -126,3 +126,50 @@ def test_a_run_that_dies_after_a_chunk_leaves_it_pending_and_the_next_backfill_c
     assert runs.pending_dates(START, END) == set()
     customers = _sample_customers()
     assert _online_counts(customers) == _newest_gold(customers)
+
+
+def test_the_next_chunk_ingests_while_a_chunk_transforms_and_a_failed_transform_stops_the_run(
+    landed: Path, prefect_backend, spans, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Chunk N+1's ingest is submitted once chunk N validated, before N's transform; when that
+    transform fails the run stops after N: N+1's dates are not run and have no record (their
+    bronze is written: the ingest was waited for before the run returned), and a rerun of the
+    range converges to every date succeeded."""
+    from flows import pipeline
+
+    events: list[tuple[str, dt.date]] = []
+    real_submit, real_transform = pipeline._submit_ingest, pipeline.transform_features
+
+    def submit(days):
+        events.append(("ingest", days[0]))
+        return real_submit(days)
+
+    def transform(start, end):
+        events.append(("transform", start))
+        if start == DAYS[1]:
+            return pipeline.StageOutcome("failed", "dbt test failed (injected)")
+        return real_transform(start, end)
+
+    monkeypatch.setattr(pipeline, "_submit_ingest", submit)
+    monkeypatch.setattr(pipeline, "transform_features", transform)
+    from flows.monitoring.alerts import MonitoringFailure
+
+    with pytest.raises(MonitoringFailure):  # the failed date is stale: monitoring fails the run
+        pipeline.backfill(START.isoformat(), END.isoformat(), chunk_days=1)
+    assert events == [
+        ("ingest", DAYS[0]),
+        ("ingest", DAYS[1]),  # before DAYS[0]'s transform
+        ("transform", DAYS[0]),
+        ("ingest", DAYS[2]),
+        ("transform", DAYS[1]),  # fails: the run stops after this chunk
+    ]
+    status = runs.date_status(runs.latest(START, END))
+    assert status[DAYS[1]] == "failed"
+    assert status.get(DAYS[2]) is None  # not run: no record
+    bronze_days = lake.read("bronze", "transactions", columns=["_batch_date"])["_batch_date"]
+    assert DAYS[2] in set(bronze_days.to_pylist())  # its prefetched ingest finished before the return
+
+    monkeypatch.setattr(pipeline, "transform_features", real_transform)
+    again = pipeline.backfill(START.isoformat(), END.isoformat(), chunk_days=1)
+    assert [r["status"] for r in again] == ["skipped", "succeeded", "succeeded"], again  # 1st done
+    assert runs.succeeded_dates(START, END) == set(DAYS)
