@@ -8,8 +8,9 @@ per chunk instead of once per day and memory is bounded by a chunk. The online s
 after the last chunk: it only ever serves each entity's newest row, so writing it per chunk wrote
 every active entity again for every chunk (a year: 12 passes, 279 of 2457 s). Until then a chunk's
 dates are `pending` materialization; a run that dies leaves them so, and the next backfill of the
-range materializes them without recomputing anything. Every stage writes only the partitions it
-owns, so rerunning any date or range converges to the same lake.
+range materializes them without recomputing anything. The next chunk's ingest runs while a chunk
+transforms (`_process_chunk`). Every stage writes only the partitions it owns, so rerunning any date
+or range converges to the same lake.
 """
 
 from __future__ import annotations

@@ -210,17 +210,16 @@ class _Dbt:
         # run_results/manifest JSON are not needed (results come back in process): --no-write-json
         # saves ~0.5 s per invocation; `docs generate` writes its own files.
         write_json = [] if args[:1] == ["docs"] else ["--no-write-json"]
-        try:
-            res = runner.invoke(
-                ["--quiet", "--no-use-colors", *write_json, *args, *self.common_args(target_path)]
-            )
-        finally:
-            close_duckdb()
+        res = runner.invoke(
+            ["--quiet", "--no-use-colors", *write_json, *args, *self.common_args(target_path)]
+        )
         return res, parsed, list(self._events)
 
 
 def close_duckdb() -> None:
-    """Close the in-memory DuckDB of the invocation that just ended.
+    """Close the in-memory DuckDB of the transform that just ended (`transform_range`; not between
+    `asof docs --dbt`'s invocations: its `docs generate` reads the catalog of the tables the
+    `build --empty` before it made).
 
     dbt-duckdb keeps an in-memory database open for the process, and DuckDB keeps the memory its
     last queries grew to even with every table dropped: 400-900 MB after a chunk's transform (30
@@ -387,6 +386,7 @@ def transform_range(
         lake_io.reset_run_record()
         try:
             res, parsed, events = _DBT.invoke(["build", "--vars", json.dumps(dbt_vars)])
+            close_duckdb()
         except DbtParseError as exc:
             result = TransformResult(
                 start=start_d,
