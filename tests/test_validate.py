@@ -493,3 +493,18 @@ def test_freshness_is_checked_once_per_object_and_a_failed_check_again(home, mon
     unsaved = Checkpoint(name="asof-unsaved", validation_definitions=cp.validation_definitions)
     assert not unsaved.is_fresh().success
     assert not unsaved.is_fresh().success  # still not fresh: not remembered
+
+
+def test_no_validated_frame_outlives_its_checkpoint_run(merchants_d1):
+    """GE's execution engine keeps each batch it loaded; after a run asof empties it, so a chunk's
+    frames (hundreds of MB at bench scale) are not alive during the transform."""
+    from great_expectations.core.batch_manager import BatchManager
+
+    land("transactions", D1, [txn(i) for i in range(50)])
+    assert stage.validate_date(D1, ["transactions"], build_docs=False)["transactions"].status == "succeeded"
+    managers = []
+    for name in ("transactions.rows", "transactions.batches"):
+        for vd in suites.checkpoint(suites.ge_context(), name).validation_definitions:
+            managers.append(vd.data.data_asset.datasource.get_execution_engine().batch_manager)
+    assert managers and all(isinstance(m, BatchManager) for m in managers)
+    assert all(not m.batch_cache and not m.batch_data_cache for m in managers)
