@@ -97,15 +97,6 @@ def ordered(tbl: pa.Table) -> pa.Table:
 MAX_RUNS = 65_536  # ascending runs put in order by slices; more: sort
 
 
-def in_delivery_order(tbl: pa.Table) -> bool:
-    """Are the rows already in delivery order (`ordered` would return them as they are)?"""
-    if tbl.num_rows < 2:
-        return True
-    if any(tbl.column(c).null_count for c, _ in ORDER):
-        return False
-    return bool(_ascending(_order_keys(tbl), strict=False).all())
-
-
 def _order_keys(tbl: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(batch day, rank of the file name in sort order, row number) per row, as integers."""
     days = tbl.column("_batch_date").cast(pa.int32()).to_numpy(zero_copy_only=False)
