@@ -23,7 +23,7 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
     return a.shape == b.shape and np.array_equal(a, b) and np.array_equal(np.signbit(a), np.signbit(b))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     samples=st.lists(DAY, min_size=1, max_size=30),
     windows=st.lists(st.tuples(st.integers(0, 29), st.integers(1, 12)), min_size=1, max_size=25),

@@ -20,7 +20,7 @@ def _by_pandas(codes: np.ndarray, lines: np.ndarray) -> np.ndarray:
 ROWS = st.lists(st.tuples(st.integers(19_700, 19_704), st.integers(-2, 12)), max_size=80)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(rows=ROWS, grouped=st.booleans())
 def test_repeated_days_are_those_pandas_finds(rows: list[tuple[int, int]], grouped: bool) -> None:
     if grouped:  # delivery order: a day's rows together
