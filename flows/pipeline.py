@@ -526,8 +526,7 @@ def _process_chunks(
             )
     finally:
         if ahead is not None:  # the run stopped: nothing may still be writing when it returns
-            for fut in ahead.futures.values():
-                fut.wait()
+            ahead.wait()
     if not days:  # nothing to compute, only catching up
         return sorted(catch_up)
     return pending  # empty: the last chunk that ran materialized
@@ -539,6 +538,11 @@ class Prefetch:
 
     days: list[dt.date]
     futures: dict[str, PrefectFuture]
+
+    def wait(self) -> None:
+        """Until every source's ingest ended (its outcome stays unread: its dates were not run)."""
+        for fut in self.futures.values():
+            fut.wait()
 
 
 @dataclass
@@ -636,8 +640,7 @@ def _process_chunk(
         for day in chunk:
             results[day].message = results[day].message or crash
         if started is not None:  # the caller never sees it: let it finish before unwinding
-            for fut in started.futures.values():
-                fut.wait()
+            started.wait()
         raise
     finally:
         _close_chunk(chunk, results, records)

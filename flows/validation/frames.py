@@ -330,12 +330,10 @@ def yyyymmdd(codes: np.ndarray) -> np.ndarray:
     if codes.size == 0:
         return np.zeros(0, dtype=np.int64)
     lo, hi = int(codes.min()), int(codes.max())
-    if hi - lo > 100_000:  # not a span of batch dates: convert each row
-        days = pd.to_datetime(codes, unit="D")
-    else:
-        days = pd.to_datetime(np.arange(lo, hi + 1), unit="D")
+    per_day = hi - lo <= 100_000  # else not a span of batch dates: convert each row
+    days = pd.to_datetime(np.arange(lo, hi + 1) if per_day else codes, unit="D")
     ymd = (days.year * 10_000 + days.month * 100 + days.day).to_numpy().astype(np.int64)
-    return ymd if hi - lo > 100_000 else ymd[codes.astype(np.int64) - lo]
+    return ymd[codes.astype(np.int64) - lo] if per_day else ymd
 
 
 def _text(values: pa.ChunkedArray, python_strings: bool) -> pd.Series:
