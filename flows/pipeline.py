@@ -475,14 +475,18 @@ def process_dates(
     results = {d: DateResult(d) for d in days}
     # a range keeps an index of the silver keys between dates (validation's reference checks),
     # reuses its Delta reader handles (an open replays the log, which grows with history) and
-    # renders the Data Docs index once per chunk, not once per date (it lists every stored result)
+    # renders the Data Docs index once per chunk, not once per date (it lists every stored result).
+    # Every run renders its Data Docs pages in the background, while the transform works; the
+    # scope, closed first, waits for them, so the run returns with its pages rendered.
     with contextlib.ExitStack() as scope:
-        if len(days) > 1:
+        if days:
             from flows.validation import datadocs  # imports GE: not for `asof --help`
 
-            scope.enter_context(key_index.session())
-            scope.enter_context(lake.reader_handles())
-            scope.enter_context(datadocs.deferred_index())
+            if len(days) > 1:
+                scope.enter_context(key_index.session())
+                scope.enter_context(lake.reader_handles())
+                scope.enter_context(datadocs.deferred_index())
+            scope.enter_context(datadocs.rendering_in_background())
         left = _process_chunks(days, results, run_id, flow_run_id, continue_on_failure, chunk_days, catch_up)
     _materialize_pending(left, results, run_id, flow_run_id)
     for res in results.values():
@@ -659,8 +663,9 @@ def _process_chunk(
 
 
 def _refresh_docs_index(chunk: list[dt.date]) -> None:
-    """The chunk's validation pages are rendered; list them in the Data Docs index now, so a long
-    backfill's reports show up in the browser chunk by chunk (a no-op outside a range)."""
+    """List the chunk's validation pages in the Data Docs index now (rendered after them, in the
+    background), so a long backfill's reports show up in the browser chunk by chunk (a no-op
+    outside a range)."""
     from flows.validation import datadocs
 
     try:

@@ -228,3 +228,37 @@ def test_preloading_is_best_effort(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transform, "parse_project", broken_parse)
     prefect_api.preload()
     assert calls == ["parse"]
+
+
+def test_command_line_flows_send_heartbeats_only_when_configured(prefect_backend) -> None:
+    """Prefect 3.8 sends flow-run heartbeats by default from a thread the flow joins when it ends
+    (it sleeps in one-second steps: up to 1 s per `asof run`). A flow started by the command line
+    runs without them unless the user configured them; a configured frequency is kept."""
+    from prefect import flow
+    from prefect.flow_engine import FlowRunEngine
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, get_current_settings, temporary_settings
+
+    from flows.orchestration import prefect_api
+
+    seen: list[int | None] = []
+    engines: list[int | None] = []
+    real = FlowRunEngine.heartbeat_seconds.fget
+
+    def spy(engine):  # what the engine reads to decide whether to start its heartbeat thread
+        engines.append(real(engine))
+        return engines[-1]
+
+    @flow
+    def probe() -> None:
+        seen.append(get_current_settings().flows.heartbeat_frequency)
+
+    assert get_current_settings().flows.heartbeat_frequency == 180  # Prefect's default, sent
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(FlowRunEngine, "heartbeat_seconds", property(spy))
+        with prefect_api.heartbeats_only_if_configured():
+            probe()
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
+            with prefect_api.heartbeats_only_if_configured():
+                probe()
+    assert seen == [None, 60]
+    assert engines and engines[0] is None and engines[-1] == 60

@@ -230,3 +230,69 @@ def test_publishing_a_date_renders_its_pages_without_listing_the_results_store(s
         assert run[source].validation_run_id in page.read_text()
     assert old_page.stat().st_mtime_ns == old_mtime
     assert run["transactions"].validation_run_id in (home / "docs" / "index.html").read_text()
+
+
+def test_a_run_renders_its_pages_in_the_background_and_validation_waits_for_them(site, monkeypatch):
+    """Inside `rendering_in_background` (every pipeline run) publishing returns before its pages
+    render; they render on another thread, never while a validation uses GE's context, and the
+    scope returns only once they are written."""
+    import threading
+
+    home, _ = site
+    index = home / "docs" / "index.html"
+    ctx = suites.ge_context()
+    real_build = ctx.build_data_docs
+    release = threading.Event()
+    rendering = threading.Event()
+    threads: set[str] = set()
+
+    def slow_build(*a, **k):
+        threads.add(threading.current_thread().name)
+        rendering.set()
+        assert release.wait(30), "the test never let the rendering finish"
+        try:
+            return real_build(*a, **k)
+        finally:
+            rendering.clear()
+
+    real_run = suites.run_suite
+
+    def checked_run(*a, **k):
+        assert not rendering.is_set(), "a validation ran while a page was rendering"
+        return real_run(*a, **k)
+
+    monkeypatch.setattr(ctx, "build_data_docs", slow_build)
+    monkeypatch.setattr(suites, "run_suite", checked_run)
+    with datadocs.rendering_in_background():
+        first = stage.validate_date(D2)["transactions"]  # returns while its pages wait on `release`
+        assert rendering.wait(30)
+        assert not (home / "docs" / first.data_docs_path).exists()
+        threading.Timer(0.5, release.set).start()
+        second = stage.validate_date(D2)["transactions"]  # waits for the first run's pages first
+        assert (home / "docs" / first.data_docs_path).exists()
+    assert (home / "docs" / second.data_docs_path).exists()  # the scope waited for the second's
+    assert second.validation_run_id in index.read_text()
+    assert threads and threading.current_thread().name not in threads
+
+
+def test_a_page_that_fails_to_render_in_the_background_is_logged_and_the_index_catches_up(
+    site, monkeypatch, caplog
+):
+    home, _ = site
+    index = home / "docs" / "index.html"
+    ctx = suites.ge_context()
+    real = ctx.build_data_docs
+
+    def disk_full(*a, **k):
+        raise OSError("No space left on device")
+
+    with datadocs.deferred_index():
+        with datadocs.rendering_in_background():
+            run = stage.validate_date(D2)["transactions"]  # its pages render
+            datadocs.wait_for_pages()
+            monkeypatch.setattr(ctx, "build_data_docs", disk_full)
+            datadocs.refresh_index()  # queued: fails on the thread, returns here
+        assert "No space left on device" in caplog.text
+        monkeypatch.setattr(ctx, "build_data_docs", real)
+        assert run.validation_run_id not in index.read_text()
+    assert run.validation_run_id in index.read_text()  # the scope's end rendered it again

@@ -193,7 +193,7 @@ def _run_flow(kind: str, days: int, task_runner: object | None = None, **params)
         prefect_api.preload()  # on the other core while the temporary server starts
         server_ready()
 
-    with _progress_bar(days, kind) as advance:
+    with _progress_bar(days, kind) as advance, prefect_api.heartbeats_only_if_configured():
         pipeline.PROGRESS_HOOK = advance
         try:
             flow_fn = pipeline.backfill if kind == "backfill" else pipeline.daily_pipeline

@@ -12,6 +12,11 @@ re-parsing every stored result. The index itself still lists every stored result
 history (1.2 s to render at ~900 results, ~8 a date): inside a range (`deferred_index`), each date
 renders only its own pages and the index is rendered once per chunk. Rendering a date's pages never
 lists the results store (`KeyedSiteSectionBuilder`), so it costs the same at any history length.
+
+A pipeline run renders in the background (`rendering_in_background`): the pages of a chunk are GE's
+and Jinja's Python (~1 s a bench day, 1-2 s a 31-day chunk with its index), the chunk's transform
+right after them is DuckDB's, mostly off the GIL, on a machine with a core to spare. Rendering then
+runs during the transform instead of before it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,8 @@ import os
 import re
 import shutil
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +408,60 @@ _BUILD_LOCK = threading.Lock()
 _STATE_LOCK = threading.Lock()
 _DEFERRED = 0  # open deferred_index() scopes
 _STALE_KEY: ValidationResultIdentifier | None = None  # published since the index was last rendered
+_BACKGROUND = 0  # open rendering_in_background() scopes
+_RENDERER: ThreadPoolExecutor | None = None  # the one thread that renders in the background
+_QUEUED: list[Future] = []  # renderings submitted and not yet waited for
+
+
+@contextlib.contextmanager
+def rendering_in_background() -> Iterator[None]:
+    """Within this scope `publish` and `refresh_index` hand their rendering to one thread of its
+    own and return at once; it renders in submission order, so an index follows the pages it lists.
+
+    GE's data context is shared with validation, which must not run while a page renders:
+    `wait_for_pages()` (the start of every validation calls it) and the end of the scope wait for
+    the queue, so a run returns with its pages rendered. A rendering that fails is logged, as the
+    pipeline always did with a report that did not render: the data never waits on the report, and
+    an index left stale is rendered by the next refresh."""
+    global _BACKGROUND
+    with _STATE_LOCK:
+        _BACKGROUND += 1
+    try:
+        yield
+    finally:
+        with _STATE_LOCK:
+            _BACKGROUND -= 1
+        wait_for_pages()
+
+
+def wait_for_pages() -> None:
+    """Until every rendering handed to the background thread has ended (a no-op outside
+    `rendering_in_background`). Never call it from a rendering: it would wait for itself."""
+    while True:
+        with _STATE_LOCK:
+            if not _QUEUED:
+                return
+            queued = _QUEUED.pop(0)
+        queued.result()  # _logged() never raises
+
+
+def _render(what: str, job: Callable[[], None]) -> None:
+    """Run `job` now, or, inside `rendering_in_background`, on the background thread."""
+    global _RENDERER
+    with _STATE_LOCK:
+        if _BACKGROUND:
+            if _RENDERER is None:
+                _RENDERER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asof-datadocs")
+            _QUEUED.append(_RENDERER.submit(_logged, what, job))
+            return
+    job()
+
+
+def _logged(what: str, job: Callable[[], None]) -> None:
+    try:
+        job()
+    except Exception:  # a report: never fail the data because it did not render
+        log.exception("rendering Data Docs (%s) failed", what)
 
 
 @contextlib.contextmanager
@@ -427,7 +487,12 @@ def deferred_index() -> Iterator[None]:
 
 
 def refresh_index() -> None:
-    """Render the index if a page was published without it (no-op otherwise)."""
+    """Render the index if a page was published without it (no-op otherwise). Inside
+    `rendering_in_background` it is queued after the pages, and a failure is logged, not raised."""
+    _render("index", _refresh_index_now)
+
+
+def _refresh_index_now() -> None:
     from flows.validation.suites import ge_context
 
     global _STALE_KEY
@@ -458,22 +523,27 @@ def _suite_keys(ctx) -> list[ExpectationSuiteIdentifier]:
 
 def publish(results: Iterable[tuple[ValidationResultIdentifier, Any]]) -> list[str]:
     """Render the pages of these validation results ((key, result) pairs) and the index (no full
-    rebuild); inside `deferred_index()` the index waits for `refresh_index()`."""
+    rebuild); inside `deferred_index()` the index waits for `refresh_index()`, inside
+    `rendering_in_background()` the rendering is queued. Returns the pages' paths."""
+    results = list(results)
+    keys = [key for key, _ in results]
+    global _STALE_KEY
+    with _STATE_LOCK:  # decided now, by the scopes open now, whenever the pages render
+        with_index = _DEFERRED == 0
+        if not with_index and keys:
+            _STALE_KEY = keys[-1]
+    _render(f"{len(keys)} result page(s)", functools.partial(_publish_now, results, with_index))
+    return [page_path(k) for k in keys]
+
+
+def _publish_now(results: list[tuple[ValidationResultIdentifier, Any]], with_index: bool) -> None:
     from flows.validation.suites import ge_context
 
     ctx = ge_context()
     root = docs_root()
-    keys, entries = [], []
-    for key, vr in results:
-        keys.append(key)
-        entries.append((key, vr.success, asset_label(key)))
-    remember_results(entries)
+    keys = [key for key, _ in results]
+    remember_results([(key, vr.success, asset_label(key)) for key, vr in results])
     missing_suites = [k for k in _suite_keys(ctx) if not (root / page_path(k)).exists()]
-    global _STALE_KEY
-    with _STATE_LOCK:
-        with_index = _DEFERRED == 0
-        if not with_index and keys:
-            _STALE_KEY = keys[-1]
     with _BUILD_LOCK:
         ctx.build_data_docs(
             site_names=[SITE_NAME], resource_identifiers=keys + missing_suites, build_index=with_index
@@ -484,7 +554,6 @@ def publish(results: Iterable[tuple[ValidationResultIdentifier, Any]]) -> list[s
             pages.append(root / "index.html")
         for p in pages:
             offline_page(p, root)
-    return [page_path(k) for k in keys]
 
 
 def build_site() -> Path:

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -991,6 +992,9 @@ def validate_dates(
     wanted = [get_source(s).name for s in sources] if sources else list(SOURCE_NAMES)
     order = [s for s in SOURCE_NAMES if s in wanted]
     fx = load_fx_rates()
+    docs = sys.modules.get("flows.validation.datadocs")  # never imported: nothing can be rendering
+    if docs is not None:
+        docs.wait_for_pages()  # GE's context is shared with pages still rendering in the background
     t0 = time.perf_counter()
     runs = _evaluate_all(days, order, fx)
     if stop_on_failure:
