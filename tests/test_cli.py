@@ -257,8 +257,10 @@ def test_command_line_flows_send_heartbeats_only_when_configured(prefect_backend
         mp.setattr(FlowRunEngine, "heartbeat_seconds", property(spy))
         with prefect_api.heartbeats_only_if_configured():
             probe()
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
-            with prefect_api.heartbeats_only_if_configured():
-                probe()
+        with (
+            temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}),
+            prefect_api.heartbeats_only_if_configured(),
+        ):
+            probe()
     assert seen == [None, 60]
     assert engines and engines[0] is None and engines[-1] == 60
