@@ -11,7 +11,7 @@
 
 with transactions as (
 
-    select txn_id, merchant_id, event_day, known_day
+    select merchant_id, event_day, known_day, chargeback_batch_day
     from {{ ref('int_transactions__deduplicated') }}
     where known_day <= event_day + {{ w - 1 }}
 
@@ -28,12 +28,12 @@ cells as (
 chargebacks as (
 
     select
-        t.merchant_id,
-        t.event_day,
-        greatest(t.known_day, c.batch_day) as chargeback_known_day
-    from transactions as t
-    inner join {{ ref('int_chargebacks__deduplicated') }} as c on t.txn_id = c.txn_id
-    where greatest(t.known_day, c.batch_day) <= t.event_day + {{ w - 1 }}
+        merchant_id,
+        event_day,
+        greatest(known_day, chargeback_batch_day) as chargeback_known_day
+    from transactions
+    where chargeback_batch_day is not null
+      and greatest(known_day, chargeback_batch_day) <= event_day + {{ w - 1 }}
 
 ),
 
