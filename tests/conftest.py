@@ -30,6 +30,18 @@ def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["XDG_CACHE_HOME"] = before
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kill_harness_stopped() -> Iterator[None]:
+    """The kill harness (tests/kill_harness.py) is stopped when the session ends, not only at
+    interpreter exit (`kill_harness.close_harness`)."""
+    yield
+    import sys
+
+    harness = sys.modules.get("tests.kill_harness")  # never imported: nothing was started
+    if harness is not None:
+        harness.close_harness()
+
+
 def _missing(what: str) -> NoReturn:
     """Skip a test whose requirement is missing, except in CI (ASOF_REQUIRE_SERVICES=1, set by
     .ci/run, which installs everything): there a missing requirement fails, never skips."""

@@ -497,8 +497,20 @@ def harness() -> Harness:
     with _HLOCK:
         if _HARNESS is None:
             _HARNESS = Harness()
-            atexit.register(_HARNESS.close)
+            atexit.register(close_harness)
         return _HARNESS
+
+
+def close_harness() -> None:
+    """Stop the session's harness (its Prefect server, its zygote), if one was started. conftest.py
+    calls it when the test session ends: at the end of a full suite the atexit handler alone did
+    not run in the pytest-xdist workers, and the server, in a session of its own, outlived the
+    suite (two `prefect server start` processes left per run, one per worker)."""
+    global _HARNESS
+    with _HLOCK:
+        started, _HARNESS = _HARNESS, None
+    if started is not None:
+        started.close()
 
 
 def read_trace(path: Path) -> list[tuple[str, int]]:
