@@ -188,18 +188,20 @@ def test_a_range_renders_the_index_per_chunk_not_per_date(site):
     assert third.validation_run_id in index.read_text()
 
 
+def _disk_full(*a, **k):
+    """A Data Docs build on a full disk."""
+    raise OSError("No space left on device")
+
+
 def test_an_index_that_failed_to_render_is_rendered_by_the_next_refresh(site, monkeypatch):
     home, _ = site
     index = home / "docs" / "index.html"
     ctx = suites.ge_context()
     real = ctx.build_data_docs
 
-    def disk_full(*a, **k):
-        raise OSError("No space left on device")
-
     with datadocs.deferred_index():
         run = stage.validate_date(D2)["transactions"]
-        monkeypatch.setattr(ctx, "build_data_docs", disk_full)
+        monkeypatch.setattr(ctx, "build_data_docs", _disk_full)
         with pytest.raises(OSError):
             datadocs.refresh_index()
         monkeypatch.setattr(ctx, "build_data_docs", real)
@@ -283,14 +285,11 @@ def test_a_page_that_fails_to_render_in_the_background_is_logged_and_the_index_c
     ctx = suites.ge_context()
     real = ctx.build_data_docs
 
-    def disk_full(*a, **k):
-        raise OSError("No space left on device")
-
     with datadocs.deferred_index():
         with datadocs.rendering_in_background():
             run = stage.validate_date(D2)["transactions"]  # its pages render
             datadocs.wait_for_pages()
-            monkeypatch.setattr(ctx, "build_data_docs", disk_full)
+            monkeypatch.setattr(ctx, "build_data_docs", _disk_full)
             datadocs.refresh_index()  # queued: fails on the thread, returns here
         assert "No space left on device" in caplog.text
         monkeypatch.setattr(ctx, "build_data_docs", real)
