@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import threading
 
 import pyarrow as pa
 import pytest
@@ -216,6 +217,32 @@ def test_chargebacks_reference_known_transactions_and_dedupe(merchants_d1):
         ("t09999", ("unknown_transaction",)),
     ]
     assert sorted(r["txn_id"] for r in silver("chargebacks", D2)) == ["t00001", "t00101"]
+
+
+def test_a_source_that_cannot_be_read_fails_alone(merchants_d1, monkeypatch):
+    """Bronze is read on the stage's lake threads, ahead of the judging: an error there is still
+    that source's failure (its silver untouched), and the sources judged beside it are unaffected."""
+    from flows.validation import history
+
+    land("transactions", D2, [txn(i, D2) for i in range(10)])
+    land("merchants", D2, [merchant(i) for i in range(1, 5)])
+    read = history.bronze_rows
+    main = threading.get_ident()
+    seen: list[int] = []
+
+    def broken(source, days):
+        seen.append(threading.get_ident())
+        if source.name == "transactions":
+            raise OSError("disk read error")
+        return read(source, days)
+
+    monkeypatch.setattr(history, "bronze_rows", broken)
+    out = stage.validate_date(D2, build_docs=False)
+    assert out["transactions"].status == "failed"
+    assert out["transactions"].message == "OSError: disk read error"
+    assert out["merchants"].status == "succeeded" and len(silver("merchants", D2)) == 4
+    assert not lake.exists("silver", "transactions")
+    assert seen and main not in seen  # read off the judging thread
 
 
 def test_customers_and_merchants_rules(home):

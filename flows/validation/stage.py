@@ -29,9 +29,11 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -750,43 +752,65 @@ def _landed_files(source: Source, days: list[dt.date]) -> list[tuple[str, int, i
     return [(r["file"], r["bytes"] or 0, r["rows"] or 0) for r in tbl.to_pylist()]
 
 
-def _evaluate_source(source: Source, ctx: _Context) -> _SourceRun:
+@dataclass
+class _Loaded:
+    """One source's batches of the run's dates read and parsed, nothing judged yet: all that
+    `_evaluate_source` takes from the lake before it judges. It depends on no other source, so
+    `_evaluate_all` reads a source ahead on another thread while the sources before it are judged."""
+
+    run: _SourceRun
+    contract: Contract
+    records: dict[dt.date, list[dict]]
+    streams: bool = False  # too big to hold: `_evaluate_streamed` reads it slice by slice
+    batches: Batches | None = None
+    deliveries_of: dict[dt.date, Delivery] = field(default_factory=dict)
+
+
+def _load_source(source: Source, days: list[dt.date], *, may_stream: bool = True) -> _Loaded:
     run = _SourceRun(source)
-    contract = load_contract(source.name)
-    records = history.file_records(source, ctx.days)
-    landed = _landed_files(source, ctx.days)
+    loaded = _Loaded(run, load_contract(source.name), history.file_records(source, days))
+    landed = _landed_files(source, days)
     if landed:
-        est = memory_budget.recorded_estimate(source.name, span_label(ctx.days), landed, len(ctx.days))
+        est = memory_budget.recorded_estimate(source.name, span_label(days), landed, len(days))
         refused = est.refusal(memory_budget.budget_bytes())
         if refused:  # nothing read, nothing written: the dates fail with the reason
             run.error = refused
-            return run
-    if landed and memory_budget.streams(sum(n for _, _, n in landed)):
-        streamed_run = _evaluate_streamed(source, contract, ctx, records, run)
-        if streamed_run is not None:
-            return streamed_run
-    rows = history.bronze_rows(source, ctx.days)
+            return loaded
+    if may_stream and landed and memory_budget.streams(sum(n for _, _, n in landed)):
+        loaded.streams = True
+        return loaded
+    rows = history.bronze_rows(source, days)
     # rows are in delivery order, batch date first: a date's rows are a zero-copy slice (a filter
     # copied every date's rows, a second bronze table held for the whole evaluation)
     codes = rows.column("_batch_date").cast(pa.int32()).to_numpy(zero_copy_only=False)
     per_day = {}
-    for d in ctx.days:
+    for d in days:
         lo, hi = np.searchsorted(codes, day_code(d), "left"), np.searchsorted(codes, day_code(d), "right")
         per_day[d] = rows.slice(int(lo), int(hi - lo))
     del codes
-    deliveries_of: dict[dt.date, Delivery] = {}
-    for d in ctx.days:
-        info = history.delivery_info(source, d, per_day[d], records[d])
+    for d in days:
+        info = history.delivery_info(source, d, per_day[d], loaded.records[d])
         if info.delivered:
-            deliveries_of[d] = info
+            loaded.deliveries_of[d] = info
         else:
             run.not_delivered[d] = info.message or "not delivered"
-    days = sorted(deliveries_of)
-    if not days:
-        return run
-    keep = pa.concat_tables([per_day[d] for d in days]) if len(days) != len(ctx.days) else rows
-    b = prepare(source, contract, keep)
-    run.evaluation = evaluate(b, days, deliveries_of, ctx)
+    delivered = sorted(loaded.deliveries_of)
+    if delivered:
+        keep = pa.concat_tables([per_day[d] for d in delivered]) if len(delivered) != len(days) else rows
+        loaded.batches = prepare(source, loaded.contract, keep)
+    return loaded
+
+
+def _evaluate_source(loaded: _Loaded, ctx: _Context) -> _SourceRun:
+    run, source = loaded.run, loaded.run.source
+    if loaded.streams:
+        streamed_run = _evaluate_streamed(source, loaded.contract, ctx, loaded.records, run)
+        if streamed_run is not None:
+            return streamed_run
+        loaded = _load_source(source, ctx.days, may_stream=False)
+        run = loaded.run
+    if loaded.batches is not None:
+        run.evaluation = evaluate(loaded.batches, sorted(loaded.deliveries_of), loaded.deliveries_of, ctx)
     return run
 
 
@@ -946,14 +970,33 @@ def _finish(run: _SourceRun, v: SourceValidation, counts: tuple[int, int, int]) 
         v.message += "; warnings: " + "; ".join(v.warnings)
 
 
+# Two threads that read and write the lake for the judging thread: a source's bronze is read and
+# parsed (`_load_source`, Arrow and Parquet work that releases the GIL) while the sources before it
+# are judged, and the sources' silver and quarantine are written side by side. One pool for the
+# process, so its threads keep their reader handles for a whole range (lake.reader_handles).
+_LAKE_THREADS = 2
+_lake_pool: ThreadPoolExecutor | None = None
+_lake_pool_lock = threading.Lock()
+
+
+def _lake_work() -> ThreadPoolExecutor:
+    global _lake_pool
+    with _lake_pool_lock:
+        if _lake_pool is None:
+            _lake_pool = ThreadPoolExecutor(_LAKE_THREADS, thread_name_prefix="asof-validation-lake")
+        return _lake_pool
+
+
 def _evaluate_all(days: list[dt.date], wanted: list[str], fx: dict[str, float]) -> list[_SourceRun]:
     ctx = _Context(days, fx)
     runs: list[_SourceRun] = []
+    pool = _lake_work()
+    loads = {name: pool.submit(_load_source, get_source(name), days) for name in wanted}
     for name in wanted:
         source = get_source(name)
         ctx.processed.add(name)
         try:
-            run = _evaluate_source(source, ctx)
+            run = _evaluate_source(loads.pop(name).result(), ctx)
         except ConservationError:
             raise
         except Exception as exc:  # one broken source must not hide the others' outcomes
@@ -966,6 +1009,11 @@ def _evaluate_all(days: list[dt.date], wanted: list[str], fx: dict[str, float]) 
             ctx.processed.discard(name)  # refused: it writes nothing, its silver stays as it is
         runs.append(run)
     return runs
+
+
+def _write_and_check(run: _SourceRun) -> dict[dt.date, tuple[int, int, int] | ConservationError]:
+    """Write one source's split of the run's dates, then check conservation on what the lake holds."""
+    return storage.conservation(run.source.name, _write(run, release=True))
 
 
 def _forget(runs: list[_SourceRun]) -> None:
@@ -1011,7 +1059,11 @@ def validate_dates(
     for run in runs:
         for d in days:
             out[d][run.source.name] = _outcome(run, d)
-        checks[run.source.name] = storage.conservation(run.source.name, _write(run, release=True))
+    # the biggest source first: the others are written beside it
+    biggest_first = sorted(runs, key=lambda r: -(r.evaluation.batches.n if r.evaluation is not None else 0))
+    writes = {r.source.name: _lake_work().submit(_write_and_check, r) for r in biggest_first}
+    for run in runs:
+        checks[run.source.name] = writes[run.source.name].result()
     # the first violation, in the order validating date by date would meet it
     violations = [
         (d, order.index(s), got)
