@@ -110,9 +110,8 @@ class Plugin(BasePlugin):
         if cached is not None:
             return cached
         if lake.exists(layer, name):
-            table = lake.table(layer, name)
-            version = table.version()
-            data = bounded_scans(table.to_pyarrow_dataset())
+            latest, version = lake.versioned_dataset(layer, name)
+            data = bounded_scans(latest)
         else:
             version = None
             data = silver_schema(get_source(name)).empty_table()
