@@ -245,6 +245,30 @@ def test_a_source_that_cannot_be_read_fails_alone(merchants_d1, monkeypatch):
     assert seen and main not in seen  # read off the judging thread
 
 
+def test_a_forked_child_gets_lake_threads_of_its_own():
+    """The lake threads belong to the process that started them: a child forked after the parent
+    used them (the parent's threads are not in it) still gets its work done."""
+    import os
+
+    parent = stage._lake_work()
+    assert parent.submit(os.getpid).result(timeout=10) == os.getpid()  # an idle thread now exists
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        try:
+            pool = stage._lake_work()
+            ok = pool is not parent and pool.submit(os.getpid).result(timeout=10) == os.getpid()
+            os.write(write, b"ok" if ok else b"no")
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as got:
+        answer = got.read()
+    os.waitpid(pid, 0)
+    assert answer == b"ok"
+    assert stage._lake_work() is parent
+
+
 def test_customers_and_merchants_rules(home):
     land(
         "merchants",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
 import sys
 import threading
 import time
@@ -975,16 +976,19 @@ def _finish(run: _SourceRun, v: SourceValidation, counts: tuple[int, int, int]) 
 # are judged, and the sources' silver and quarantine are written side by side. One pool for the
 # process, so its threads keep their reader handles for a whole range (lake.reader_handles).
 _LAKE_THREADS = 2
-_lake_pool: ThreadPoolExecutor | None = None
+_lake_pool: tuple[int, ThreadPoolExecutor] | None = None  # (the process it belongs to, the pool)
 _lake_pool_lock = threading.Lock()
 
 
 def _lake_work() -> ThreadPoolExecutor:
+    """The process's pool; a forked child makes its own (the parent's threads are not in it, and
+    a pool that believes it has an idle thread would never start one)."""
     global _lake_pool
     with _lake_pool_lock:
-        if _lake_pool is None:
-            _lake_pool = ThreadPoolExecutor(_LAKE_THREADS, thread_name_prefix="asof-validation-lake")
-        return _lake_pool
+        if _lake_pool is None or _lake_pool[0] != os.getpid():
+            pool = ThreadPoolExecutor(_LAKE_THREADS, thread_name_prefix="asof-validation-lake")
+            _lake_pool = (os.getpid(), pool)
+        return _lake_pool[1]
 
 
 def _evaluate_all(days: list[dt.date], wanted: list[str], fx: dict[str, float]) -> list[_SourceRun]:
