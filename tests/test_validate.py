@@ -245,6 +245,32 @@ def test_a_source_that_cannot_be_read_fails_alone(merchants_d1, monkeypatch):
     assert seen and main not in seen  # read off the judging thread
 
 
+def test_a_failed_write_is_raised_once_every_other_write_ended(merchants_d1, monkeypatch):
+    """The sources' splits are written side by side: when one write fails, the stage raises only
+    after the others ended, so nothing of the run is still writing when the caller (or its retry)
+    goes on."""
+    import time
+
+    land("transactions", D2, [txn(i, D2) for i in range(10)])
+    land("merchants", D2, [merchant(i) for i in range(1, 5)])
+    write = stage._write
+    ended: list[str] = []
+
+    def slow_or_broken(run, release=False):
+        if run.source.name == "merchants":
+            raise OSError("no space left on device")
+        time.sleep(0.3)  # still writing when the merchants' write has failed
+        out = write(run, release=release)
+        ended.append(run.source.name)
+        return out
+
+    monkeypatch.setattr(stage, "_write", slow_or_broken)
+    with pytest.raises(OSError, match="no space left"):
+        stage.validate_date(D2, build_docs=False)
+    assert "transactions" in ended
+    assert len(silver("transactions", D2)) == 10
+
+
 def test_a_forked_child_gets_lake_threads_of_its_own():
     """The lake threads belong to the process that started them: a child forked after the parent
     used them (the parent's threads are not in it) still gets its work done."""

@@ -35,6 +35,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -1063,9 +1064,11 @@ def validate_dates(
     for run in runs:
         for d in days:
             out[d][run.source.name] = _outcome(run, d)
-    # the biggest source first: the others are written beside it
+    # the biggest source first: the others are written beside it. Every write ends before a
+    # failed one raises: nothing of this run may still be writing when the stage (or its retry) goes on
     biggest_first = sorted(runs, key=lambda r: -(r.evaluation.batches.n if r.evaluation is not None else 0))
     writes = {r.source.name: _lake_work().submit(_write_and_check, r) for r in biggest_first}
+    futures_wait(list(writes.values()))
     for run in runs:
         checks[run.source.name] = writes[run.source.name].result()
     # the first violation, in the order validating date by date would meet it
