@@ -179,6 +179,9 @@ def version(layer: str, name: str) -> int | None:
 # A file never changes once written, so in a range the fragments are kept by partition and only
 # the partitions whose files changed since the thread's last read are asked of deltalake again.
 
+# The column the bronze, silver and quarantine tables are partitioned by (a row's batch date).
+BATCH_DATE = "_batch_date"
+
 _HANDLES_LOCK = threading.Lock()
 _HANDLE_SCOPES = 0
 _HANDLES: dict[tuple[int, str], DeltaTable] = {}
@@ -228,7 +231,7 @@ def versioned_dataset(layer: str, name: str) -> tuple[ds.Dataset, int]:
     since this thread's last read are asked of deltalake (a year of silver transactions: ~0.75 ms
     a file, 365 files, at every chunk's transform)."""
     tbl = _latest_reader(layer, name)
-    return _dataset_of(tbl, layer, name, None, None, "_batch_date"), tbl.version()
+    return _dataset_of(tbl, layer, name, None, None, BATCH_DATE), tbl.version()
 
 
 def dataset(
@@ -236,7 +239,7 @@ def dataset(
     name: str,
     version: int | None = None,
     dates: tuple[dt.date | None, dt.date] | None = None,
-    date_column: str = "_batch_date",
+    date_column: str = BATCH_DATE,
 ) -> ds.Dataset:
     """An Arrow dataset over the table: DuckDB and pyarrow scan it lazily with filter pushdown.
 
@@ -321,7 +324,7 @@ def read(
     version: int | None = None,
     schema: pa.Schema | None = None,
     days: Iterable[dt.date] | None = None,
-    date_column: str = "_batch_date",
+    date_column: str = BATCH_DATE,
 ) -> pa.Table:
     """Read a table (or an empty table of `schema` when it does not exist yet).
 
@@ -877,7 +880,7 @@ def log_problems(layer: str, name: str) -> list[tuple[str, str]]:
     ]
 
 
-def partition_rows(layer: str, name: str, column: str = "_batch_date") -> dict[dt.date, int] | None:
+def partition_rows(layer: str, name: str, column: str = BATCH_DATE) -> dict[dt.date, int] | None:
     """Rows per value of a date partition column of the current version, from the log's file
     statistics (no data read); None when a file carries no row count."""
     actions = table(layer, name).get_add_actions(flatten=True)

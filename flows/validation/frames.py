@@ -186,6 +186,8 @@ class Batches:
 # Rows from which `prepare` parses two columns at a time: Arrow's string kernels (regex, cast) run
 # one chunk at a time on one core and release the GIL, so two threads parse a big batch in about
 # half the time (30 bench days of transactions: 1.9 s on one thread); below this, threads cost more.
+# A pool of its own per call, not the validation stage's lake threads: `prepare` runs on one of
+# those, and waiting there for work queued behind it could wait forever.
 PARALLEL_PARSE_ROWS = 200_000
 
 

@@ -995,10 +995,10 @@ def _lake_work() -> ThreadPoolExecutor:
 def _evaluate_all(days: list[dt.date], wanted: list[str], fx: dict[str, float]) -> list[_SourceRun]:
     ctx = _Context(days, fx)
     runs: list[_SourceRun] = []
+    sources = {name: get_source(name) for name in wanted}
     pool = _lake_work()
-    loads = {name: pool.submit(_load_source, get_source(name), days) for name in wanted}
-    for name in wanted:
-        source = get_source(name)
+    loads = {name: pool.submit(_load_source, source, days) for name, source in sources.items()}
+    for name, source in sources.items():
         ctx.processed.add(name)
         try:
             run = _evaluate_source(loads.pop(name).result(), ctx)
@@ -1067,7 +1067,8 @@ def validate_dates(
     # the biggest source first: the others are written beside it. Every write ends before a
     # failed one raises: nothing of this run may still be writing when the stage (or its retry) goes on
     biggest_first = sorted(runs, key=lambda r: -(r.evaluation.batches.n if r.evaluation is not None else 0))
-    writes = {r.source.name: _lake_work().submit(_write_and_check, r) for r in biggest_first}
+    pool = _lake_work()
+    writes = {r.source.name: pool.submit(_write_and_check, r) for r in biggest_first}
     futures_wait(list(writes.values()))
     for run in runs:
         checks[run.source.name] = writes[run.source.name].result()
