@@ -32,6 +32,7 @@ from feast.value_type import ValueType
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from flows.features import feast_online
 from flows.features.feast_online import KeyOrderedSqliteOnlineStore, KeyOrderedSqliteOnlineStoreConfig
 from tests.test_online_store import REDIS_PASSWORD, redis_server  # noqa: F401 (the fixture)
 
@@ -225,7 +226,7 @@ def test_batch_spanning_statements_without_the_entity_key_index(tmp_path: Path) 
     the rows are Feast's, the redundant index is dropped by the first write (and never created by
     our `update`), and both Feast's online_read and ours read every entity back alike."""
     t1, t2 = dt.datetime(2024, 1, 2, tzinfo=UTC), dt.datetime(2024, 1, 3, tzinfo=UTC)
-    n = 60  # 2 * 60 entities * 7 features = 840 rows: 8 statements of 100 rows and a remainder
+    n = 60  # 2 * 60 entities of 7 features: 8 statements of 14 entities and a remainder of 8
     ids = [(i * 37) % n for i in range(2 * n)]
     table = pa.table(
         {
@@ -261,6 +262,36 @@ def test_batch_spanning_statements_without_the_entity_key_index(tmp_path: Path) 
         ours_read = KeyOrderedSqliteOnlineStore().online_read(cfg, view, keys)
     assert ours_read == feasts and feasts[-1] == (None, None)
     assert all(ts == t2 and len(values) == len(FEATURES) for ts, values in feasts[:-1])
+
+
+def test_view_too_wide_for_one_statement_is_written_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A view whose one entity would bind more parameters than SQLite allows in a statement
+    (thousands of features) is upserted row by row, with the same rows as Feast's."""
+    monkeypatch.setattr(feast_online, "MAX_PARAMETERS", 2 * len(FEATURES))  # < F + one entity's
+
+    def refused(*_args: object) -> str:
+        raise AssertionError("a statement too wide for SQLite")
+
+    monkeypatch.setattr(feast_online, "entity_upsert_statement", refused)
+    t = dt.datetime(2024, 1, 2, tzinfo=UTC)
+    n = 30
+    table = pa.table(
+        {
+            "customer_id": pa.array([i % 20 for i in range(n)], pa.int64()),  # ten entities twice
+            "f_double": pa.array([i / 7 for i in range(n)]),
+            "f_int64": pa.array([i for i in range(n)], pa.int64()),
+            "f_int32": pa.array([None if i % 2 else i for i in range(n)], pa.int32()),
+            "f_string": pa.array([f"s{i}" for i in range(n)]),
+            "f_bool": pa.array([i % 3 == 0 for i in range(n)]),
+            "f_time": pa.array([t] * n, pa.timestamp("us", tz="UTC")),
+            "f_float": pa.array([float(i) for i in range(n)], pa.float32()),
+            "feature_timestamp": pa.array([t] * n, pa.timestamp("us", tz="UTC")),
+        }
+    )
+    stock, ours = _write_both(tmp_path, table, _view(False))
+    assert ours == stock and len(ours) == 20 * len(FEATURES)
 
 
 @pytest.mark.parametrize("field", ["vector_enabled", "enable_openai_compatible_store"])
