@@ -155,6 +155,42 @@ def test_the_warm_process_refuses_other_code_and_a_missing_terminal() -> None:
     assert warm_process.cold_reason(unrelated, env, "a", [0, 1, 2]) is None
 
 
+def test_preloading_pays_dbt_and_ge_first_costs_without_touching_the_lake(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """What the warm process does before it forks (`preload`): every dbt macro compiled into dbt's
+    template cache, every GE checkpoint loaded and its freshness checked once, and nothing else:
+    no lake written or read (a deltalake runtime made before a fork does not survive it), no
+    thread left running, nothing printed on the warm process's own output."""
+    import importlib
+
+    from dbt_common.clients.jinja import template_cache
+
+    from flows.orchestration import prefect_api
+    from flows.transform.stage import parsed_manifest
+    from flows.validation import suites
+    from flows.validation.contracts import EXPECTATIONS_DIR
+
+    monkeypatch.setenv("ASOF_HOME", str(tmp_path))
+    for name in warm_process.PRELOAD:  # what preloaded before the warm-ups (its threads are its own)
+        importlib.import_module(name)
+    prefect_api.preload()
+    capfd.readouterr()
+    threads = len(os.listdir("/proc/self/task"))
+    warm_process.preload()
+    assert len(os.listdir("/proc/self/task")) == threads
+    assert not (tmp_path / "lake").exists()
+    assert capfd.readouterr().out == ""
+    cached = template_cache.file_cache
+    assert all(m.macro_sql in cached for m in parsed_manifest().macros.values())
+    ctx = suites.ge_context()
+    names = sorted(p.stem for p in (EXPECTATIONS_DIR / "checkpoints").glob("*.json"))
+    assert len(names) == 8
+    for name in names:
+        cp = suites.checkpoint(ctx, name)
+        assert suites._FRESH.get(id(cp), (None,))[0] is cp  # its freshness known: not checked again
+
+
 def test_sigterm_stops_the_warm_process_and_removes_its_socket(homes) -> None:
     daemon, sock = homes["daemon"], homes["socket"]
     assert sock.stat().st_mode & 0o777 == 0o600

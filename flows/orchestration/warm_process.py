@@ -167,7 +167,8 @@ def start(env: Mapping[str, str], log_path: Path, timeout_s: float = 300.0):
 
 
 def preload() -> None:
-    """Import what a run imports, and load dbt's manifest, once."""
+    """Import what a run imports, load dbt's manifest and pay dbt's first-invocation costs, once.
+    Best effort, like `prefect_api.preload`: what fails here fails again in the run that needs it."""
     import importlib
 
     from flows.orchestration import prefect_api
@@ -175,6 +176,12 @@ def preload() -> None:
     for name in PRELOAD:
         importlib.import_module(name)
     prefect_api.preload()
+    from flows.transform import stage as transform_stage
+    from flows.validation import suites
+
+    for warm_up in (transform_stage.warm_up, suites.warm_up):
+        with contextlib.suppress(Exception):
+            warm_up()
 
 
 def serve(run_command: Callable[[], None], path: Path | None = None) -> None:
