@@ -347,7 +347,7 @@ _txn = st.tuples(
     st.one_of(st.none(), st.integers(0, 12)),  # chargeback delivered this many days after the txn
 )
 # Examples of the point-in-time property, two dbt invocations each (~4-4.5 s on 2 busy cores): 3 by
-# default for a quick local run, 16 in CI (.ci/run), ASOF_PIT_EXAMPLES=200 for a deep search (~15 min).
+# default for a quick local run, 8 in CI (.ci/run), ASOF_PIT_EXAMPLES=200 for a deep search (~20 min).
 PIT_EXAMPLES = config.settings().pit_examples
 
 
