@@ -706,7 +706,7 @@ def _validation_pages(results: list[DateResult]) -> dict[dt.date, dict[str, str]
         return {}
     docs = settings().docs_dir
     pages: dict[dt.date, dict[str, str]] = {}
-    for rec in runs.latest(min(days), max(days)):
+    for rec in runs.stage_records(min(days), max(days)):
         if rec["stage"] != "validate" or rec["execution_date"] not in days:
             continue
         try:

@@ -504,3 +504,45 @@ def test_a_failing_metric_family_is_reported_not_raised(home: Path, monkeypatch:
     err = [b for b in breaches if b.metric == "monitor_error"]
     assert len(err) == 1 and err[0].scope == "freshness" and "KeyError" in err[0].message
     assert {r["metric"] for r in storage.read_metrics(START)} >= {"date_status", "monitor_error"}
+
+
+def test_flow_reports_read_the_run_records_once_and_show_each_dates_own_status(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow's two reports (the lake's newest dates, the run's own) take every date's pipeline
+    status from one pass over the run records: a date's status is the same whatever range it is
+    asked with, which is what makes one pass enough."""
+    from flows.monitoring import report
+    from flows.operations import runs
+
+    days = days_between(START, START + dt.timedelta(days=9))
+    write_gold("customer_txn_features_daily", synthetic_customer_gold(days[0], days[-1], customers=20))
+    metrics.compute_and_store(days, online_reader=False)
+    status_of = {1: ("transform", "failed"), 8: ("validate", "rejected"), 5: ("ingest", "partial")}
+    records = []
+    for i, day in enumerate(days):
+        failing = status_of.get(i)
+        for stage in runs.STAGES:
+            status = failing[1] if failing and failing[0] == stage else runs.FINAL_OK
+            records.append(runs.StageRecord(day, stage, runs.ALL_SOURCES, status))
+    write_runs(records)
+    whole = report.pipeline_statuses(days[0], days[-1])
+    assert (whole[days[1]], whole[days[8]], whole[days[5]]) == ("failed", "rejected", "partial")
+    for a, b in [(0, 3), (2, 9), (4, 4), (7, 9)]:
+        part = report.pipeline_statuses(days[a], days[b])
+        assert part == {d: s for d, s in whole.items() if days[a] <= d <= days[b]}
+
+    # what a stage recorded, read without the date checks (the run report's Data Docs links)
+    for a, b in [(0, 9), (1, 1), (3, 8)]:
+        checked = [r for r in runs.latest(days[a], days[b]) if r["stage"] != "run"]
+        assert runs.stage_records(days[a], days[b]) == checked
+        assert len(checked) == len(runs.STAGES) * (b - a + 1)
+
+    calls: list[tuple] = []
+    latest = runs.latest
+    monkeypatch.setattr(runs, "latest", lambda *a: calls.append(a) or latest(*a))
+    written = report.write_flow_reports([days[1]], 3, home / "reports")
+    assert len(calls) == 1
+    run_page, served_page = written.run.read_text(), written.served.read_text()
+    assert "pipeline failed" in run_page and "pipeline rejected" not in run_page  # days 0-2
+    assert "pipeline rejected" in served_page and "pipeline failed" not in served_page  # days 7-9

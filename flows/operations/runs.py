@@ -131,16 +131,11 @@ def _pid_alive(host: str | None, pid: int | None, since: dt.datetime | None = No
     return True
 
 
-def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dict]:
-    """Newest record per (date, stage, source) in the range, plus one `run` record for a date that
-    is not what its stage records say: `running` / `interrupted` (a run started and never finished;
-    its process is alive / gone) or `stale` (it succeeded, but an earlier date was re-processed with
-    different results, or had rows released from quarantine, after it: its features are out of date).
-    """
-    if not lake.exists("ops", "runs"):
-        return []
-    everything = lake.read_rows("ops", "runs")  # staleness needs earlier dates too
-    everything.sort(key=lambda r: r["recorded_at"])
+def _newest(
+    everything: list[dict], start: dt.date | None, end: dt.date | None
+) -> tuple[dict[tuple, dict], dict[dt.date, dict]]:
+    """The newest stage record per (date, stage, source) of the range, and the newest run marker
+    per date, from records sorted by time."""
     lo, hi = start, (end or start)
     rows = [r for r in everything if lo is None or lo <= r["execution_date"] <= hi]
     # The newest run that recorded a stage of a date is the truth for that stage, all its sources at
@@ -157,6 +152,33 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
             run_marker[r["execution_date"]] = r
         elif stage_run[(r["execution_date"], r["stage"])] == r["run_id"]:
             newest[(r["execution_date"], r["stage"], r["source"])] = r
+    return newest, run_marker
+
+
+def stage_records(start: dt.date, end: dt.date | None = None) -> list[dict]:
+    """The newest record per (date, stage, source) of the range, as the stages wrote them: what
+    `latest` starts from, without its checks of the dates against the lake (run markers, damage,
+    staleness: ~15 Delta tables opened). For readers of what a stage recorded (its details), not
+    of a date's status."""
+    if not lake.exists("ops", "runs"):
+        return []
+    everything = lake.read_rows("ops", "runs")
+    everything.sort(key=lambda r: r["recorded_at"])
+    newest, _ = _newest(everything, start, end)
+    return sorted(newest.values(), key=lambda r: (r["execution_date"], r["stage"], r["source"]))
+
+
+def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dict]:
+    """Newest record per (date, stage, source) in the range, plus one `run` record for a date that
+    is not what its stage records say: `running` / `interrupted` (a run started and never finished;
+    its process is alive / gone) or `stale` (it succeeded, but an earlier date was re-processed with
+    different results, or had rows released from quarantine, after it: its features are out of date).
+    """
+    if not lake.exists("ops", "runs"):
+        return []
+    everything = lake.read_rows("ops", "runs")  # staleness needs earlier dates too
+    everything.sort(key=lambda r: r["recorded_at"])
+    newest, run_marker = _newest(everything, start, end)
     out = list(newest.values())
     flagged: set[dt.date] = set()
     # A run marker newer than every stage record of its date means a run started and never finished.
