@@ -173,10 +173,15 @@ def test_arrow_write_equals_feasts_write(tmp_path: Path, rows: list[dict], creat
     assert len(ours) == len(rows) * len(FEATURES)
 
 
-def test_timestamp_feature_with_nulls_and_string_keys_of_other_types(tmp_path: Path) -> None:
-    """A timestamp column with nulls, and an INT64 feature held as float (a DuckDB sum, say),
-    leave the fast path's preconditions: the rows are still Feast's."""
+@pytest.mark.parametrize("some_times", [True, False])
+def test_timestamp_feature_with_nulls_and_string_keys_of_other_types(
+    tmp_path: Path, some_times: bool
+) -> None:
+    """A timestamp column with nulls (Feast stores a null time as NaT's int64, also when every
+    value is null), and an INT64 feature held as float (a DuckDB sum, say), which leaves the fast
+    path's preconditions: the rows are still Feast's."""
     t = dt.datetime(2024, 1, 2, tzinfo=UTC)
+    before_epoch = dt.datetime(1969, 12, 31, 23, 59, 59, 500000, tzinfo=UTC)  # floors to -1 s
     table = pa.table(
         {
             "customer_id": pa.array([3, 1, 2], pa.int64()),
@@ -185,7 +190,9 @@ def test_timestamp_feature_with_nulls_and_string_keys_of_other_types(tmp_path: P
             "f_int32": pa.array([None, None, None], pa.int32()),
             "f_string": pa.array(["é", "", None]),
             "f_bool": pa.array([True, False, None]),
-            "f_time": pa.array([t, None, t], pa.timestamp("us", tz="UTC")),
+            "f_time": pa.array(
+                [t, None, before_epoch] if some_times else [None] * 3, pa.timestamp("us", tz="UTC")
+            ),
             "f_float": pa.array([0.1, None, 2.5], pa.float32()),
             "feature_timestamp": pa.array([t, t, t], pa.timestamp("us", tz="UTC")),
         }

@@ -310,7 +310,7 @@ def _varints(values: np.ndarray, tag: int) -> list[bytes]:
 def _varints_match(field: str) -> bool:
     """The encoding above, checked against the message for the field's extremes."""
     samples = [0, 1, -1, 127, 128, 300, -(2**31), 2**31 - 1] + (
-        [2**63 - 1, -(2**63)] if field == "int64_val" else []
+        [2**63 - 1, -(2**63)] if field != "int32_val" else []
     )
     tag = ValueProto(**{field: 1}).SerializeToString()[0]
     got = _varints(np.array(samples, dtype=np.int64), tag)
@@ -318,6 +318,11 @@ def _varints_match(field: str) -> bool:
 
 
 _VARINT_FIELDS = {t: f for t, (f, _) in _INT_FIELDS.items() if _varints_match(f)}
+# A timestamp feature's values are int64 varints too (unix_timestamp_val): its tag, or None (the
+# message path) if the encoding ever disagreed with the message.
+_TIME_TAG = (
+    ValueProto(unix_timestamp_val=1).SerializeToString()[0] if _varints_match("unix_timestamp_val") else None
+)
 
 
 def _int_values(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.ndarray, np.ndarray] | None:
@@ -410,12 +415,11 @@ def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.n
             return found
     protos = _protos(column, value_type)
     if protos is None:
-        plain_times = column.null_count == 0 and pa.types.is_timestamp(column.type)
-        if value_type == ValueType.UNIX_TIMESTAMP and plain_times:
-            # Feast floors each datetime64 to whole seconds; value_text stays empty for timestamps
-            seconds = column.to_numpy().astype("datetime64[s]").astype("int64").tolist()
-            values = [ValueProto(unix_timestamp_val=s).SerializeToString() for s in seconds]
-            return _objects(values), _objects([None] * len(values))
+        if value_type == ValueType.UNIX_TIMESTAMP and pa.types.is_timestamp(column.type) and _TIME_TAG:
+            # Feast floors each datetime64 to whole seconds, and a null (NaT) becomes NaT's int64
+            # (its conversion of the column's numpy values); value_text stays empty for timestamps
+            seconds = column.to_numpy(zero_copy_only=False).astype("datetime64[s]").astype("int64")
+            return _objects(_varints(seconds, _TIME_TAG)), _objects([None] * len(seconds))
         protos = python_values_to_proto_values(column.to_numpy(zero_copy_only=False), value_type)
     encoded: dict[int, tuple[bytes, str | None]] = {}
     pairs = []
