@@ -766,7 +766,7 @@ class Settings:
         "ASOF_PIT_EXAMPLES",
         "integer",
         3,
-        "Examples of the point-in-time property test (16 in CI, 200 for a deep search).",
+        "Examples of the point-in-time property test (8 in CI, 200 for a deep search).",
         _int,
         TESTS,
         read_by="tests",

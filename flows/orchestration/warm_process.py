@@ -167,8 +167,9 @@ def start(env: Mapping[str, str], log_path: Path, timeout_s: float = 300.0):
 
 
 def preload() -> None:
-    """Import what a run imports, load dbt's manifest and pay dbt's first-invocation costs, once.
-    Best effort, like `prefect_api.preload`: what fails here fails again in the run that needs it."""
+    """Import what a run imports, load dbt's manifest, and pay what dbt's first invocation and
+    GE's first validation of a process cost, once. Best effort, like `prefect_api.preload`: what
+    fails here fails again in the run that needs it."""
     import importlib
 
     from flows.orchestration import prefect_api
