@@ -17,30 +17,6 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 
 
-# The test files that take longest (`pytest --durations`, 2026-12-07: test_kill's module fixture
-# alone 143-166 s), started first: `make test` runs `--dist loadfile`, which hands each of its two
-# workers the next file in collection order as it becomes free, so a long file collected late
-# (test_kill sorts in the middle, test_warm_process last) leaves one worker running it alone at
-# the end while the other idles. Longest first keeps the two workers' ends close together.
-SLOWEST_FILES_FIRST = (
-    "test_kill.py",
-    "test_deployments.py",
-    "test_memory_budget.py",
-    "test_lineage.py",
-    "test_pipeline_e2e.py",
-    "test_corpus.py",
-    "test_transform.py",
-    "test_artifact_links.py",
-    "test_dask.py",
-    "test_warm_process.py",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(SLOWEST_FILES_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order kept
-
-
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The cache homes share (flows/transform/manifest_cache.py: `$XDG_CACHE_HOME/asof`) is the
