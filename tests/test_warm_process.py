@@ -188,7 +188,7 @@ def test_preloading_pays_dbt_and_ge_first_costs_without_touching_the_lake(
     assert len(names) == 8
     for name in names:
         cp = suites.checkpoint(ctx, name)
-        assert suites._FRESH.get(id(cp), (None,))[0] is cp  # its freshness known: not checked again
+        assert suites.freshness_known(cp)  # not checked again in a run
 
 
 def test_sigterm_stops_the_warm_process_and_removes_its_socket(homes) -> None:

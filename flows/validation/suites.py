@@ -186,6 +186,13 @@ def _check_freshness_once() -> None:
         cls.is_fresh = is_fresh
 
 
+def freshness_known(obj: Any) -> bool:
+    """Whether the freshness of a checkpoint or validation definition passed already in this
+    process (so its runs do not check it again)."""
+    known = _FRESH.get(id(obj))
+    return known is not None and known[0] is obj
+
+
 class SuitesMissingError(RuntimeError):
     """A source has a contract but no generated suites (docs/adding-a-source.md, step 2)."""
 
