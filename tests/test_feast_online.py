@@ -416,3 +416,11 @@ def test_online_store_path_without_asof_home_is_asofs_default(monkeypatch) -> No
         KeyOrderedSqliteOnlineStoreConfig(path="${ASOF_HOME}/feast/online.db").path
         == "/srv/asof/feast/online.db"
     )
+
+
+def test_a_view_without_features_writes_no_row(tmp_path: Path) -> None:
+    """Entities of a view with no feature columns give no (entity, feature) row, as row by row."""
+    conn = sqlite3.connect(tmp_path / "x.db")
+    conn.execute("CREATE TABLE t (entity_key, feature_name, value, value_text, event_ts, created_ts)")
+    feast_online.write_entities(conn, "t", [], [b"key", 1, None, b"other", 2, None])
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)

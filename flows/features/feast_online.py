@@ -178,11 +178,13 @@ def write_entities(conn: sqlite3.Connection, table_name: str, features: Sequence
     """Upsert whole entities given as one flat list (`entity_width` parameters per entity: key,
     value and value_text of each of `features` in that order, event_ts, created_ts; entities in
     order), in one transaction. A view too wide for one entity per statement goes row by row."""
+    if not features:
+        return  # a view without features writes no row (as row by row)
     width = entity_width(len(features))
     if len(features) + width > MAX_PARAMETERS:
         write_rows(conn, table_name, _rows_of_entities(features, flat))
         return
-    per_statement = max(1, ROWS_PER_STATEMENT // max(1, len(features)))
+    per_statement = max(1, ROWS_PER_STATEMENT // len(features))
     chunk = per_statement * width
     whole = len(flat) // chunk * chunk
     names = list(features)
@@ -415,7 +417,8 @@ def _column_values(column: pa.ChunkedArray, value_type: ValueType) -> tuple[np.n
             return found
     protos = _protos(column, value_type)
     if protos is None:
-        if value_type == ValueType.UNIX_TIMESTAMP and pa.types.is_timestamp(column.type) and _TIME_TAG:
+        time_column = value_type == ValueType.UNIX_TIMESTAMP and pa.types.is_timestamp(column.type)
+        if time_column and _TIME_TAG is not None:
             # Feast floors each datetime64 to whole seconds, and a null (NaT) becomes NaT's int64
             # (its conversion of the column's numpy values); value_text stays empty for timestamps
             seconds = column.to_numpy(zero_copy_only=False).astype("datetime64[s]").astype("int64")

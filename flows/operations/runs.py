@@ -131,6 +131,15 @@ def _pid_alive(host: str | None, pid: int | None, since: dt.datetime | None = No
     return True
 
 
+def _all_records() -> list[dict]:
+    """Every run record, oldest first (none before the first run)."""
+    if not lake.exists("ops", "runs"):
+        return []
+    everything = lake.read_rows("ops", "runs")
+    everything.sort(key=lambda r: r["recorded_at"])
+    return everything
+
+
 def _newest(
     everything: list[dict], start: dt.date | None, end: dt.date | None
 ) -> tuple[dict[tuple, dict], dict[dt.date, dict]]:
@@ -160,11 +169,7 @@ def stage_records(start: dt.date, end: dt.date | None = None) -> list[dict]:
     `latest` starts from, without its checks of the dates against the lake (run markers, damage,
     staleness: ~15 Delta tables opened). For readers of what a stage recorded (its details), not
     of a date's status."""
-    if not lake.exists("ops", "runs"):
-        return []
-    everything = lake.read_rows("ops", "runs")
-    everything.sort(key=lambda r: r["recorded_at"])
-    newest, _ = _newest(everything, start, end)
+    newest, _ = _newest(_all_records(), start, end)
     return sorted(newest.values(), key=lambda r: (r["execution_date"], r["stage"], r["source"]))
 
 
@@ -174,10 +179,9 @@ def latest(start: dt.date | None = None, end: dt.date | None = None) -> list[dic
     its process is alive / gone) or `stale` (it succeeded, but an earlier date was re-processed with
     different results, or had rows released from quarantine, after it: its features are out of date).
     """
-    if not lake.exists("ops", "runs"):
+    everything = _all_records()  # staleness needs earlier dates too
+    if not everything:
         return []
-    everything = lake.read_rows("ops", "runs")  # staleness needs earlier dates too
-    everything.sort(key=lambda r: r["recorded_at"])
     newest, run_marker = _newest(everything, start, end)
     out = list(newest.values())
     flagged: set[dt.date] = set()

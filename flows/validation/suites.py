@@ -174,9 +174,9 @@ def _check_freshness_once() -> None:
         original = cls.is_fresh
 
         def is_fresh(self, _original=original):
-            known = _FRESH.get(id(self))
-            if known is not None and known[0] is self:
-                return known[1]
+            known = _passed_freshness(self)
+            if known is not None:
+                return known
             diagnostics = _original(self)
             if diagnostics.success:
                 _FRESH[id(self)] = (self, diagnostics)  # the object is kept: its id stays its own
@@ -186,11 +186,16 @@ def _check_freshness_once() -> None:
         cls.is_fresh = is_fresh
 
 
+def _passed_freshness(obj: Any) -> Any | None:
+    """The passing freshness diagnostics of this very object, if it was checked in this process."""
+    known = _FRESH.get(id(obj))
+    return known[1] if known is not None and known[0] is obj else None
+
+
 def freshness_known(obj: Any) -> bool:
     """Whether the freshness of a checkpoint or validation definition passed already in this
     process (so its runs do not check it again)."""
-    known = _FRESH.get(id(obj))
-    return known is not None and known[0] is obj
+    return _passed_freshness(obj) is not None
 
 
 class SuitesMissingError(RuntimeError):
