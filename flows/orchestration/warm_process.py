@@ -167,22 +167,17 @@ def start(env: Mapping[str, str], log_path: Path, timeout_s: float = 300.0):
 
 
 def preload() -> None:
-    """Import what a run imports, load dbt's manifest, and pay what dbt's first invocation and
-    GE's first validation of a process cost, once. Best effort, like `prefect_api.preload`: what
-    fails here fails again in the run that needs it."""
+    """Import what a run imports and pay every stage's one-time costs (GE's context and checkpoints,
+    dbt's manifest and first invocation, Feast's modules: flows.orchestration.head_start), once.
+    Best effort, like `prefect_api.preload`: what fails here fails again in the run that needs it."""
     import importlib
 
-    from flows.orchestration import prefect_api
+    from flows.orchestration import head_start, prefect_api
 
     for name in PRELOAD:
         importlib.import_module(name)
     prefect_api.preload()
-    from flows.transform import stage as transform_stage
-    from flows.validation import suites
-
-    for warm_up in (transform_stage.warm_up, suites.warm_up):
-        with contextlib.suppress(Exception):
-            warm_up()
+    head_start.pay_all()
 
 
 def serve(run_command: Callable[[], None], path: Path | None = None) -> None:

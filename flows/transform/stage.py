@@ -18,6 +18,7 @@ How the pieces fit:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -133,6 +134,7 @@ class _Dbt:
         self._fingerprint: str | None = None
         self._manifest = None
         self._events: list[str] = []
+        self.warm = False  # warm_up done in this process
 
     @staticmethod
     def fingerprint(project_dir: Path) -> str:
@@ -268,29 +270,30 @@ def parse_project() -> None:
 
 
 def warm_up() -> None:
-    """Pay dbt's first-invocation costs in a long-lived process before it forks its runs (the warm
-    process, flows.orchestration.warm_process): a forked child inherits them already paid.
+    """Pay dbt's first-invocation costs before the transform needs them, once per process
+    (flows.orchestration.head_start: in the warm process before it forks, in a cold run while its
+    first chunk ingests).
 
     The first `dbt build` of a process took 7.7-8.2 s where the next took 4.8-5.9 s (one bench
     day). The difference is work dbt keeps for the process: the JSON schemas it builds to validate
     the project and profile (mashumaro, 0.77 s under cProfile) and the Jinja template of every
     macro it calls, compiled on first use (the first seed and the first test of each kind
     0.45-0.5 s more than the next). `dbt ls` validates the project and profile without opening a
-    database or the lake; every macro of the manifest is then compiled into dbt's template cache
-    (527 macros, ~1.5 s). Nothing here starts a thread or touches the lake, so forking after it is
-    as safe as before it."""
-    import contextlib
-    import io
-
+    database or the lake (`--log-level none`: it prints nothing, and it may run beside a thread
+    that does); every macro of the manifest is then compiled into dbt's template cache (527
+    macros, ~1.5 s). Nothing here starts a thread or touches the lake, so forking after it is as
+    safe as before it."""
     from dbt_common.clients.jinja import template_cache
 
     with _DBT.lock:
+        if _DBT.warm:
+            return
         manifest, _ = _DBT.manifest()
-        with contextlib.redirect_stdout(io.StringIO()):  # ls prints the selected node's name
-            _DBT.invoke(["ls", "--resource-type", "seed", "--output", "name"])
+        _DBT.invoke(["ls", "--resource-type", "seed", "--output", "name", "--log-level", "none"])
         for macro in manifest.macros.values():
             with contextlib.suppress(Exception):  # a macro that fails to compile fails in its run
                 template_cache.get_node_template(macro)
+        _DBT.warm = True
 
 
 def _reset_compiled_state(manifest) -> None:

@@ -218,11 +218,12 @@ def checkpoint(ctx, name: str):
 
 
 def warm_up() -> None:
-    """Load the context and every checkpoint and suite, and check their freshness, in a long-lived
-    process before it forks its runs (the warm process): a forked child's first validation paid
-    these otherwise (a bench day in a child: 3.16-4.21 s for the first validation, 2.47-3.02 s for
-    the next; cProfile of the difference: the freshness checks 0.42 s, loading the checkpoints and
-    suites ~0.5 s). Reads only: nothing is run, stored or rendered."""
+    """Load the context and every checkpoint and suite, and check their freshness, before the first
+    validation needs them (flows.orchestration.head_start: in the warm process before it forks, in
+    a cold run while its first chunk ingests; a second call finds them all kept). A forked child's
+    first validation paid these otherwise (a bench day in a child: 3.16-4.21 s for the first
+    validation, 2.47-3.02 s for the next; cProfile of the difference: the freshness checks 0.42 s,
+    loading the checkpoints and suites ~0.5 s). Reads only: nothing is run, stored or rendered."""
     ctx = ge_context()
     for path in sorted((EXPECTATIONS_DIR / "checkpoints").glob("*.json")):
         cp = checkpoint(ctx, path.stem)
