@@ -20,9 +20,19 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="session", autouse=True)
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """The cache homes share (flows/transform/manifest_cache.py: `$XDG_CACHE_HOME/asof`) is the
-    session's, never the user's: the tests' homes share a parsed dbt manifest with each other only."""
+    session's, never the user's: the tests' homes share a parsed dbt manifest with each other only,
+    and a copy of the user's Prefect database template if there is one."""
+    from flows.orchestration import prefect_db
+
     before = os.environ.get("XDG_CACHE_HOME")
+    users_template = prefect_db.template_path()
     os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("xdg_cache"))
+    # Prefect's migrated empty database (`make setup` keeps it) is the same for every home: the
+    # servers the tests start in new homes copy it instead of migrating (test_prefect_db builds
+    # its own to test it)
+    if users_template.is_file():
+        prefect_db.template_path().parent.mkdir(parents=True)
+        shutil.copyfile(users_template, prefect_db.template_path())
     yield Path(os.environ["XDG_CACHE_HOME"])
     if before is None:
         os.environ.pop("XDG_CACHE_HOME", None)
