@@ -484,7 +484,8 @@ def process_dates(
     first: Prefetch | None = None
     with contextlib.ExitStack() as scope:
         if days:
-            first = Prefetch(days[:chunk_days], _submit_ingest(days[:chunk_days]))
+            runs.mark_running(run_id, flow_run_id, days[:chunk_days])  # before it writes anything
+            first = Prefetch(days[:chunk_days], _submit_ingest(days[:chunk_days]), marked=True)
             scope.callback(first.wait)  # last out: nothing may still be writing when the run returns
             scope.callback(head_start.begin().wait)
             from flows.validation import datadocs  # imports GE: not for `asof --help`
@@ -531,12 +532,12 @@ def _process_chunks(
             chunk = days[i : i + chunk_days]
             if stop:
                 break
-            ingesting = ahead.futures if ahead is not None and ahead.days == chunk else None
+            prefetched = ahead if ahead is not None and ahead.days == chunk else None
             ahead = None
             stop, ahead = _process_chunk(
                 chunk,
                 days[i + chunk_days : i + 2 * chunk_days],
-                ingesting,
+                prefetched,
                 Chunking(results, run_id, flow_run_id, continue_on_failure, pending, catch_up),
                 last_chunk=i + chunk_days >= len(days),
             )
@@ -554,6 +555,7 @@ class Prefetch:
 
     days: list[dt.date]
     futures: dict[str, PrefectFuture]
+    marked: bool = False  # its dates' "running" records written before it was submitted
 
     def wait(self) -> None:
         """Until every source's ingest ended (its outcome stays unread: its dates were not run)."""
@@ -577,11 +579,11 @@ class Chunking:
 def _process_chunk(
     chunk: list[dt.date],
     following: list[dt.date],
-    ingesting: dict[str, PrefectFuture] | None,
+    prefetched: Prefetch | None,
     run: Chunking,
     last_chunk: bool,
 ) -> tuple[bool, Prefetch | None]:
-    """One chunk's ingest (unless `ingesting` already runs it), validation and transform, and the
+    """One chunk's ingest (unless `prefetched` already runs it), validation and transform, and the
     run's materialization if it is the last chunk that runs. Returns (stop, the ingest of
     `following` if it was started).
 
@@ -596,14 +598,14 @@ def _process_chunk(
     results, continue_on_failure = run.results, run.continue_on_failure
     stop = False
     started: Prefetch | None = None
-    runs.mark_running(run.run_id, run.flow_run_id, chunk)
+    if prefetched is None or not prefetched.marked:
+        runs.mark_running(run.run_id, run.flow_run_id, chunk)
     records: list[StageRecord] = []
     try:
         log.info("chunk %s..%s: ingest %d dates", chunk[0], chunk[-1], len(chunk))
         # Every (source, date) batch of the chunk is ingested on the task runner's threads; the
         # chunk is then validated as one set (flows.validation.stage).
-        if ingesting is None:
-            ingesting = _submit_ingest(chunk)
+        ingesting = prefetched.futures if prefetched is not None else _submit_ingest(chunk)
         with timed("ingest"):
             _collect_ingest(chunk, ingesting, results, records)
         # Malformed files still go through validation, so their rows land in quarantine with
