@@ -60,7 +60,8 @@ def test_a_server_started_on_the_copied_template_answers_and_stores_runs(
 
     from flows.orchestration import local_server
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # the session's cache (tests/conftest.py: a copy of the template `make setup` built, which
+    # runs build_template in CI before the tests; built here when there is none)
     template = prefect_db.build_template()
     assert sorted(p.name for p in template.parent.iterdir()) == ["prefect.db"]  # one file, no WAL
     with sqlite3.connect(template) as conn:
