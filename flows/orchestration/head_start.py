@@ -6,14 +6,17 @@ here, measured in a fresh process (GE import 2.6 s and checkpoints 0.2 s; dbt's 
 manifest 1.8 s, `dbt ls` 0.8 s, 527 macro templates 1.7 s; Feast's modules 0.8 s). Left to the
 stages, each is paid on the flow's thread when its stage first runs, while nothing else does.
 
-Two places pay them earlier:
+Three places pay them earlier, whichever comes first in a process:
 - the warm process (flows.orchestration.warm_process) pays all of them before it forks its runs;
-- a cold run (`asof backfill`, `asof run` without the warm process, a deployment's worker) pays
-  them while its first chunk ingests (flows.pipeline.process_dates): the flow's thread imports GE
-  and loads its checkpoints, a thread of this module pays dbt's and Feast's. Ingest is Arrow's CSV
-  reader and delta-rs's writer, which release the GIL, so the two overlap on a machine whose other
-  core idles. A stage that needs what the thread is still preparing waits for it: dbt's
-  invocations share one lock, and Python's import lock makes an import wait for the one under way.
+- a CLI run that starts its own Prefect server pays them while the server starts
+  (flows.orchestration.prefect_api.preload);
+- any other run (a deployment's worker, `asof run` against a configured server) pays them while
+  its first chunk ingests (flows.pipeline.process_dates): the flow's thread imports GE and loads
+  its checkpoints, a thread of this module pays dbt's and Feast's. A bench chunk's ingest is
+  Arrow's CSV reader and delta-rs's writer, which release the GIL, so the two overlap on a machine
+  whose other core idles (a small chunk's ingest is more Python, and overlaps less). A stage that
+  needs what the thread is still preparing waits for it: dbt's invocations share one lock, and
+  Python's import lock makes an import wait for the one under way.
 
 Each payment is best effort and done once per process: what fails here fails again, with its own
 error, in the stage that needs it. Nothing here writes to the lake or opens a database, so forking
