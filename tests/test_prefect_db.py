@@ -47,6 +47,20 @@ def test_a_database_configured_elsewhere_is_left_alone(template: Path, tmp_path:
     assert not home.exists()
 
 
+def test_a_filesystem_without_hard_links_leaves_the_database_to_the_server(
+    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    def refuse(src, dst, *args, **kwargs):
+        raise PermissionError(1, "Operation not permitted", str(dst))
+
+    monkeypatch.setattr(os, "link", refuse)
+    home = tmp_path / "prefect_home"
+    assert not prefect_db.seed({"PREFECT_HOME": str(home)})
+    assert list(home.iterdir()) == []  # no database, no partial copy: the server migrates its own
+
+
 def test_without_a_template_nothing_is_copied(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty_cache"))
     assert not prefect_db.seed({"PREFECT_HOME": str(tmp_path / "prefect_home")})

@@ -57,8 +57,8 @@ def seed(env: Mapping[str, str]) -> bool:
         shutil.copyfile(template, partial)
         # a hard link never replaces: a server that created its database meanwhile keeps it
         os.link(partial, target)
-    except FileExistsError:
-        return False
+    except OSError:  # that (FileExistsError), or a filesystem without hard links, a full disk:
+        return False  # the server migrates its own database, as without a template
     finally:
         with contextlib.suppress(FileNotFoundError):
             partial.unlink()
