@@ -167,14 +167,16 @@ def test_preloading_pays_dbt_and_ge_first_costs_without_touching_the_lake(
     from dbt_common.clients.jinja import template_cache
 
     from flows.orchestration import prefect_api
-    from flows.transform.stage import parsed_manifest
+    from flows.transform.stage import parse_project, parsed_manifest
     from flows.validation import suites
     from flows.validation.contracts import EXPECTATIONS_DIR
 
     monkeypatch.setenv("ASOF_HOME", str(tmp_path))
-    for name in warm_process.PRELOAD:  # what preloaded before the warm-ups (its threads are its own)
+    # what is imported and parsed before the warm-ups (their threads are their own: dbt's static
+    # parser keeps a pool); the warm-ups themselves are what must start no thread
+    for name in (*warm_process.PRELOAD, *prefect_api.STAGE_MODULES):
         importlib.import_module(name)
-    prefect_api.preload()
+    parse_project()
     capfd.readouterr()
     threads = len(os.listdir("/proc/self/task"))
     warm_process.preload()

@@ -30,14 +30,17 @@ import importlib
 import threading
 from collections.abc import Callable
 
-# Feast's modules the materialize stage imports (flows.features.featurestore.materialize_span); an
-# import only: building the store may open the online store's SQLite connection, which must not
-# cross a fork (the warm process)
+# What each stage imports when it first runs. Feast's are imported only: building the store may
+# open the online store's SQLite connection, which must not cross a fork (the warm process).
+VALIDATION_MODULES = ("great_expectations", "flows.validation.stage", "flows.validation.datadocs")
+TRANSFORM_MODULES = ("dbt.cli.main", "dbt.adapters.duckdb", "flows.transform.stage")
 MATERIALIZE_MODULES = (
+    "feast",
+    "flows.features.feast_offline",
     "flows.features.featurestore",
     "flows.features.feast_engine",
-    "flows.features.feast_offline",
 )
+STAGE_MODULES = VALIDATION_MODULES + TRANSFORM_MODULES + MATERIALIZE_MODULES
 
 
 def pay_validation_costs() -> None:

@@ -34,21 +34,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 
-from flows.orchestration import prefect_db
+from flows.orchestration import head_start, prefect_db
 
 # What the stages import when they first run (the heavy part of a fresh process; the flows modules
 # themselves import these lazily, so `asof --help` and `asof status` stay light).
-STAGE_MODULES = (
-    "great_expectations",  # validation
-    "flows.validation.stage",
-    "flows.validation.datadocs",
-    "dbt.cli.main",  # transform
-    "dbt.adapters.duckdb",
-    "flows.transform.stage",
-    "feast",  # materialize
-    "flows.features.feast_offline",
-    "flows.features.featurestore",
-)
+STAGE_MODULES = head_start.STAGE_MODULES
 
 PORTS = range(8000, 9000)  # Prefect's choice for its temporary server
 PORT_IN_USE = 3  # uvicorn's exit status when its port was taken in the meantime
@@ -208,6 +198,4 @@ def preload() -> None:
         from flows.transform.stage import parse_project
 
         parse_project()
-    from flows.orchestration import head_start
-
     head_start.pay_all()

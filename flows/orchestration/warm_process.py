@@ -167,17 +167,17 @@ def start(env: Mapping[str, str], log_path: Path, timeout_s: float = 300.0):
 
 
 def preload() -> None:
-    """Import what a run imports and pay every stage's one-time costs (GE's context and checkpoints,
-    dbt's manifest and first invocation, Feast's modules: flows.orchestration.head_start), once.
-    Best effort, like `prefect_api.preload`: what fails here fails again in the run that needs it."""
+    """Import what a run imports and pay every stage's one-time costs once: `prefect_api.preload`
+    (the stages' modules, dbt's parse, then GE's context and checkpoints, dbt's first invocation
+    and Feast's modules: flows.orchestration.head_start). Best effort, like `prefect_api.preload`:
+    what fails here fails again in the run that needs it."""
     import importlib
 
-    from flows.orchestration import head_start, prefect_api
+    from flows.orchestration import prefect_api
 
     for name in PRELOAD:
         importlib.import_module(name)
     prefect_api.preload()
-    head_start.pay_all()
 
 
 def serve(run_command: Callable[[], None], path: Path | None = None) -> None:
